@@ -1,0 +1,1 @@
+"""stagewise: a durable workflow engine."""

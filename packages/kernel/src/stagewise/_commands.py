@@ -1,0 +1,230 @@
+"""Commands (imperative) and their results.
+
+Each command is a frozen model with a `type` discriminator and exactly one handler in the
+kernel. `Kernel.dispatch` takes the model or the equivalent dict (`{"type": "run.create",
+...}`); anything that does not validate is refused with `InvalidCommandError` before a
+handler runs.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter
+
+from stagewise._records import JobMessage
+from stagewise._states import RunStatus
+
+Ident = Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=False)]
+Limit = Annotated[int, Field(ge=1, le=10_000)]
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+# --- commands ------------------------------------------------------------------------------
+
+
+class RunCreate(_Message):
+    """Create a PENDING run; idempotent by `idempotency_key`."""
+
+    type: Literal["run.create"] = "run.create"
+    workflow_id: Ident
+    input: Any = None
+    config: dict[Ident, dict[str, Any]] | None = None
+    idempotency_key: Ident | None = None
+    priority: Annotated[int, Field(ge=-1_000_000, le=1_000_000)] = 0
+
+
+class RunClaimPending(_Message):
+    """Start up to `limit` PENDING runs (priority, then age) and enqueue their first jobs."""
+
+    type: Literal["run.claimPending"] = "run.claimPending"
+    limit: Limit = 10
+
+
+class JobExecute(_Message):
+    """Execute one delivered job: fence, run user code, record, advance."""
+
+    type: Literal["job.execute"] = "job.execute"
+    job: JobMessage
+    worker_id: Ident
+
+
+class RunTransition(_Message):
+    """Decide what comes next for a run: next group, completed, failed, or nothing."""
+
+    type: Literal["run.transition"] = "run.transition"
+    run_id: Ident
+
+
+class StagePollSuspended(_Message):
+    """Check up to `limit` due suspended stages."""
+
+    type: Literal["stage.pollSuspended"] = "stage.pollSuspended"
+    limit: Limit = 50
+    poller_id: Ident = "poller"
+
+
+class LeaseReapStale(_Message):
+    """Retry or fail attempts whose lease expired; with `worker_id`, every attempt that
+    worker holds (a worker restarting under the same id reclaims its own leases at once)."""
+
+    type: Literal["lease.reapStale"] = "lease.reapStale"
+    limit: Limit = 100
+    worker_id: Ident | None = None
+
+
+class OutboxFlush(_Message):
+    """Deliver pending events to the sink and plugins."""
+
+    type: Literal["outbox.flush"] = "outbox.flush"
+    limit: Limit = 200
+    flusher_id: Ident = "flusher"
+
+
+class RunCancel(_Message):
+    type: Literal["run.cancel"] = "run.cancel"
+    run_id: Ident
+    reason: Annotated[str, StringConstraints(max_length=2000)] | None = None
+
+
+class RunRerunFrom(_Message):
+    """Run a finished run again from `stage_id`: that stage and every later one."""
+
+    type: Literal["run.rerunFrom"] = "run.rerunFrom"
+    run_id: Ident
+    stage_id: Ident
+
+
+class PluginReplayDLQ(_Message):
+    """Put dead-lettered deliveries back for the next flush (all, or one consumer's, or
+    some events')."""
+
+    type: Literal["plugin.replayDLQ"] = "plugin.replayDLQ"
+    plugin_id: Ident | None = None
+    event_ids: list[Ident] | None = None
+
+
+class JobHeartbeat(_Message):
+    """Extend a running attempt's lease; says whether its run was cancelled."""
+
+    type: Literal["job.heartbeat"] = "job.heartbeat"
+    job: JobMessage
+    worker_id: Ident
+
+
+Command = Annotated[
+    RunCreate
+    | RunClaimPending
+    | JobExecute
+    | RunTransition
+    | StagePollSuspended
+    | LeaseReapStale
+    | OutboxFlush
+    | RunCancel
+    | RunRerunFrom
+    | PluginReplayDLQ
+    | JobHeartbeat,
+    Field(discriminator="type"),
+]
+
+COMMAND_ADAPTER: TypeAdapter[Command] = TypeAdapter(Command)
+
+
+# --- results -------------------------------------------------------------------------------
+
+
+class RunCreateResult(_Message):
+    run_id: str
+    status: RunStatus
+    created: bool
+    """False when an idempotency key replayed an earlier creation."""
+
+
+class RunClaimPendingResult(_Message):
+    run_ids: list[str]
+    jobs_enqueued: int
+
+
+JobOutcome = Literal["completed", "suspended", "retry", "failed", "cancelled", "lease_lost"]
+
+
+class JobExecuteResult(_Message):
+    outcome: JobOutcome
+    run_id: str
+    stage_id: str
+    attempt: int
+    error: str | None = None
+    retry_after: float | None = None
+    """For `retry`: seconds until the next attempt may start."""
+    replayed: bool = False
+    """The stage had already completed: this delivery was a duplicate and ran nothing."""
+
+
+TransitionDecision = Literal["advanced", "completed", "failed", "noop"]
+
+
+class RunTransitionResult(_Message):
+    run_id: str
+    decision: TransitionDecision
+    status: RunStatus
+
+
+class StagePollResult(_Message):
+    checked: int = 0
+    resumed: int = 0
+    rescheduled: int = 0
+    failed: int = 0
+
+
+class LeaseReapResult(_Message):
+    retried: int = 0
+    failed: int = 0
+    released_jobs: int = 0
+    requeued: int = 0
+
+
+class OutboxFlushResult(_Message):
+    delivered: int = 0
+    failed: int = 0
+    dead_lettered: int = 0
+
+
+class RunCancelResult(_Message):
+    run_id: str
+    cancelled: bool
+    """False when the run had already finished: cancelling it changed nothing."""
+    status: RunStatus
+
+
+class RunRerunResult(_Message):
+    run_id: str
+    status: RunStatus
+    reset_stages: list[str]
+
+
+class PluginReplayResult(_Message):
+    replayed: int
+
+
+class HeartbeatResult(_Message):
+    lease_expires_at: datetime
+    cancelled: bool
+
+
+CommandResult = (
+    RunCreateResult
+    | RunClaimPendingResult
+    | JobExecuteResult
+    | RunTransitionResult
+    | StagePollResult
+    | LeaseReapResult
+    | OutboxFlushResult
+    | RunCancelResult
+    | RunRerunResult
+    | PluginReplayResult
+    | HeartbeatResult
+)

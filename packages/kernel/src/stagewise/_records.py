@@ -1,0 +1,209 @@
+"""The rows the kernel reads and writes through its ports.
+
+These are plain frozen dataclasses, not pydantic models: they cross the port boundary on
+every hot-path call and are built from database rows, so they carry no validation cost.
+Adapters store them field by field and build them back; the kernel changes them only with
+`dataclasses.replace`. Every JSON-valued field holds JSON-compatible Python values (dict,
+list, str, int, float, bool, None) that `json.dumps` accepts as they are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from stagewise._states import RunStatus, StageStatus
+
+Json = Any
+"""A JSON-compatible value (what `json.loads` returns)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorInfo:
+    """A failure, as stored and reported: never an exception object."""
+
+    type: str
+    message: str
+    retryable: bool = True
+    traceback: str | None = None
+
+    def to_json(self) -> dict[str, Json]:
+        return {
+            "type": self.type,
+            "message": self.message,
+            "retryable": self.retryable,
+            "traceback": self.traceback,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Json] | None) -> ErrorInfo | None:
+        if data is None:
+            return None
+        return cls(
+            type=data["type"],
+            message=data["message"],
+            retryable=bool(data.get("retryable", True)),
+            traceback=data.get("traceback"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    run_id: str
+    workflow_id: str
+    status: RunStatus
+    input: Json
+    config: dict[str, Json]
+    """Resolved config for every stage, keyed by stage id (defaults filled in)."""
+    created_at: datetime
+    updated_at: datetime
+    priority: int = 0
+    current_group: int = -1
+    """Index of the execution group in progress; -1 before the run starts."""
+    event_seq: int = 0
+    """The last per-run event sequence number handed out (events are 1, 2, 3...)."""
+    output: Json = None
+    output_ref: str | None = None
+    """Blob key of the output when it was too large to keep inline."""
+    error: ErrorInfo | None = None
+    idempotency_key: str | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StageRecord:
+    run_id: str
+    stage_id: str
+    group_index: int
+    status: StageStatus
+    created_at: datetime
+    updated_at: datetime
+    attempt: int = 1
+    """The attempt that is pending, running or was last run (1-based)."""
+    job_id: str | None = None
+    """Fencing token: the job delivery that holds the current lease (or a poller's claim)."""
+    worker_id: str | None = None
+    lease_expires_at: datetime | None = None
+    due_at: datetime | None = None
+    """PENDING/RETRYING: when the attempt may start; SUSPENDED: when to poll next."""
+    enqueued_at: datetime | None = None
+    """When the current attempt's job was last handed to the transport."""
+    suspend_state: Json = None
+    suspend_deadline: datetime | None = None
+    """SUSPENDED: when `max_wait` runs out."""
+    output: Json = None
+    output_ref: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    artifacts: dict[str, str] = field(default_factory=dict)
+    """Artifact name -> blob key."""
+    error: ErrorInfo | None = None
+    progress: float | None = None
+    progress_message: str | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.run_id}/{self.stage_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class JobMessage:
+    """One delivery of one stage attempt.
+
+    Deliveries may be lost or duplicated; the stage row is the truth, and `job.execute`
+    fences every delivery against it. This is also the JSON body an external queue carries
+    (see `to_json` / `from_json`).
+    """
+
+    job_id: str
+    run_id: str
+    workflow_id: str
+    stage_id: str
+    attempt: int
+    available_at: datetime
+    priority: int = 0
+    lease_expires_at: datetime | None = None
+    """Set by the transport on dequeue: the delivery's visibility lease."""
+
+    def to_json(self) -> dict[str, Json]:
+        return {
+            "job_id": self.job_id,
+            "run_id": self.run_id,
+            "workflow_id": self.workflow_id,
+            "stage_id": self.stage_id,
+            "attempt": self.attempt,
+            "available_at": self.available_at.isoformat(),
+            "priority": self.priority,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    """An event as the outbox stores it: the envelope plus the event's own fields."""
+
+    event_id: str
+    run_id: str
+    seq: int
+    type: str
+    occurred_at: datetime
+    payload: dict[str, Json]
+    """The event serialized by `Event.model_dump(mode="json")`, envelope fields included."""
+
+
+DeliveryStatus = Literal["pending", "delivered", "dead"]
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """The delivery of one event to one consumer (the event sink, or one plugin).
+
+    Deliveries of one (consumer, run) pair go out strictly in `seq` order: a pending one
+    blocks the later ones until it is delivered or dead-lettered.
+    """
+
+    event_id: str
+    consumer: str
+    run_id: str
+    seq: int
+    status: DeliveryStatus = "pending"
+    attempts: int = 0
+    next_attempt_at: datetime | None = None
+    claimed_by: str | None = None
+    claimed_until: datetime | None = None
+    last_error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedDelivery:
+    delivery: Delivery
+    event: EventRecord
+
+
+IdempotencyState = Literal["in_progress", "completed"]
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyRecord:
+    scope: str
+    key: str
+    fingerprint: str
+    """A hash of the request, to tell a replay from a different request reusing the key."""
+    state: IdempotencyState
+    created_at: datetime
+    expires_at: datetime
+    """An `in_progress` holder past this time is presumed dead and may be taken over."""
+    result: Json = None
+
+
+@dataclass(frozen=True, slots=True)
+class LogRecord:
+    run_id: str
+    stage_id: str | None
+    attempt: int | None
+    level: str
+    message: str
+    fields: dict[str, Json]
+    at: datetime

@@ -1,0 +1,34 @@
+"""Test helpers shipped with stagewise: in-memory adapters, a fake clock, and a driver that
+runs a kernel to completion while skipping time.
+
+    from stagewise.testing import TestEnvironment
+
+    env = TestEnvironment(registry=WorkflowRegistry([wf]))
+    run_id = await env.create_run("wf", {"n": 1})
+    await env.run_until_idle()          # an hour of retries and polls, in milliseconds
+"""
+
+from stagewise.testing._adapters import (
+    CollectingEventSink,
+    InMemoryBlobStore,
+    InMemoryJobQueue,
+    NoopEventSink,
+    NoopScheduler,
+    RecordingScheduler,
+    SequentialIds,
+)
+from stagewise.testing._clock import FakeClock
+from stagewise.testing._memory import InMemoryPersistence, MemoryTransaction
+
+__all__ = [
+    "CollectingEventSink",
+    "FakeClock",
+    "InMemoryBlobStore",
+    "InMemoryJobQueue",
+    "InMemoryPersistence",
+    "MemoryTransaction",
+    "NoopEventSink",
+    "NoopScheduler",
+    "RecordingScheduler",
+    "SequentialIds",
+]

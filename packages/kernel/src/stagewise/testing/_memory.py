@@ -1,0 +1,337 @@
+"""In-memory persistence whose transactions really commit or roll back.
+
+One transaction runs at a time (an `asyncio.Lock`), which makes every transaction
+serializable: row locks and SKIP LOCKED are trivially honoured. Tables are copied on first
+write inside a transaction and swapped in on commit, so an exception anywhere in the block
+leaves no trace. Records are immutable, so a shallow copy is a full snapshot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from datetime import datetime
+from typing import Any
+
+from stagewise._records import (
+    ClaimedDelivery,
+    Delivery,
+    EventRecord,
+    IdempotencyRecord,
+    LogRecord,
+    RunRecord,
+    StageRecord,
+)
+from stagewise._states import RunStatus, StageStatus
+
+_TABLES = ("runs", "stages", "events", "deliveries", "idempotency", "logs")
+
+
+class _State:
+    def __init__(self) -> None:
+        self.runs: dict[str, RunRecord] = {}
+        self.stages: dict[tuple[str, str], StageRecord] = {}
+        self.events: dict[str, EventRecord] = {}
+        self.deliveries: dict[tuple[str, str], Delivery] = {}
+        self.idempotency: dict[tuple[str, str], IdempotencyRecord] = {}
+        self.logs: dict[int, LogRecord] = {}
+
+
+class MemoryTransaction:
+    """A unit of work over `InMemoryPersistence`; its stores are attributes."""
+
+    def __init__(self, owner: InMemoryPersistence) -> None:
+        self.owner = owner
+        self._base = owner._state
+        self._copies: dict[str, dict[Any, Any]] = {}
+        self._on_commit: list[Callable[[], None]] = []
+        self.runs = _Runs(self)
+        self.stages = _Stages(self)
+        self.outbox = _Outbox(self)
+        self.idempotency = _Idempotency(self)
+        self.logs = _Logs(self)
+
+    def read(self, table: str) -> dict[Any, Any]:
+        copy = self._copies.get(table)
+        return copy if copy is not None else getattr(self._base, table)
+
+    def write(self, table: str) -> dict[Any, Any]:
+        if table not in self._copies:
+            self._copies[table] = dict(getattr(self._base, table))
+        return self._copies[table]
+
+    def on_commit(self, action: Callable[[], None]) -> None:
+        """Run `action` when (and only if) this transaction commits."""
+        self._on_commit.append(action)
+
+    def _commit(self) -> None:
+        for table, copy in self._copies.items():
+            setattr(self._base, table, copy)
+        for action in self._on_commit:
+            action()
+
+
+class InMemoryPersistence:
+    """The `Persistence` port in memory. Transactions are serializable and roll back."""
+
+    def __init__(self) -> None:
+        self._state = _State()
+        self._lock = asyncio.Lock()
+        self._log_seq = 0
+        self.transactions = 0
+        """Committed transactions so far (for tests that count round trips)."""
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[MemoryTransaction]:
+        async with self._lock:
+            tx = MemoryTransaction(self)
+            yield tx
+            tx._commit()
+            self.transactions += 1
+
+    # Read-only views for assertions in tests.
+    def snapshot_runs(self) -> list[RunRecord]:
+        return list(self._state.runs.values())
+
+    def snapshot_stages(self, run_id: str | None = None) -> list[StageRecord]:
+        return [s for s in self._state.stages.values() if run_id is None or s.run_id == run_id]
+
+    def snapshot_events(self, run_id: str | None = None) -> list[EventRecord]:
+        events = [e for e in self._state.events.values() if run_id is None or e.run_id == run_id]
+        return sorted(events, key=lambda e: (e.run_id, e.seq))
+
+    def snapshot_deliveries(self) -> list[Delivery]:
+        return list(self._state.deliveries.values())
+
+    def next_log_id(self) -> int:
+        self._log_seq += 1
+        return self._log_seq
+
+
+class _Store:
+    def __init__(self, tx: MemoryTransaction) -> None:
+        self._tx = tx
+
+
+class _Runs(_Store):
+    async def insert(self, run: RunRecord) -> None:
+        table = self._tx.write("runs")
+        if run.run_id in table:
+            raise KeyError(f"run {run.run_id} exists")
+        table[run.run_id] = run
+
+    async def get(self, run_id: str) -> RunRecord | None:
+        return self._tx.read("runs").get(run_id)  # type: ignore[no-any-return]
+
+    async def lock(self, run_id: str, *, skip_locked: bool = False) -> RunRecord | None:
+        return self._tx.read("runs").get(run_id)  # type: ignore[no-any-return]
+
+    async def save(self, run: RunRecord) -> None:
+        self._tx.write("runs")[run.run_id] = run
+
+    async def claim_pending(self, limit: int) -> list[RunRecord]:
+        pending = [r for r in self._tx.read("runs").values() if r.status is RunStatus.PENDING]
+        pending.sort(key=lambda r: (-r.priority, r.created_at, r.run_id))
+        return pending[:limit]
+
+    async def find(
+        self,
+        *,
+        status: RunStatus | None = None,
+        workflow_id: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[RunRecord]:
+        runs = [
+            r
+            for r in self._tx.read("runs").values()
+            if (status is None or r.status is status)
+            and (workflow_id is None or r.workflow_id == workflow_id)
+        ]
+        runs.sort(key=lambda r: (r.created_at, r.run_id), reverse=True)
+        return runs[offset : offset + limit]
+
+
+class _Stages(_Store):
+    async def insert_many(self, stages: Sequence[StageRecord]) -> None:
+        table = self._tx.write("stages")
+        for stage in stages:
+            key = (stage.run_id, stage.stage_id)
+            if key in table:
+                raise KeyError(f"stage {key} exists")
+            table[key] = stage
+
+    async def for_run(self, run_id: str) -> list[StageRecord]:
+        rows = [s for s in self._tx.read("stages").values() if s.run_id == run_id]
+        rows.sort(key=lambda s: (s.group_index, s.stage_id))
+        return rows
+
+    async def save_many(self, stages: Sequence[StageRecord]) -> None:
+        table = self._tx.write("stages")
+        for stage in stages:
+            table[(stage.run_id, stage.stage_id)] = stage
+
+    async def delete(self, run_id: str, stage_ids: Sequence[str]) -> None:
+        table = self._tx.write("stages")
+        for stage_id in stage_ids:
+            table.pop((run_id, stage_id), None)
+
+    async def due_for_poll(self, now: datetime, limit: int) -> list[StageRecord]:
+        rows = [
+            s
+            for s in self._tx.read("stages").values()
+            if s.status is StageStatus.SUSPENDED
+            and s.due_at is not None
+            and s.due_at <= now
+            and (s.lease_expires_at is None or s.lease_expires_at <= now)
+        ]
+        rows.sort(key=lambda s: (s.due_at, s.run_id, s.stage_id))
+        return rows[:limit]
+
+    async def expired_leases(
+        self, now: datetime, limit: int, *, worker_id: str | None = None
+    ) -> list[StageRecord]:
+        rows = [
+            s
+            for s in self._tx.read("stages").values()
+            if s.status is StageStatus.RUNNING
+            and (
+                (s.lease_expires_at is not None and s.lease_expires_at <= now)
+                or (worker_id is not None and s.worker_id == worker_id)
+            )
+        ]
+        rows.sort(key=lambda s: (s.lease_expires_at or now, s.run_id, s.stage_id))
+        return rows[:limit]
+
+    async def unstarted(
+        self, enqueued_before: datetime, now: datetime, limit: int
+    ) -> list[StageRecord]:
+        rows = [
+            s
+            for s in self._tx.read("stages").values()
+            if s.status in (StageStatus.PENDING, StageStatus.RETRYING)
+            and s.enqueued_at is not None
+            and s.enqueued_at < enqueued_before
+            and (s.due_at is None or s.due_at <= now)
+        ]
+        rows.sort(key=lambda s: (s.enqueued_at, s.run_id, s.stage_id))
+        return rows[:limit]
+
+
+class _Outbox(_Store):
+    async def append(self, events: Sequence[EventRecord], deliveries: Sequence[Delivery]) -> None:
+        table = self._tx.write("events")
+        for event in events:
+            table[event.event_id] = event
+        dtable = self._tx.write("deliveries")
+        for delivery in deliveries:
+            dtable[(delivery.event_id, delivery.consumer)] = delivery
+
+    async def claim(
+        self, *, now: datetime, limit: int, claimer: str, claim_until: datetime
+    ) -> list[ClaimedDelivery]:
+        groups: dict[tuple[str, str], list[Delivery]] = {}
+        for d in self._tx.read("deliveries").values():
+            if d.status == "pending":
+                groups.setdefault((d.consumer, d.run_id), []).append(d)
+        eligible: list[Delivery] = []
+        for key in sorted(groups):
+            group = sorted(groups[key], key=lambda d: d.seq)
+            head = group[0]
+            if head.next_attempt_at is not None and head.next_attempt_at > now:
+                continue
+            if any(d.claimed_until is not None and d.claimed_until > now for d in group):
+                continue
+            eligible.extend(group)
+            if len(eligible) >= limit:
+                break
+        eligible = eligible[:limit]
+        table = self._tx.write("deliveries")
+        events = self._tx.read("events")
+        claimed = []
+        for d in eligible:
+            d = replace(d, claimed_by=claimer, claimed_until=claim_until)
+            table[(d.event_id, d.consumer)] = d
+            claimed.append(ClaimedDelivery(delivery=d, event=events[d.event_id]))
+        return claimed
+
+    async def update(self, deliveries: Sequence[Delivery]) -> None:
+        table = self._tx.write("deliveries")
+        for d in deliveries:
+            table[(d.event_id, d.consumer)] = d
+
+    async def replay_dead(
+        self, *, consumer: str | None, event_ids: Sequence[str] | None, now: datetime
+    ) -> int:
+        table = self._tx.write("deliveries")
+        wanted = set(event_ids) if event_ids is not None else None
+        count = 0
+        for key, d in list(table.items()):
+            if d.status != "dead" or (consumer is not None and d.consumer != consumer):
+                continue
+            if wanted is not None and d.event_id not in wanted:
+                continue
+            table[key] = replace(
+                d, status="pending", attempts=0, next_attempt_at=now, claimed_until=None,
+                claimed_by=None,
+            )
+            count += 1
+        return count
+
+    async def events(self, run_id: str, *, after_seq: int = 0) -> list[EventRecord]:
+        rows = [
+            e for e in self._tx.read("events").values() if e.run_id == run_id and e.seq > after_seq
+        ]
+        rows.sort(key=lambda e: e.seq)
+        return rows
+
+    async def dead(self, *, consumer: str | None = None, limit: int = 100) -> list[ClaimedDelivery]:
+        events = self._tx.read("events")
+        rows = [
+            ClaimedDelivery(delivery=d, event=events[d.event_id])
+            for d in self._tx.read("deliveries").values()
+            if d.status == "dead" and (consumer is None or d.consumer == consumer)
+        ]
+        rows.sort(key=lambda c: (c.delivery.consumer, c.delivery.run_id, c.delivery.seq))
+        return rows[:limit]
+
+
+class _Idempotency(_Store):
+    async def get(self, scope: str, key: str) -> IdempotencyRecord | None:
+        return self._tx.read("idempotency").get((scope, key))  # type: ignore[no-any-return]
+
+    async def insert(self, record: IdempotencyRecord) -> bool:
+        table = self._tx.write("idempotency")
+        if (record.scope, record.key) in table:
+            return False
+        table[(record.scope, record.key)] = record
+        return True
+
+    async def save(self, record: IdempotencyRecord) -> None:
+        self._tx.write("idempotency")[(record.scope, record.key)] = record
+
+    async def purge_expired(self, now: datetime) -> int:
+        table = self._tx.write("idempotency")
+        expired = [k for k, r in table.items() if r.state == "completed" and r.expires_at <= now]
+        for k in expired:
+            del table[k]
+        return len(expired)
+
+
+class _Logs(_Store):
+    async def append(self, records: Sequence[LogRecord]) -> None:
+        table = self._tx.write("logs")
+        for record in records:
+            table[self._tx.owner.next_log_id()] = record
+
+    async def for_run(
+        self, run_id: str, *, stage_id: str | None = None, limit: int = 1000
+    ) -> list[LogRecord]:
+        rows = [
+            r
+            for _, r in sorted(self._tx.read("logs").items())
+            if r.run_id == run_id and (stage_id is None or r.stage_id == stage_id)
+        ]
+        return rows[:limit]
