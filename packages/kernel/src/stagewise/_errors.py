@@ -111,7 +111,9 @@ class InvalidTransitionError(ConflictError):
     """A state change the transition table does not allow."""
 
     def __init__(self, entity: str, entity_id: str, state: str, command: str) -> None:
-        super().__init__(f"{entity} {entity_id!r} is {state}; {command!r} is not allowed from there")
+        super().__init__(
+            f"{entity} {entity_id!r} is {state}; {command!r} is not allowed from there"
+        )
         self.entity = entity
         self.entity_id = entity_id
         self.state = state

@@ -128,7 +128,17 @@ EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
 EVENT_TYPES: frozenset[str] = frozenset(
     cls.model_fields["type"].default
     for cls in (
-        RunCreated, RunStarted, RunCompleted, RunFailed, RunCancelled, RunSuspended,
-        StageStarted, StageProgress, StageCompleted, StageSuspended, StageRetrying, StageFailed,
+        RunCreated,
+        RunStarted,
+        RunCompleted,
+        RunFailed,
+        RunCancelled,
+        RunSuspended,
+        StageStarted,
+        StageProgress,
+        StageCompleted,
+        StageSuspended,
+        StageRetrying,
+        StageFailed,
     )
 )

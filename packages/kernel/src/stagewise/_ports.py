@@ -112,15 +112,18 @@ class StageStore(Protocol):
         that worker holds, whatever its expiry. A plain read."""
         ...
 
-    async def unstarted(self, enqueued_before: datetime, now: datetime, limit: int) -> list[StageRecord]:
+    async def unstarted(
+        self, enqueued_before: datetime, now: datetime, limit: int
+    ) -> list[StageRecord]:
         """PENDING or RETRYING stages that are due (`due_at <= now`) and whose job was
         handed to the transport before `enqueued_before`: their delivery may be lost."""
         ...
 
 
 class OutboxStore(Protocol):
-    async def append(self, events: Sequence[EventRecord], deliveries: Sequence[Delivery]) -> None:
-        ...
+    async def append(
+        self, events: Sequence[EventRecord], deliveries: Sequence[Delivery]
+    ) -> None: ...
 
     async def claim(
         self, *, now: datetime, limit: int, claimer: str, claim_until: datetime
@@ -146,8 +149,9 @@ class OutboxStore(Protocol):
 
     async def events(self, run_id: str, *, after_seq: int = 0) -> list[EventRecord]: ...
 
-    async def dead(self, *, consumer: str | None = None, limit: int = 100) -> list[ClaimedDelivery]:
-        ...
+    async def dead(
+        self, *, consumer: str | None = None, limit: int = 100
+    ) -> list[ClaimedDelivery]: ...
 
 
 class IdempotencyStore(Protocol):

@@ -18,10 +18,12 @@ from stagewise.testing._adapters import (
     SequentialIds,
 )
 from stagewise.testing._clock import FakeClock
+from stagewise.testing._driver import DriveReport, StuckError, TestEnvironment, run_until_idle
 from stagewise.testing._memory import InMemoryPersistence, MemoryTransaction
 
 __all__ = [
     "CollectingEventSink",
+    "DriveReport",
     "FakeClock",
     "InMemoryBlobStore",
     "InMemoryJobQueue",
@@ -31,4 +33,7 @@ __all__ = [
     "NoopScheduler",
     "RecordingScheduler",
     "SequentialIds",
+    "StuckError",
+    "TestEnvironment",
+    "run_until_idle",
 ]

@@ -113,7 +113,9 @@ class InMemoryJobQueue:
         for job_id, job in list(self._jobs.items()):
             if job.lease_expires_at is None:
                 continue
-            if job.lease_expires_at <= now or (worker_id is not None and job.worker_id == worker_id):
+            if job.lease_expires_at <= now or (
+                worker_id is not None and job.worker_id == worker_id
+            ):
                 self._jobs[job_id] = replace(job, worker_id=None, lease_expires_at=None)
                 released += 1
         return released

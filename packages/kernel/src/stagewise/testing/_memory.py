@@ -123,10 +123,10 @@ class _Runs(_Store):
         table[run.run_id] = run
 
     async def get(self, run_id: str) -> RunRecord | None:
-        return self._tx.read("runs").get(run_id)  # type: ignore[no-any-return]
+        return self._tx.read("runs").get(run_id)
 
     async def lock(self, run_id: str, *, skip_locked: bool = False) -> RunRecord | None:
-        return self._tx.read("runs").get(run_id)  # type: ignore[no-any-return]
+        return self._tx.read("runs").get(run_id)
 
     async def save(self, run: RunRecord) -> None:
         self._tx.write("runs")[run.run_id] = run
@@ -274,7 +274,11 @@ class _Outbox(_Store):
             if wanted is not None and d.event_id not in wanted:
                 continue
             table[key] = replace(
-                d, status="pending", attempts=0, next_attempt_at=now, claimed_until=None,
+                d,
+                status="pending",
+                attempts=0,
+                next_attempt_at=now,
+                claimed_until=None,
                 claimed_by=None,
             )
             count += 1
@@ -300,7 +304,7 @@ class _Outbox(_Store):
 
 class _Idempotency(_Store):
     async def get(self, scope: str, key: str) -> IdempotencyRecord | None:
-        return self._tx.read("idempotency").get((scope, key))  # type: ignore[no-any-return]
+        return self._tx.read("idempotency").get((scope, key))
 
     async def insert(self, record: IdempotencyRecord) -> bool:
         table = self._tx.write("idempotency")

@@ -1,0 +1,187 @@
+"""The kernel's ports and the unit of work every handler runs in."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from stagewise._context import AttemptBuffer, CancellationToken
+from stagewise._errors import RunNotFoundError
+from stagewise._plugins import SINK_CONSUMER, PluginRunner
+from stagewise._ports import (
+    BlobStore,
+    Clock,
+    EventSink,
+    IdGenerator,
+    JobTransport,
+    Persistence,
+    Scheduler,
+    Transaction,
+    WorkflowSource,
+)
+from stagewise._records import Delivery
+from stagewise._scope import Effects, RunScope
+from stagewise._settings import KernelSettings
+
+logger = logging.getLogger("stagewise.kernel")
+
+
+@dataclass
+class Inflight:
+    """An attempt executing in this process: how to reach its running code."""
+
+    run_id: str
+    stage_id: str
+    attempt: int
+    token: CancellationToken = field(default_factory=CancellationToken)
+    buffer: AttemptBuffer = field(default_factory=AttemptBuffer)
+
+
+class Unit:
+    """One transaction of one command: its scopes and effects."""
+
+    def __init__(self, core: Core, tx: Transaction, command: str) -> None:
+        self.core = core
+        self.tx = tx
+        self.command = command
+        self.effects = Effects()
+        self.scopes: dict[str, RunScope] = {}
+        self.joined = core.job_transport.joins(tx)
+
+    async def lock_run(self, run_id: str, *, skip_locked: bool = False) -> RunScope | None:
+        """Lock the run and load its stages; None if it does not exist (or is locked and
+        `skip_locked`). Locks are taken in the order asked: callers that lock several runs
+        sort their ids first, so two transactions never wait on each other in a cycle."""
+        if run_id in self.scopes:
+            return self.scopes[run_id]
+        run = await self.tx.runs.lock(run_id, skip_locked=skip_locked)
+        if run is None:
+            return None
+        stages = await self.tx.stages.for_run(run_id)
+        scope = RunScope(self.core, self.tx, self.effects, run, stages, self.command)
+        self.scopes[run_id] = scope
+        return scope
+
+    async def require_run(self, run_id: str) -> RunScope:
+        scope = await self.lock_run(run_id)
+        if scope is None:
+            raise RunNotFoundError(run_id)
+        return scope
+
+    async def write(self) -> None:
+        """Write everything inside the transaction (rows, outbox, joined transport ops)."""
+        for scope in self.scopes.values():
+            await scope.flush()
+        effects = self.effects
+        if effects.events:
+            runner = self.core.plugins
+            deliveries = [
+                Delivery(event_id=e.event_id, consumer=consumer, run_id=e.run_id, seq=e.seq)
+                for e in effects.events
+                for consumer in (SINK_CONSUMER, *runner.consumers_for(e.type))
+            ]
+            await self.tx.outbox.append(effects.events, deliveries)
+            effects.hint("outbox.flush", self.core.now)
+        if self.joined:
+            transport = self.core.job_transport
+            if effects.acks:
+                await transport.ack(effects.acks, tx=self.tx)
+            for run_id in effects.discard_runs:
+                await transport.discard_run(run_id, tx=self.tx)
+            if effects.jobs:
+                await transport.enqueue(effects.jobs, tx=self.tx)
+
+
+class Core:
+    """Everything handlers share: ports, settings, and attempts running in this process."""
+
+    def __init__(
+        self,
+        *,
+        persistence: Persistence,
+        blob_store: BlobStore,
+        job_transport: JobTransport,
+        event_sink: EventSink,
+        scheduler: Scheduler,
+        clock: Clock,
+        registry: WorkflowSource,
+        plugins: PluginRunner,
+        ids: IdGenerator,
+        settings: KernelSettings,
+    ) -> None:
+        self.persistence = persistence
+        self.blob_store = blob_store
+        self.job_transport = job_transport
+        self.event_sink = event_sink
+        self.scheduler = scheduler
+        self.clock = clock
+        self.registry = registry
+        self.plugins = plugins
+        self.ids = ids
+        self.settings = settings
+        self.inflight: dict[str, Inflight] = {}
+        self._executor: ThreadPoolExecutor | None = None
+
+    @property
+    def now(self) -> datetime:
+        return self.clock.now()
+
+    @property
+    def executor(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(
+                max_workers=self.settings.sync_workers, thread_name_prefix="stagewise-stage"
+            )
+        return self._executor
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+    @asynccontextmanager
+    async def unit(self, command: str) -> AsyncIterator[Unit]:
+        """Run a block in one transaction; write its effects before commit and feed the
+        outside world after."""
+        async with self.persistence.transaction() as tx:
+            unit = Unit(self, tx, command)
+            yield unit
+            await unit.write()
+        await self.after_commit(unit)
+
+    async def after_commit(self, unit: Unit) -> None:
+        effects = unit.effects
+        if not unit.joined:
+            # An external transport is fed only now, so it never sees a job whose
+            # transaction rolled back. If this fails the state is still right: the stage
+            # waits, and lease.reapStale enqueues it again after `requeue_after`.
+            try:
+                if effects.acks:
+                    await self.job_transport.ack(effects.acks)
+                for run_id in effects.discard_runs:
+                    await self.job_transport.discard_run(run_id)
+                if effects.jobs:
+                    await self.job_transport.enqueue(effects.jobs)
+            except Exception:
+                logger.exception(
+                    "job transport failed after commit; maintenance will repeat the enqueue",
+                    extra={"command": unit.command},
+                )
+        for run_id in effects.cancelled_runs:
+            for attempt in self.inflight.values():
+                if attempt.run_id == run_id:
+                    attempt.token._cancel()
+        for key in effects.blob_deletes:
+            try:
+                await self.blob_store.delete(key)
+            except Exception:
+                logger.exception("could not delete blob %s", key)
+        for command, at in sorted(set(effects.hints), key=lambda h: h[1]):
+            try:
+                await self.scheduler.wake(command, at)
+            except Exception:
+                logger.exception("scheduler hint failed (maintenance will find the work)")

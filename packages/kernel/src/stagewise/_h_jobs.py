@@ -1,0 +1,469 @@
+"""Handlers for job commands: execute one delivery, heartbeat a running attempt.
+
+Theory of operation
+-------------------
+`job.execute` takes exactly two transactions on the hot path:
+
+1. *start*: lock the run, fence the delivery against the stage row (the stage must wait for
+   exactly this attempt), mark it RUNNING with this job as the lease holder, emit
+   StageStarted, and read what the stage needs (run input, config, earlier outputs).
+2. user code runs with no transaction open;
+3. *finish*: lock the run again and check the fence once more — the stage must still be
+   RUNNING, for this attempt, held by this job. If it is not (the lease expired and the
+   reaper moved on, the run was cancelled, another delivery won), nothing the attempt
+   produced is written: the caller gets `LeaseLost` (or `cancelled`). Otherwise the outcome,
+   buffered logs and progress, events, the next group's jobs and the ack of this job commit
+   together, and the run advances in the same transaction.
+
+Duplicate deliveries are harmless because the fence in (1) only lets a stage start from
+PENDING/RETRYING for its current attempt: a second copy of the same job finds it RUNNING or
+COMPLETED and is acked and dropped, and a COMPLETED stage never runs again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from pydantic import BaseModel, ValidationError
+
+from stagewise._commands import HeartbeatResult, JobExecute, JobExecuteResult, JobHeartbeat
+from stagewise._context import AttemptBuffer, RunStorage, StageContext
+from stagewise._core import Core, Inflight, Unit
+from stagewise._errors import InvalidInputError, LeaseLost, StageOutputError, StagewiseError
+from stagewise._events import (
+    EventError,
+    RunSuspended,
+    StageCompleted,
+    StageFailed,
+    StageProgress,
+    StageRetrying,
+    StageStarted,
+    StageSuspended,
+)
+from stagewise._execution import (
+    Output,
+    call_user_code,
+    ensure_json,
+    error_info,
+    is_retryable,
+    normalize_output,
+)
+from stagewise._flow import advance, fail_run, group_output, load_outputs
+from stagewise._records import JobMessage, Json, RunRecord, StageRecord
+from stagewise._scope import RunScope
+from stagewise._stages import Stage, Suspend, to_seconds
+from stagewise._states import RunStatus, StageStatus
+from stagewise._workflow import Workflow, _summary
+
+
+@dataclass(frozen=True, slots=True)
+class _Started:
+    run: RunRecord
+    stage: StageRecord
+    stages: dict[str, StageRecord]
+
+
+@dataclass(frozen=True, slots=True)
+class _Suspended:
+    state: Json
+    poll_interval: float
+    max_wait: float
+
+
+_Outcome = Output | _Suspended | BaseException
+
+
+def _result(job: JobMessage, outcome: str, **kw: Any) -> JobExecuteResult:
+    return attempt_result(job.run_id, job.stage_id, job.attempt, outcome, **kw)
+
+
+def attempt_result(
+    run_id: str, stage_id: str, attempt: int, outcome: str, **kw: Any
+) -> JobExecuteResult:
+    return JobExecuteResult(
+        outcome=outcome,
+        run_id=run_id,
+        stage_id=stage_id,
+        attempt=attempt,
+        **kw,
+    )
+
+
+async def job_execute(core: Core, cmd: JobExecute) -> JobExecuteResult:
+    job = cmd.job
+    workflow = core.registry.get_workflow(job.workflow_id)
+    stage_def = workflow.stage(job.stage_id)
+
+    started = await _start(core, cmd)
+    if isinstance(started, JobExecuteResult):
+        return started
+
+    attempt = Inflight(run_id=job.run_id, stage_id=job.stage_id, attempt=job.attempt)
+    core.inflight[job.job_id] = attempt
+    try:
+        outcome = await _run(core, job, workflow, stage_def, started, attempt)
+        prepared = await store_blobs(core, job, outcome)
+        return await _finish(core, cmd, workflow, stage_def, prepared, attempt.buffer)
+    finally:
+        core.inflight.pop(job.job_id, None)
+
+
+async def _start(core: Core, cmd: JobExecute) -> _Started | JobExecuteResult:
+    job = cmd.job
+    now = core.now
+    lost: LeaseLost | None = None
+    retry_at: datetime | None = None
+    async with core.unit(cmd.type) as unit:
+        scope = await unit.lock_run(job.run_id)
+        stage = scope.stages.get(job.stage_id) if scope is not None else None
+        if scope is None or stage is None:
+            unit.effects.acks.append(job.job_id)
+            lost = LeaseLost(job.run_id, job.stage_id, job.attempt, "the stage does not exist")
+        elif scope.run.status is RunStatus.CANCELLED or stage.status is StageStatus.CANCELLED:
+            unit.effects.acks.append(job.job_id)
+            return _result(job, "cancelled", error="the run was cancelled")
+        elif stage.status is StageStatus.COMPLETED:
+            unit.effects.acks.append(job.job_id)
+            return _result(job, "completed", replayed=True)
+        elif (
+            stage.attempt != job.attempt
+            or stage.status not in (StageStatus.PENDING, StageStatus.RETRYING)
+            or scope.run.status is not RunStatus.RUNNING
+        ):
+            # A stale or duplicate delivery: someone else holds (or held) this attempt.
+            if stage.job_id != job.job_id:
+                unit.effects.acks.append(job.job_id)
+            lost = LeaseLost(
+                job.run_id,
+                job.stage_id,
+                job.attempt,
+                f"the stage is {stage.status.value} at attempt {stage.attempt}",
+            )
+        elif stage.due_at is not None and stage.due_at > now:
+            retry_at = stage.due_at  # delivered before its backoff ran out
+        else:
+            scope.transition_stage(
+                job.stage_id,
+                "start",
+                job_id=job.job_id,
+                worker_id=cmd.worker_id,
+                lease_expires_at=now + timedelta(seconds=core.settings.lease_seconds),
+                started_at=stage.started_at or now,
+                due_at=None,
+            )
+            scope.emit(
+                StageStarted, stage_id=job.stage_id, attempt=job.attempt, worker_id=cmd.worker_id
+            )
+            unit.effects.hint(
+                "lease.reapStale", now + timedelta(seconds=core.settings.lease_seconds)
+            )
+            return _Started(run=scope.run, stage=scope.stages[job.stage_id], stages=scope.stages)
+    if retry_at is not None:
+        await core.job_transport.retry_at(job.job_id, retry_at)
+        return _result(job, "retry", retry_after=(retry_at - now).total_seconds())
+    assert lost is not None
+    raise lost
+
+
+async def _run(
+    core: Core,
+    job: JobMessage,
+    workflow: Workflow,
+    stage_def: Stage,
+    started: _Started,
+    attempt: Inflight,
+) -> _Outcome:
+    """Build the context and run `execute`; every failure becomes the outcome."""
+    try:
+        ctx = await build_context(core, workflow, stage_def, started.run, started.stages, attempt)
+    except BaseException as exc:
+        return exc
+    try:
+        returned = await call_user_code(
+            stage_def.execute,
+            ctx,
+            executor=core.executor,
+            clock=core.clock,
+            time_limit=stage_def.timeout,
+            token=attempt.token,
+        )
+        if isinstance(returned, Suspend):
+            if not stage_def.is_async_batch:
+                raise StageOutputError(
+                    f"stage {stage_def.id!r} returned Suspend but is not an async-batch stage "
+                    "(define it with define_async_batch_stage)"
+                )
+            ensure_json(returned.state, f"stage {stage_def.id!r} suspend state")
+            return _Suspended(
+                state=returned.state,
+                poll_interval=to_seconds(returned.poll_interval, "poll_interval") or 60.0,
+                max_wait=to_seconds(returned.max_wait, "max_wait") or 86400.0,
+            )
+        return normalize_output(stage_def, returned)
+    except Exception as exc:
+        return exc
+
+
+async def build_context(
+    core: Core,
+    workflow: Workflow,
+    stage_def: Stage,
+    run: RunRecord,
+    stages: dict[str, StageRecord],
+    attempt: Inflight,
+    resume_state: Json = None,
+) -> StageContext:
+    """The stage's context: its input (the previous group's output), config, earlier outputs.
+
+    Raises:
+        InvalidInputError: the input or config does not validate against the stage's models.
+    """
+    stage = stages[stage_def.id]
+    earlier = {k: s for k, s in stages.items() if s.group_index < stage.group_index}
+    outputs = await load_outputs(core, earlier)
+    index = stage.group_index
+    raw_input = run.input if index == 0 else group_output(workflow, outputs, index - 1)
+    return StageContext(
+        run_id=run.run_id,
+        workflow_id=run.workflow_id,
+        stage_id=stage_def.id,
+        attempt=stage.attempt,
+        input=_validate(stage_def, stage_def.input, raw_input, "input"),
+        config=_validate(stage_def, stage_def.config, run.config.get(stage_def.id), "config"),
+        resume_state=resume_state,
+        outputs=outputs,
+        output_models={s.id: s.output for s in workflow.stages},
+        storage=RunStorage(core.blob_store, run.run_id),
+        cancelled=attempt.token,
+        buffer=attempt.buffer,
+        now=core.clock.now,
+    )
+
+
+def _validate(stage: Stage, model: type[BaseModel] | None, value: Any, what: str) -> Any:
+    if model is None:
+        return value
+    try:
+        return model.model_validate(value if value is not None else {})
+    except ValidationError as exc:
+        raise InvalidInputError(
+            f"stage {stage.id!r} got {what} that does not match {model.__name__}: {_summary(exc)}"
+        ) from None
+
+
+async def store_blobs(core: Core, job: JobMessage, outcome: _Outcome) -> _Outcome:
+    """Put large outputs and artifacts in the blob store before the finish transaction.
+
+    Keys carry the job id, so a refused (fenced-out) attempt never overwrites the blobs of the
+    attempt that won; its own blobs are orphans under keys nothing refers to.
+    """
+    if not isinstance(outcome, Output):
+        return outcome
+    prefix = f"runs/{job.run_id}/stages/{job.stage_id}/{job.job_id}"
+    refs = {}
+    for name, data in outcome.artifacts.items():
+        refs[name] = f"{prefix}/artifacts/{name}"
+        await core.blob_store.put(refs[name], data)
+    ref = None
+    data = json.dumps(outcome.value, separators=(",", ":")).encode()
+    if len(data) > core.settings.inline_output_bytes:
+        ref = f"{prefix}/output.json"
+        await core.blob_store.put(ref, data)
+    return replace(outcome, ref=ref, artifact_refs=refs)
+
+
+async def _finish(
+    core: Core,
+    cmd: JobExecute,
+    workflow: Workflow,
+    stage_def: Stage,
+    outcome: _Outcome,
+    buffer: AttemptBuffer,
+) -> JobExecuteResult:
+    job = cmd.job
+    lost: LeaseLost | None = None
+    async with core.unit(cmd.type) as unit:
+        scope = await unit.lock_run(job.run_id)
+        stage = scope.stages.get(job.stage_id) if scope is not None else None
+        unit.effects.acks.append(job.job_id)
+        if scope is None or stage is None:
+            lost = LeaseLost(job.run_id, job.stage_id, job.attempt, "the stage no longer exists")
+        elif stage.status is StageStatus.CANCELLED or scope.run.status is RunStatus.CANCELLED:
+            return _result(job, "cancelled", error="the run was cancelled; the result is dropped")
+        elif not holds_lease(stage, job):
+            lost = LeaseLost(
+                job.run_id,
+                job.stage_id,
+                job.attempt,
+                f"the stage is {stage.status.value} at attempt {stage.attempt} "
+                f"held by {stage.job_id!r}",
+            )
+        else:
+            await flush_buffer(unit, scope, job, buffer)
+            result = await _record(scope, workflow, stage_def, job, outcome)
+            return result
+    assert lost is not None
+    raise lost
+
+
+def holds_lease(stage: StageRecord, job: JobMessage) -> bool:
+    return (
+        stage.status is StageStatus.RUNNING
+        and stage.job_id == job.job_id
+        and stage.attempt == job.attempt
+    )
+
+
+async def _record(
+    scope: RunScope, workflow: Workflow, stage_def: Stage, job: JobMessage, outcome: _Outcome
+) -> JobExecuteResult:
+    now = scope.now
+    sid = job.stage_id
+    if isinstance(outcome, Output):
+        scope.transition_stage(
+            sid,
+            "complete",
+            output=outcome.value if outcome.ref is None else None,
+            output_ref=outcome.ref,
+            metrics=outcome.metrics,
+            artifacts=outcome.artifact_refs,
+            lease_expires_at=None,
+            error=None,
+            finished_at=now,
+        )
+        scope.emit(StageCompleted, stage_id=sid, attempt=job.attempt, metrics=outcome.metrics)
+        await advance(scope, workflow)
+        return _result(job, "completed")
+
+    if isinstance(outcome, _Suspended):
+        due = now + timedelta(seconds=outcome.poll_interval)
+        deadline = now + timedelta(seconds=outcome.max_wait)
+        scope.transition_stage(
+            sid,
+            "suspend",
+            suspend_state={"state": outcome.state, "poll_interval": outcome.poll_interval},
+            due_at=min(due, deadline),
+            suspend_deadline=deadline,
+            lease_expires_at=None,
+        )
+        scope.emit(
+            StageSuspended,
+            stage_id=sid,
+            attempt=job.attempt,
+            next_check_at=min(due, deadline),
+            deadline=deadline,
+        )
+        note_suspension(scope)
+        scope.effects.hint("stage.pollSuspended", min(due, deadline))
+        return _result(job, "suspended")
+
+    return fail_or_retry(scope, stage_def, job.attempt, outcome)
+
+
+def fail_or_retry(
+    scope: RunScope,
+    stage_def: Stage,
+    attempt: int,
+    exc: BaseException,
+    *,
+    trigger: Literal["retry", "expire"] = "retry",
+) -> JobExecuteResult:
+    """Record a failed attempt: retry it per the stage's policy, or fail the stage (the run
+    fails with it, in this same transaction)."""
+    now = scope.now
+    sid = stage_def.id
+    retryable = is_retryable(stage_def, exc)
+    error = error_info(exc, retryable=retryable)
+    run_id = scope.run.run_id
+    if retryable and attempt < stage_def.retry.max_attempts:
+        delay = stage_def.retry.backoff(attempt, f"{scope.run.run_id}/{sid}/{attempt}")
+        at = now + timedelta(seconds=delay)
+        scope.transition_stage(
+            sid,
+            trigger,
+            attempt=attempt + 1,
+            error=error,
+            due_at=at,
+            enqueued_at=now,
+            lease_expires_at=None,
+        )
+        scope.emit(
+            StageRetrying,
+            stage_id=sid,
+            attempt=attempt,
+            next_attempt=attempt + 1,
+            retry_at=at,
+            error=EventError.of(error),
+        )
+        scope.enqueue(sid, attempt + 1, at)
+        return attempt_result(run_id, sid, attempt, "retry", error=error.message, retry_after=delay)
+    scope.transition_stage(sid, "fail", error=error, lease_expires_at=None, finished_at=now)
+    scope.emit(StageFailed, stage_id=sid, attempt=attempt, error=EventError.of(error))
+    if scope.run.status is RunStatus.RUNNING:
+        fail_run(scope, error, sid)
+    return attempt_result(run_id, sid, attempt, "failed", error=error.message)
+
+
+def note_suspension(scope: RunScope) -> None:
+    """Emit RunSuspended when every unfinished stage of the current group is waiting."""
+    group = scope.group(scope.run.current_group)
+    open_ = [s for s in group if not s.status.is_terminal]
+    if open_ and all(s.status is StageStatus.SUSPENDED for s in open_):
+        scope.emit(RunSuspended, stage_ids=[s.stage_id for s in open_])
+
+
+async def flush_buffer(unit: Unit, scope: RunScope, job: JobMessage, buffer: AttemptBuffer) -> None:
+    """Write the logs and latest progress an attempt reported since the last write."""
+    logs, progress = buffer.drain()
+    if logs:
+        await unit.tx.logs.append(logs)
+    if progress is not None:
+        percent, message = progress
+        scope.update_stage(job.stage_id, progress=percent, progress_message=message)
+        scope.emit(
+            StageProgress,
+            stage_id=job.stage_id,
+            attempt=job.attempt,
+            percent=percent,
+            message=message,
+        )
+
+
+async def job_heartbeat(core: Core, cmd: JobHeartbeat) -> HeartbeatResult:
+    job = cmd.job
+    attempt = core.inflight.get(job.job_id)
+    now = core.now
+    expires = now + timedelta(seconds=core.settings.lease_seconds)
+    cancelled = False
+    async with core.unit(cmd.type) as unit:
+        scope = await unit.lock_run(job.run_id)
+        stage = scope.stages.get(job.stage_id) if scope is not None else None
+        if scope is None or stage is None:
+            raise LeaseLost(job.run_id, job.stage_id, job.attempt, "the stage no longer exists")
+        if stage.status is StageStatus.CANCELLED or scope.run.status is RunStatus.CANCELLED:
+            cancelled = True
+            expires = stage.lease_expires_at or now
+        elif not holds_lease(stage, job):
+            raise LeaseLost(
+                job.run_id,
+                job.stage_id,
+                job.attempt,
+                f"the stage is {stage.status.value} at attempt {stage.attempt}",
+            )
+        else:
+            scope.update_stage(job.stage_id, lease_expires_at=expires)
+            if attempt is not None:
+                await flush_buffer(unit, scope, job, attempt.buffer)
+            unit.effects.hint("lease.reapStale", expires)
+    if cancelled:
+        if attempt is not None:
+            attempt.token._cancel()
+    else:
+        # The stage row holds the lease that counts; the delivery's lease is advisory.
+        with contextlib.suppress(StagewiseError):
+            await core.job_transport.extend_lease(job.job_id, lease_for=core.settings.lease_seconds)
+    return HeartbeatResult(lease_expires_at=expires, cancelled=cancelled)

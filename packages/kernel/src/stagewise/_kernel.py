@@ -1,0 +1,188 @@
+"""The kernel: one `dispatch` for every command, one handler per command."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, overload
+
+from pydantic import BaseModel, ValidationError
+
+from stagewise._clock import UuidIds
+from stagewise._commands import (
+    COMMAND_ADAPTER,
+    CommandResult,
+    HeartbeatResult,
+    JobExecute,
+    JobExecuteResult,
+    JobHeartbeat,
+    LeaseReapResult,
+    LeaseReapStale,
+    OutboxFlush,
+    OutboxFlushResult,
+    PluginReplayDLQ,
+    PluginReplayResult,
+    RunCancel,
+    RunCancelResult,
+    RunClaimPending,
+    RunClaimPendingResult,
+    RunCreate,
+    RunCreateResult,
+    RunRerunFrom,
+    RunRerunResult,
+    RunTransition,
+    RunTransitionResult,
+    StagePollResult,
+    StagePollSuspended,
+)
+from stagewise._core import Core
+from stagewise._errors import InvalidCommandError
+from stagewise._h_jobs import job_execute, job_heartbeat
+from stagewise._h_maintenance import (
+    lease_reap_stale,
+    outbox_flush,
+    plugin_replay_dlq,
+    stage_poll_suspended,
+)
+from stagewise._h_runs import (
+    run_cancel,
+    run_claim_pending,
+    run_create_with_replay,
+    run_rerun_from,
+    run_transition,
+)
+from stagewise._plugins import Plugin, PluginRunner
+from stagewise._ports import (
+    BlobStore,
+    Clock,
+    EventSink,
+    IdGenerator,
+    JobTransport,
+    Persistence,
+    Scheduler,
+    WorkflowSource,
+)
+from stagewise._settings import KernelSettings
+from stagewise._workflow import _summary
+
+Handler = Callable[[Core, Any], Awaitable[CommandResult]]
+
+HANDLERS: dict[type[BaseModel], Handler] = {
+    RunCreate: run_create_with_replay,
+    RunClaimPending: run_claim_pending,
+    JobExecute: job_execute,
+    RunTransition: run_transition,
+    StagePollSuspended: stage_poll_suspended,
+    LeaseReapStale: lease_reap_stale,
+    OutboxFlush: outbox_flush,
+    RunCancel: run_cancel,
+    RunRerunFrom: run_rerun_from,
+    PluginReplayDLQ: plugin_replay_dlq,
+    JobHeartbeat: job_heartbeat,
+}
+
+
+class Kernel:
+    """Dispatches commands against the ports it was built with. Build it with
+    `create_kernel`; it keeps no state that matters between commands except the attempts
+    running in this process (so that cancellation reaches them)."""
+
+    def __init__(self, core: Core) -> None:
+        self._core = core
+
+    @property
+    def settings(self) -> KernelSettings:
+        return self._core.settings
+
+    @property
+    def registry(self) -> WorkflowSource:
+        return self._core.registry
+
+    @property
+    def in_flight(self) -> int:
+        """Attempts executing in this process right now."""
+        return len(self._core.inflight)
+
+    @overload
+    async def dispatch(self, command: RunCreate) -> RunCreateResult: ...
+    @overload
+    async def dispatch(self, command: RunClaimPending) -> RunClaimPendingResult: ...
+    @overload
+    async def dispatch(self, command: JobExecute) -> JobExecuteResult: ...
+    @overload
+    async def dispatch(self, command: RunTransition) -> RunTransitionResult: ...
+    @overload
+    async def dispatch(self, command: StagePollSuspended) -> StagePollResult: ...
+    @overload
+    async def dispatch(self, command: LeaseReapStale) -> LeaseReapResult: ...
+    @overload
+    async def dispatch(self, command: OutboxFlush) -> OutboxFlushResult: ...
+    @overload
+    async def dispatch(self, command: RunCancel) -> RunCancelResult: ...
+    @overload
+    async def dispatch(self, command: RunRerunFrom) -> RunRerunResult: ...
+    @overload
+    async def dispatch(self, command: PluginReplayDLQ) -> PluginReplayResult: ...
+    @overload
+    async def dispatch(self, command: JobHeartbeat) -> HeartbeatResult: ...
+    @overload
+    async def dispatch(self, command: Mapping[str, Any]) -> CommandResult: ...
+
+    async def dispatch(self, command: BaseModel | Mapping[str, Any]) -> CommandResult:
+        """Run one command and return its typed result.
+
+        Raises:
+            InvalidCommandError: the command (model or dict) does not validate.
+            StagewiseError: whatever the command refuses (each handler documents its own).
+        """
+        if isinstance(command, Mapping):
+            try:
+                command = COMMAND_ADAPTER.validate_python(command)
+            except ValidationError as exc:
+                raise InvalidCommandError(
+                    f"invalid command: {_summary(exc)}",
+                    [
+                        {"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]}
+                        for e in exc.errors(include_url=False, include_input=False)
+                    ],
+                ) from None
+        handler = HANDLERS.get(type(command))
+        if handler is None:
+            raise InvalidCommandError(f"{type(command).__name__} is not a stagewise command")
+        return await handler(self._core, command)
+
+    async def aclose(self) -> None:
+        """Release the kernel's thread pool (for sync stages)."""
+        self._core.close()
+
+
+def create_kernel(
+    *,
+    persistence: Persistence,
+    blob_store: BlobStore,
+    job_transport: JobTransport,
+    event_sink: EventSink,
+    scheduler: Scheduler,
+    clock: Clock,
+    registry: WorkflowSource,
+    plugins: Sequence[Plugin] = (),
+    ids: IdGenerator | None = None,
+    settings: KernelSettings | None = None,
+) -> Kernel:
+    """Wire a kernel to its ports (the one composition root of an application).
+
+    Raises:
+        WorkflowDefinitionError: two plugins share an id.
+    """
+    core = Core(
+        persistence=persistence,
+        blob_store=blob_store,
+        job_transport=job_transport,
+        event_sink=event_sink,
+        scheduler=scheduler,
+        clock=clock,
+        registry=registry,
+        plugins=PluginRunner(plugins),
+        ids=ids or UuidIds(),
+        settings=settings or KernelSettings(),
+    )
+    return Kernel(core)

@@ -1,0 +1,33 @@
+"""Kernel settings: one frozen dataclass."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class KernelSettings:
+    lease_seconds: float = 30.0
+    """How long an attempt holds its stage without a heartbeat before it is presumed dead."""
+    inline_output_bytes: int = 64 * 1024
+    """Outputs up to this size (JSON bytes) live in the stage row; larger ones in the blob
+    store under the run's keys."""
+    max_payload_bytes: int = 1024 * 1024
+    """Largest run input (JSON bytes) `run.create` accepts."""
+    sync_workers: int = 8
+    """Threads for plain `def` stages (a bounded pool; the event loop never blocks)."""
+    outbox_max_attempts: int = 8
+    """Deliveries of one event to one consumer before it is dead-lettered."""
+    outbox_initial_backoff: float = 1.0
+    outbox_max_backoff: float = 300.0
+    requeue_after: float = 300.0
+    """For a transport outside the database: a due stage whose job was handed over longer
+    ago than this without starting is enqueued again (the first delivery may be lost)."""
+    idempotency_ttl: float = 7 * 24 * 3600.0
+    """How long a completed idempotency record replays its result."""
+
+    def __post_init__(self) -> None:
+        if self.lease_seconds <= 0 or self.requeue_after <= 0:
+            raise ValueError("lease_seconds and requeue_after must be positive")
+        if self.sync_workers < 1 or self.outbox_max_attempts < 1:
+            raise ValueError("sync_workers and outbox_max_attempts must be at least 1")

@@ -1,0 +1,265 @@
+"""Drive a kernel until nothing is left to do, skipping time on a FakeClock.
+
+The driver plays every role a host plays — claims runs, executes jobs concurrently,
+heartbeats them, polls suspended stages, reaps leases, flushes the outbox — and when nothing
+can move at the current time it advances the clock to the next moment something is due: a
+retry's backoff, a poll, a lease expiry, a stage sleeping on the clock. A workflow that waits
+an hour runs in milliseconds, and every timeout is exercised for real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from stagewise._commands import (
+    JobExecute,
+    JobExecuteResult,
+    JobHeartbeat,
+    LeaseReapStale,
+    OutboxFlush,
+    RunClaimPending,
+    RunCreate,
+    StagePollSuspended,
+)
+from stagewise._errors import LeaseLost
+from stagewise._kernel import Kernel, create_kernel
+from stagewise._plugins import Plugin
+from stagewise._ports import EventSink, Persistence
+from stagewise._records import JobMessage, RunRecord, StageRecord
+from stagewise._settings import KernelSettings
+from stagewise._states import RunStatus
+from stagewise._workflow import Workflow, WorkflowRegistry
+from stagewise.testing._adapters import (
+    CollectingEventSink,
+    InMemoryBlobStore,
+    InMemoryJobQueue,
+    RecordingScheduler,
+    SequentialIds,
+)
+from stagewise.testing._clock import FakeClock
+from stagewise.testing._memory import InMemoryPersistence
+
+
+@dataclass
+class DriveReport:
+    steps: int = 0
+    skipped: timedelta = timedelta(0)
+    """How far the clock was advanced."""
+    outcomes: Counter[str] = field(default_factory=Counter)
+    """`job.execute` outcomes, plus `lease_lost` for refused deliveries."""
+    settled: bool = True
+    """False when it stopped with runs still active and nothing scheduled (stuck)."""
+
+
+class StuckError(AssertionError):
+    """The driver made no progress in `max_steps` steps."""
+
+
+async def run_until_idle(
+    kernel: Kernel,
+    *,
+    clock: FakeClock,
+    transport: InMemoryJobQueue,
+    scheduler: RecordingScheduler,
+    persistence: Persistence,
+    worker_id: str = "test-worker",
+    concurrency: int = 16,
+    max_steps: int = 100_000,
+) -> DriveReport:
+    """Run `kernel` until every run is finished (or waiting with nothing scheduled) and every
+    event is delivered, advancing `clock` whenever nothing can move at the current time.
+
+    Raises:
+        StuckError: after `max_steps` loop iterations.
+    """
+    report = DriveReport()
+    start = clock.now()
+    lease = kernel.settings.lease_seconds
+    running: dict[asyncio.Task[JobExecuteResult | None], JobMessage] = {}
+
+    async def execute(job: JobMessage) -> JobExecuteResult | None:
+        try:
+            return await kernel.dispatch(JobExecute(job=job, worker_id=worker_id))
+        except LeaseLost:
+            report.outcomes["lease_lost"] += 1
+            return None
+
+    try:
+        for report.steps in range(1, max_steps + 1):
+            moved = await _maintain(kernel, worker_id)
+            free = concurrency - len(running)
+            if free > 0:
+                for job in await transport.dequeue(
+                    worker_id=worker_id, limit=free, lease_for=lease
+                ):
+                    running[asyncio.ensure_future(execute(job))] = job
+                    moved = True
+            if running:
+                done, _ = await asyncio.wait(
+                    running, timeout=0.002, return_when=asyncio.FIRST_COMPLETED
+                )
+                for task in done:
+                    running.pop(task)
+                    result = task.result()
+                    if result is not None:
+                        report.outcomes[result.outcome] += 1
+                    moved = True
+            if moved:
+                continue
+            if running:
+                await _heartbeat(kernel, worker_id, running.values())
+                wake = clock.next_wakeup()
+                if wake is None:
+                    continue  # real work (a sync stage in a thread): wait for it
+                # Never jump past our own leases: heartbeat, then step at most half a lease.
+                clock.advance_to(min(wake, clock.now() + timedelta(seconds=lease / 2)))
+                continue
+            if not await _active_runs(persistence):
+                return report
+            due = _next_due(clock, transport, scheduler)
+            if due is None:
+                report.settled = False
+                return report
+            clock.advance_to(due)
+        raise StuckError(f"the kernel did not settle in {max_steps} steps")
+    finally:
+        report.skipped = clock.now() - start
+        for task in running:
+            task.cancel()
+        if running:
+            await asyncio.gather(*running, return_exceptions=True)
+
+
+async def _maintain(kernel: Kernel, worker_id: str) -> bool:
+    claimed = await kernel.dispatch(RunClaimPending(limit=100))
+    polled = await kernel.dispatch(StagePollSuspended(limit=100, poller_id=worker_id))
+    reaped = await kernel.dispatch(LeaseReapStale(limit=100))
+    flushed = await kernel.dispatch(OutboxFlush(limit=500, flusher_id=worker_id))
+    return bool(
+        claimed.run_ids
+        or polled.checked
+        or reaped.retried
+        or reaped.failed
+        or reaped.requeued
+        or flushed.delivered
+        or flushed.dead_lettered
+    )
+
+
+async def _heartbeat(kernel: Kernel, worker_id: str, jobs: Iterable[JobMessage]) -> None:
+    for job in list(jobs):
+        with contextlib.suppress(LeaseLost):  # not started yet, or finished meanwhile
+            await kernel.dispatch(JobHeartbeat(job=job, worker_id=worker_id))
+
+
+async def _active_runs(persistence: Persistence) -> bool:
+    async with persistence.transaction() as tx:
+        for status in (RunStatus.PENDING, RunStatus.RUNNING):
+            if await tx.runs.find(status=status, limit=1):
+                return True
+    return False
+
+
+def _next_due(
+    clock: FakeClock, transport: InMemoryJobQueue, scheduler: RecordingScheduler
+) -> datetime | None:
+    now = clock.now()
+    candidates = [scheduler.next_after(now), clock.next_wakeup()]
+    available = transport.next_available_at()
+    if available is not None and available > now:
+        candidates.append(available)
+    due = [c for c in candidates if c is not None]
+    return min(due) if due else None
+
+
+class TestEnvironment:
+    """A kernel on in-memory adapters and a FakeClock, ready for a workflow's tests.
+
+    Example:
+        env = TestEnvironment([my_workflow])
+        run = await env.run("my-workflow", {"n": 1})
+        assert run.status is RunStatus.COMPLETED
+    """
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(
+        self,
+        workflows: Sequence[Workflow] | WorkflowRegistry,
+        *,
+        plugins: Sequence[Plugin] = (),
+        settings: KernelSettings | None = None,
+        event_sink: EventSink | None = None,
+        clock: FakeClock | None = None,
+        external_transport: bool = False,
+    ) -> None:
+        """`external_transport=True` makes the queue behave like one outside the database
+        (fed after commit) instead of enlisting in the persistence's transactions."""
+        self.registry = (
+            workflows if isinstance(workflows, WorkflowRegistry) else WorkflowRegistry(workflows)
+        )
+        self.clock = clock or FakeClock()
+        self.persistence = InMemoryPersistence()
+        self.queue = InMemoryJobQueue(self.clock, None if external_transport else self.persistence)
+        self.blobs = InMemoryBlobStore()
+        self.sink = CollectingEventSink()
+        self.scheduler = RecordingScheduler()
+        self.kernel = create_kernel(
+            persistence=self.persistence,
+            blob_store=self.blobs,
+            job_transport=self.queue,
+            event_sink=event_sink or self.sink,
+            scheduler=self.scheduler,
+            clock=self.clock,
+            registry=self.registry,
+            plugins=plugins,
+            ids=SequentialIds(),
+            settings=settings,
+        )
+
+    async def create_run(self, workflow_id: str, input: Any = None, **kwargs: Any) -> str:
+        result = await self.kernel.dispatch(
+            RunCreate(workflow_id=workflow_id, input=input, **kwargs)
+        )
+        return result.run_id
+
+    async def run_until_idle(self, **kwargs: Any) -> DriveReport:
+        return await run_until_idle(
+            self.kernel,
+            clock=self.clock,
+            transport=self.queue,
+            scheduler=self.scheduler,
+            persistence=self.persistence,
+            **kwargs,
+        )
+
+    async def run(self, workflow_id: str, input: Any = None, **kwargs: Any) -> RunRecord:
+        """Create a run, drive everything to idle, and return the run."""
+        run_id = await self.create_run(workflow_id, input, **kwargs)
+        await self.run_until_idle()
+        return await self.get_run(run_id)
+
+    async def get_run(self, run_id: str) -> RunRecord:
+        async with self.persistence.transaction() as tx:
+            run = await tx.runs.get(run_id)
+        assert run is not None, f"no run {run_id}"
+        return run
+
+    async def stages(self, run_id: str) -> dict[str, StageRecord]:
+        async with self.persistence.transaction() as tx:
+            return {s.stage_id: s for s in await tx.stages.for_run(run_id)}
+
+    async def output(self, run_id: str) -> Any:
+        """The run's output, fetched from the blob store when it was stored there."""
+        run = await self.get_run(run_id)
+        if run.output_ref is not None:
+            import json
+
+            return json.loads(await self.blobs.get(run.output_ref))
+        return run.output
