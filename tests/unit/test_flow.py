@@ -34,10 +34,12 @@ async def test_after_a_parallel_group_the_next_stage_gets_a_dict_keyed_by_stage_
 
     wf = (
         WorkflowBuilder("fan")
-        .parallel([
-            define_stage(id="a", execute=lambda ctx: {"v": "a"}),
-            define_stage(id="b", execute=lambda ctx: [1, 2]),
-        ])
+        .parallel(
+            [
+                define_stage(id="a", execute=lambda ctx: {"v": "a"}),
+                define_stage(id="b", execute=lambda ctx: [1, 2]),
+            ]
+        )
         .pipe(define_stage(id="after", execute=record))
         .build()
     )

@@ -345,7 +345,11 @@ async def _record(
         scope.transition_stage(
             sid,
             "suspend",
-            suspend_state={"state": outcome.state, "poll_interval": outcome.poll_interval},
+            suspend_state={
+                "state": outcome.state,
+                "poll_interval": outcome.poll_interval,
+                "max_wait": outcome.max_wait,
+            },
             due_at=min(due, deadline),
             suspend_deadline=deadline,
             lease_expires_at=None,

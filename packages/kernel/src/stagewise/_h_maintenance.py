@@ -108,9 +108,8 @@ async def _check(core: Core, claim: _PollClaim) -> None:
         envelope = stage.suspend_state or {}
         state = envelope.get("state")
         interval = float(envelope.get("poll_interval") or 60.0)
-        if stage.suspend_deadline is not None and core.now >= stage.suspend_deadline:
-            max_wait = (stage.suspend_deadline - (stage.started_at or core.now)).total_seconds()
-            raise SuspendTimeoutError(stage.stage_id, max_wait)
+        # At the deadline check one last time: the outside work may just have finished.
+        expired = stage.suspend_deadline is not None and core.now >= stage.suspend_deadline
         claim.attempt = Inflight(
             run_id=stage.run_id, stage_id=stage.stage_id, attempt=stage.attempt
         )
@@ -133,6 +132,8 @@ async def _check(core: Core, claim: _PollClaim) -> None:
             assert isinstance(stored, Output)
             claim.outcome = stored
         elif isinstance(answer, NotReady):
+            if expired:
+                raise SuspendTimeoutError(stage.stage_id, float(envelope.get("max_wait") or 0))
             claim.outcome = to_seconds(answer.next_check_in, "next_check_in") or interval
         else:
             raise StageOutputError(

@@ -186,12 +186,6 @@ async def run_rerun_from(core: Core, cmd: RunRerunFrom) -> RunRerunResult:
             raise RunNotFoundError(cmd.run_id)
         workflow = core.registry.get_workflow(scope.run.workflow_id)
         index = workflow.group_of(cmd.stage_id)
-        for stage in scope.stages.values():
-            if stage.group_index < index and stage.status is not StageStatus.COMPLETED:
-                raise ConflictError(
-                    f"cannot rerun run {cmd.run_id!r} from {cmd.stage_id!r}: earlier stage "
-                    f"{stage.stage_id!r} is {stage.status.value}"
-                )
         scope.transition_run(
             "rerun",
             current_group=index,
@@ -200,6 +194,12 @@ async def run_rerun_from(core: Core, cmd: RunRerunFrom) -> RunRerunResult:
             error=None,
             finished_at=None,
         )
+        for stage in scope.stages.values():
+            if stage.group_index < index and stage.status is not StageStatus.COMPLETED:
+                raise ConflictError(
+                    f"cannot rerun run {cmd.run_id!r} from {cmd.stage_id!r}: earlier stage "
+                    f"{stage.stage_id!r} is {stage.status.value}"
+                )
         reset, deleted = _rerun_targets(scope.stages, workflow.plan[index], cmd.stage_id, index)
         for stage in [scope.stages[s] for s in reset + deleted if s in scope.stages]:
             unit.effects.blob_deletes.extend(_blob_keys(stage))

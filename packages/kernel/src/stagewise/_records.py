@@ -91,6 +91,8 @@ class StageRecord:
     enqueued_at: datetime | None = None
     """When the current attempt's job was last handed to the transport."""
     suspend_state: Json = None
+    """SUSPENDED: `{"state": <what execute returned in Suspend>, "poll_interval": s,
+    "max_wait": s}`."""
     suspend_deadline: datetime | None = None
     """SUSPENDED: when `max_wait` runs out."""
     output: Json = None

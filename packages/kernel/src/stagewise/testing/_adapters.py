@@ -222,9 +222,9 @@ class RecordingScheduler:
     async def wake(self, command: WakeCommand, at: datetime) -> None:
         self.hints.append((command, at))
 
-    def next_after(self, now: datetime) -> datetime | None:
-        """The earliest hinted time strictly after `now`."""
-        future = [at for _, at in self.hints if at > now]
+    def next_after(self, now: datetime, command: WakeCommand | None = None) -> datetime | None:
+        """The earliest hinted time strictly after `now` (for `command`, or any)."""
+        future = [at for c, at in self.hints if at > now and command in (None, c)]
         return min(future) if future else None
 
     def prune(self, now: datetime) -> None:

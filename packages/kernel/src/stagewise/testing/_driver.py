@@ -110,6 +110,7 @@ async def run_until_idle(
                     if result is not None:
                         report.outcomes[result.outcome] += 1
                     moved = True
+            scheduler.prune(clock.now())
             if moved:
                 continue
             if running:
@@ -121,7 +122,12 @@ async def run_until_idle(
                 clock.advance_to(min(wake, clock.now() + timedelta(seconds=lease / 2)))
                 continue
             if not await _active_runs(persistence):
-                return report
+                # Runs are done; events may still wait for a delivery retry.
+                retry = scheduler.next_after(clock.now(), command="outbox.flush")
+                if retry is None:
+                    return report
+                clock.advance_to(retry)
+                continue
             due = _next_due(clock, transport, scheduler)
             if due is None:
                 report.settled = False

@@ -83,6 +83,11 @@ class InMemoryPersistence:
         self.transactions = 0
         """Committed transactions so far (for tests that count round trips)."""
 
+    @property
+    def in_transaction(self) -> bool:
+        """Whether a transaction is open right now (tests check user code runs outside)."""
+        return self._lock.locked()
+
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[MemoryTransaction]:
         async with self._lock:
