@@ -12,11 +12,11 @@ from stagewise import (
     ConflictError,
     InvalidTransitionError,
     JobExecute,
+    RetryPolicy,
     RunCancel,
     RunClaimPending,
     RunNotFoundError,
     RunRerunFrom,
-    RetryPolicy,
     RunStatus,
     StageContext,
     StageNotFoundError,
@@ -31,7 +31,7 @@ from tests.unit.workflows import Num, four_groups
 async def test_cancel_during_a_running_stage() -> None:
     saw_cancel = asyncio.Event()
     sync_saw: list[bool] = []
-    release_sync = asyncio.Event()
+    asyncio.Event()
 
     async def waits(ctx: StageContext) -> str:
         try:

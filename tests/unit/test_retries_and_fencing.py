@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from datetime import timedelta
 
 import pytest
@@ -44,7 +45,7 @@ async def test_a_failing_stage_is_retried_with_backoff_on_the_clock_then_succeed
     assert run.status is RunStatus.COMPLETED and run.output == 42
     assert calls == [1, 2, 3]
     started = [e.occurred_at for e in env.sink.events if e.type == "stage.started"]
-    assert [(b - a).total_seconds() for a, b in zip(started, started[1:], strict=False)] == [
+    assert [(b - a).total_seconds() for a, b in itertools.pairwise(started)] == [
         10.0,
         30.0,
     ]
