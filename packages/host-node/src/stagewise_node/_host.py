@@ -1,0 +1,520 @@
+"""The node host: a long-running worker around one kernel.
+
+Theory of operation
+-------------------
+A host is four small loops on one event loop, all stoppable through one `asyncio.Event`:
+
+* the **job loop** dequeues up to the free slots' worth of jobs and runs each one as a task
+  (`job.execute`); with every slot busy it waits for one to free, with nothing to do it
+  sleeps on its alarm, which goes off when the kernel hints that a job is due (enqueued now
+  or a retry's backoff ends), when a NOTIFY says another process enqueued, or after the
+  fallback poll interval;
+* the **tick loop** runs the orchestration steps (claim, poll suspended, reap, flush) when
+  each is due (see `_tick`);
+* the **heartbeat loop** extends the lease of every attempt in flight and learns of
+  cancellation (see `_heartbeat`);
+* the **listen loop**, when the transport can tell (PostgreSQL LISTEN/NOTIFY), rings the job
+  loop's alarm as soon as any process enqueues.
+
+Stopping is a drain: the job and tick loops stop (no new claims, no new jobs), in-flight
+attempts may finish until the deadline and keep heartbeating meanwhile, the ones still
+running are cancelled, and `lease.reapStale` for this worker's own id hands their stages to
+the next attempt and gives back every delivery this worker holds, so another worker takes
+them at once instead of after the lease.
+
+The host holds no state that matters for correctness: the stage rows are the truth and the
+kernel fences every delivery, so a host killed at any point loses nothing but time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Awaitable, Coroutine
+from datetime import datetime
+from typing import Any, Protocol, runtime_checkable
+
+from stagewise import (
+    Clock,
+    CommandResult,
+    JobExecute,
+    JobMessage,
+    JobTransport,
+    Kernel,
+    LeaseLost,
+    LeaseReapStale,
+    SystemClock,
+)
+from stagewise_node._heartbeat import Heartbeater, job_fields
+from stagewise_node._scheduler import Alarm, HostScheduler, WakeCommand, wait_event
+from stagewise_node._settings import NodeHostSettings
+from stagewise_node._stats import Counters, HostState, HostStats
+from stagewise_node._tick import STEPS, Ticker
+
+logger = logging.getLogger("stagewise.node")
+
+
+@runtime_checkable
+class JobWakeups(Protocol):
+    """A transport that can say when jobs were enqueued (outside the kernel's port)."""
+
+    def wait_for_jobs(self, timeout: float) -> Awaitable[bool]: ...
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class NodeHost:
+    """Runs a kernel's jobs and maintenance in a long-running process.
+
+    Example:
+        scheduler = HostScheduler()
+        kernel = create_kernel(..., scheduler=scheduler)
+        host = NodeHost(kernel=kernel, job_transport=transport, worker_id="w1",
+                        scheduler=scheduler)
+        await host.run()  # serves until SIGTERM/SIGINT, then drains
+
+    The host is also the kernel's `Scheduler` (`wake`); because the kernel is built before
+    the host, pass the same `HostScheduler` to both and the host attaches itself to it.
+    Without it, work is found by the fallback polling intervals only.
+    """
+
+    def __init__(
+        self,
+        *,
+        kernel: Kernel,
+        job_transport: JobTransport,
+        worker_id: str | None = None,
+        settings: NodeHostSettings | None = None,
+        scheduler: HostScheduler | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        """
+        Raises:
+            ValueError: the heartbeat interval is not shorter than the kernel's lease.
+        """
+        self.kernel = kernel
+        self.settings = settings or NodeHostSettings()
+        self.worker_id = worker_id or default_worker_id()
+        self._transport = job_transport
+        self._clock: Clock = clock or SystemClock()
+        self._lease = kernel.settings.lease_seconds
+        self._heartbeater = Heartbeater(
+            kernel, self._clock, self.settings.heartbeat_every(self._lease), self.worker_id
+        )
+        self._ticker = Ticker(kernel, self._clock, self.settings, self.worker_id)
+        self._jobs_alarm = Alarm(self._clock)
+        self._counters = Counters()
+        self._running: dict[asyncio.Task[None], JobMessage] = {}
+        self._slot = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._beats_stop = asyncio.Event()
+        self._force = asyncio.Event()
+        self._loops: dict[str, asyncio.Task[None]] = {}
+        self._stop_task: asyncio.Task[None] | None = None
+        self._crash: BaseException | None = None
+        self._crashed = asyncio.Event()
+        self._state: HostState = "new"
+        self._started: float | None = None
+        self._stopped: float | None = None
+        self._scheduler = scheduler
+        if scheduler is not None:
+            scheduler.attach(self._on_hint)
+
+    # --- the Scheduler port ------------------------------------------------------------
+
+    async def wake(self, command: WakeCommand, at: datetime) -> None:
+        """A hint that `command` has work from `at` on: wake the loop that runs it then."""
+        self._on_hint(command, at)
+
+    def _on_hint(self, command: WakeCommand, at: datetime) -> None:
+        if self._state not in ("new", "running"):
+            return
+        if command == "job.execute":
+            self._jobs_alarm.ring(at)
+        else:
+            self._ticker.hint(command, at)
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    @property
+    def state(self) -> HostState:
+        return self._state
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._running)
+
+    async def start(self) -> None:
+        """Reclaim this worker id's leases (a restart after a crash) and start the loops.
+
+        Raises:
+            RuntimeError: the host was started before.
+            StagewiseError: reclaiming the leases failed (the database is unreachable...).
+        """
+        if self._state != "new":
+            raise RuntimeError(f"host {self.worker_id!r} was already started ({self._state})")
+        if self.settings.reap_own_leases_on_start:
+            await self._release_own("on start")
+        self._state = "running"
+        self._started = time.monotonic()
+        self._spawn_loop("jobs", self._job_loop())
+        self._spawn_loop("tick", self._ticker.loop(self._stopping, self._counters))
+        self._spawn_loop(
+            "heartbeat",
+            self._heartbeater.loop(
+                lambda: self._running.values(), self._beats_stop, self._counters
+            ),
+        )
+        if isinstance(self._transport, JobWakeups):
+            self._spawn_loop("listen", self._listen_loop(self._transport))
+        logger.info(
+            "worker %s started: %d slot(s), lease %.1fs, heartbeat every %.1fs",
+            self.worker_id,
+            self.settings.concurrency,
+            self._lease,
+            self._heartbeater.interval,
+            extra={"worker_id": self.worker_id},
+        )
+
+    async def stop(self, drain_timeout: float | None = None) -> None:
+        """Stop claiming and dequeuing, let in-flight stages finish for up to
+        `drain_timeout` seconds (default: the settings'), then cancel the rest and release
+        their leases so that another worker takes them at once. Safe to call twice."""
+        if self._state == "new":
+            self._state = "stopped"
+            self._detach()
+            return
+        if self._stop_task is None:
+            timeout = self.settings.drain_timeout if drain_timeout is None else drain_timeout
+            self._stop_task = asyncio.ensure_future(self._drain(max(0.0, timeout)))
+        await asyncio.shield(self._stop_task)
+
+    def force_stop(self) -> None:
+        """Stop waiting for in-flight stages: a drain in progress ends now."""
+        self._force.set()
+
+    async def run(self) -> None:
+        """Start, serve until SIGTERM or SIGINT, then drain (`settings.drain_timeout`).
+
+        A second signal ends the drain at once. Returns normally after a clean stop.
+
+        Raises:
+            StagewiseError: the host could not start.
+            BaseException: a loop of the host crashed (a bug): it is stopped, then re-raised.
+        """
+        loop = asyncio.get_running_loop()
+        requested = asyncio.Event()
+        received = 0
+
+        def on_signal(signum: int) -> None:
+            nonlocal received
+            received += 1
+            name = signal.Signals(signum).name
+            if received == 1:
+                logger.info(
+                    "%s received: draining (up to %.1fs)",
+                    name,
+                    self.settings.drain_timeout,
+                    extra={"worker_id": self.worker_id},
+                )
+                requested.set()
+            else:
+                logger.warning(
+                    "%s received again: stopping without waiting for in-flight stages",
+                    name,
+                    extra={"worker_id": self.worker_id},
+                )
+                self.force_stop()
+
+        installed: list[signal.Signals] = []
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, on_signal, sig)
+            except (NotImplementedError, RuntimeError):  # not the main thread, or Windows
+                continue
+            installed.append(sig)
+        try:
+            await self.start()
+            stop_waiter = asyncio.ensure_future(requested.wait())
+            crash_waiter = asyncio.ensure_future(self._crashed.wait())
+            try:
+                await asyncio.wait({stop_waiter, crash_waiter}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stop_waiter.cancel()
+                crash_waiter.cancel()
+                await asyncio.gather(stop_waiter, crash_waiter, return_exceptions=True)
+        finally:
+            await self.stop()
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+        if self._crash is not None:
+            raise self._crash
+
+    async def tick(self) -> dict[WakeCommand, CommandResult | Exception]:
+        """Run every orchestration step once now (never while another tick runs)."""
+        return await self._ticker.tick(self._counters, STEPS)
+
+    def stats(self) -> HostStats:
+        c = self._counters
+        if self._started is None:
+            uptime = 0.0
+        else:
+            uptime = (self._stopped or time.monotonic()) - self._started
+        return HostStats(
+            worker_id=self.worker_id,
+            state=self._state,
+            jobs_processed=c.jobs_processed,
+            jobs_succeeded=c.jobs_succeeded,
+            jobs_failed=c.jobs_failed,
+            jobs_retried=c.jobs_retried,
+            jobs_cancelled=c.jobs_cancelled,
+            jobs_lease_lost=c.jobs_lease_lost,
+            ticks=c.ticks,
+            tick_errors=c.tick_errors,
+            heartbeats=c.heartbeats,
+            in_flight=len(self._running),
+            uptime=uptime,
+            last_error=c.last_error,
+        )
+
+    # --- loops ---------------------------------------------------------------------------
+
+    def _spawn_loop(self, name: str, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro, name=f"stagewise-{name}-{self.worker_id}")
+        self._loops[name] = task
+        task.add_done_callback(self._loop_done)
+
+    def _loop_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        exc = task.exception()
+        assert exc is not None
+        logger.critical(
+            "host loop %s crashed; stopping the host",
+            task.get_name(),
+            exc_info=exc,
+            extra={"worker_id": self.worker_id},
+        )
+        self._crash = self._crash or exc
+        self._counters.error(task.get_name(), exc)
+        self._crashed.set()
+
+    async def _job_loop(self) -> None:
+        failures = 0
+        while not self._stopping.is_set():
+            self._slot.clear()
+            free = self.settings.concurrency - len(self._running)
+            if free <= 0:
+                await wait_event(self._slot, self._clock, self.settings.job_poll_interval)
+                continue
+            self._jobs_alarm.take()
+            try:
+                jobs = await self._transport.dequeue(
+                    worker_id=self.worker_id, limit=free, lease_for=self._lease
+                )
+            except Exception as exc:
+                failures += 1
+                self._counters.error("dequeue", exc)
+                logger.warning(
+                    "dequeue failed (%d in a row): %s: %s",
+                    failures,
+                    type(exc).__name__,
+                    exc,
+                    exc_info=failures == 1,
+                    extra={"worker_id": self.worker_id},
+                )
+                await self._jobs_alarm.wait(self.settings.job_poll_interval)
+                continue
+            failures = 0
+            for job in jobs:
+                task = asyncio.create_task(self._execute(job), name=f"stagewise-job-{job.job_id}")
+                self._running[task] = job
+                task.add_done_callback(self._job_done)
+            if len(jobs) < free:
+                await self._jobs_alarm.wait(self.settings.job_poll_interval)
+
+    def _job_done(self, task: asyncio.Task[None]) -> None:
+        self._running.pop(task, None)
+        self._slot.set()
+
+    async def _execute(self, job: JobMessage) -> None:
+        fields = job_fields(job, self.worker_id)
+        began = time.monotonic()
+        try:
+            result = await self.kernel.dispatch(JobExecute(job=job, worker_id=self.worker_id))
+        except LeaseLost as exc:
+            self._counters.outcome("lease_lost")
+            logger.info("delivery refused: %s", exc, extra=fields)
+            return
+        except asyncio.CancelledError:
+            logger.warning(
+                "stage %s of run %s (attempt %d) abandoned at the drain deadline",
+                job.stage_id,
+                job.run_id,
+                job.attempt,
+                extra=fields,
+            )
+            raise
+        except Exception as exc:
+            self._counters.jobs_processed += 1
+            self._counters.jobs_failed += 1
+            self._counters.error(f"job {job.job_id}", exc)
+            logger.error(
+                "could not execute stage %s of run %s (attempt %d): %s: %s",
+                job.stage_id,
+                job.run_id,
+                job.attempt,
+                type(exc).__name__,
+                exc,
+                exc_info=True,
+                extra=fields,
+            )
+            return
+        self._counters.outcome(result.outcome)
+        elapsed = time.monotonic() - began
+        fields = {**fields, "outcome": result.outcome, "duration": round(elapsed, 4)}
+        what = f"stage {job.stage_id} of run {job.run_id} (attempt {job.attempt})"
+        if result.outcome == "retry":
+            logger.warning(
+                "%s failed, retrying in %.1fs: %s",
+                what,
+                result.retry_after or 0,
+                result.error,
+                extra=fields,
+            )
+        elif result.outcome == "failed":
+            logger.error("%s failed: %s", what, result.error, extra=fields)
+        elif result.replayed:
+            logger.info("%s had already completed: duplicate delivery dropped", what, extra=fields)
+        else:
+            logger.info("%s %s in %.3fs", what, result.outcome, elapsed, extra=fields)
+
+    async def _listen_loop(self, transport: JobWakeups) -> None:
+        failures = 0
+        while not self._stopping.is_set():
+            try:
+                woke = await transport.wait_for_jobs(self.settings.listen_timeout)
+            except Exception as exc:
+                failures += 1
+                logger.warning(
+                    "waiting for job notifications failed: %s: %s",
+                    type(exc).__name__,
+                    exc,
+                    extra={"worker_id": self.worker_id},
+                )
+                await wait_event(self._stopping, self._clock, min(30.0, failures))
+                continue
+            failures = 0
+            if woke:
+                self._jobs_alarm.ring()
+
+    # --- stopping ------------------------------------------------------------------------
+
+    async def _drain(self, seconds: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        self._state = "draining"
+        logger.info(
+            "worker %s stopping: %d stage(s) in flight, draining for up to %.1fs",
+            self.worker_id,
+            len(self._running),
+            seconds,
+            extra={"worker_id": self.worker_id},
+        )
+        self._stopping.set()
+        self._jobs_alarm.ring()
+        self._slot.set()
+        self._ticker.poke()
+        listen = self._loops.pop("listen", None)
+        if listen is not None:
+            listen.cancel()
+            await asyncio.gather(listen, return_exceptions=True)
+        for name in ("jobs", "tick"):  # a tick in progress may finish
+            task = self._loops.pop(name, None)
+            if task is not None:
+                await self._until(deadline, {task})
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+
+        await self._until(deadline, set(self._running))
+        abandoned = list(self._running)
+        for task in abandoned:
+            task.cancel()
+        await asyncio.gather(*abandoned, return_exceptions=True)
+
+        self._beats_stop.set()
+        beats = self._loops.pop("heartbeat", None)
+        if beats is not None:
+            await asyncio.gather(beats, return_exceptions=True)
+        try:
+            await self._release_own("on stop")
+        except Exception as exc:
+            self._counters.error("release", exc)
+            logger.error(
+                "could not release this worker's leases (they expire in %.1fs): %s: %s",
+                self._lease,
+                type(exc).__name__,
+                exc,
+                extra={"worker_id": self.worker_id},
+            )
+        self._state = "stopped"
+        self._stopped = time.monotonic()
+        self._detach()
+        stats = self.stats()
+        logger.info(
+            "worker %s stopped: %d job(s) processed, %d abandoned at the deadline",
+            self.worker_id,
+            stats.jobs_processed,
+            len(abandoned),
+            extra={"worker_id": self.worker_id},
+        )
+
+    async def _until(self, deadline: float, tasks: set[asyncio.Task[None]]) -> None:
+        """Wait for `tasks` until the loop time `deadline` or a forced stop."""
+        loop = asyncio.get_running_loop()
+        force = asyncio.ensure_future(self._force.wait())
+        try:
+            while True:
+                pending = {t for t in tasks if not t.done()}
+                remaining = deadline - loop.time()
+                if not pending or remaining <= 0 or self._force.is_set():
+                    return
+                await asyncio.wait(
+                    {*pending, force}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+                )
+        finally:
+            force.cancel()
+            await asyncio.gather(force, return_exceptions=True)
+
+    async def _release_own(self, when: str) -> None:
+        """Retry every attempt this worker id holds and give back its deliveries."""
+        batch = self.settings.reap_batch
+        while True:
+            result = await self.kernel.dispatch(
+                LeaseReapStale(limit=batch, worker_id=self.worker_id)
+            )
+            if result.retried or result.failed or result.released_jobs:
+                logger.info(
+                    "released this worker's leases %s: %d attempt(s) retried, %d failed, "
+                    "%d delivery(ies) given back",
+                    when,
+                    result.retried,
+                    result.failed,
+                    result.released_jobs,
+                    extra={"worker_id": self.worker_id},
+                )
+            if result.retried + result.failed < batch:
+                return
+
+    def _detach(self) -> None:
+        if self._scheduler is not None:
+            self._scheduler.detach(self._on_hint)
+
+    def __repr__(self) -> str:
+        return f"NodeHost(worker_id={self.worker_id!r}, state={self._state!r})"
