@@ -1,0 +1,42 @@
+"""stagewise-sql: the kernel's ports on SQLite (aiosqlite) and PostgreSQL (asyncpg).
+
+    from stagewise_sql import SqlBackend
+
+    async with await SqlBackend.connect("sqlite+aiosqlite:///stagewise.db") as backend:
+        backend.persistence, backend.job_transport, backend.blob_store
+
+`metadata` and `VERSION_TABLE` let an application manage our schema in its own Alembic
+environment (see the package README).
+"""
+
+from stagewise_sql._backend import SqlBackend, SqlSettings, upgrade
+from stagewise_sql._blobs import SqlBlobStore
+from stagewise_sql._errors import (
+    DatabaseUnavailableError,
+    DuplicateRecordError,
+    InvalidDatabaseUrlError,
+    SchemaMissingError,
+)
+from stagewise_sql._migrate import MIGRATIONS, head_revision
+from stagewise_sql._persistence import SqlPersistence, SqlTransaction
+from stagewise_sql._schema import VERSION_TABLE, metadata
+from stagewise_sql._transport import CHANNEL, SqlJobTransport
+
+__all__ = [
+    "CHANNEL",
+    "MIGRATIONS",
+    "VERSION_TABLE",
+    "DatabaseUnavailableError",
+    "DuplicateRecordError",
+    "InvalidDatabaseUrlError",
+    "SchemaMissingError",
+    "SqlBackend",
+    "SqlBlobStore",
+    "SqlJobTransport",
+    "SqlPersistence",
+    "SqlSettings",
+    "SqlTransaction",
+    "head_revision",
+    "metadata",
+    "upgrade",
+]

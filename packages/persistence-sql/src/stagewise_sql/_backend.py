@@ -1,0 +1,152 @@
+"""`SqlBackend`: one database, and the three ports stagewise keeps in it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import TracebackType
+
+from sqlalchemy import URL
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from stagewise._clock import SystemClock
+from stagewise._ports import Clock
+from stagewise_sql._blobs import SqlBlobStore
+from stagewise_sql._engine import Database, create_engine, parse_url
+from stagewise_sql._migrate import current_revision, ensure_schema
+from stagewise_sql._persistence import SqlPersistence
+from stagewise_sql._transport import SqlJobTransport
+
+
+@dataclass(frozen=True, slots=True)
+class SqlSettings:
+    """Connection settings (the defaults suit most deployments)."""
+
+    pool_size: int = 10
+    """Pooled connections (PostgreSQL may open as many again under load)."""
+    busy_timeout: float = 5.0
+    """SQLite: seconds to wait for another process's write lock before giving up."""
+    connect_timeout: float = 10.0
+    """PostgreSQL: seconds to wait for a new connection."""
+    echo: bool = False
+    """Log every statement (SQLAlchemy's `echo`)."""
+
+
+class SqlBackend:
+    """Persistence, job transport and blob store on one SQLite or PostgreSQL database.
+
+        backend = await SqlBackend.connect("sqlite+aiosqlite:///stagewise.db")
+        kernel = create_kernel(persistence=backend.persistence,
+                               transport=backend.job_transport,
+                               blobs=backend.blob_store, ...)
+        ...
+        await backend.close()
+
+    or, to close it on the way out::
+
+        async with await SqlBackend.connect(url) as backend:
+            ...
+    """
+
+    def __init__(self, db: Database, clock: Clock) -> None:
+        self._db = db
+        self.clock = clock
+        self.persistence = SqlPersistence(db)
+        self.job_transport = SqlJobTransport(db, clock)
+        self.blob_store = SqlBlobStore(db)
+
+    @classmethod
+    async def connect(
+        cls,
+        url: str | URL,
+        *,
+        migrate: bool = True,
+        clock: Clock | None = None,
+        settings: SqlSettings | None = None,
+    ) -> SqlBackend:
+        """Open the database at `url`, check its schema and upgrade it if allowed.
+
+        Args:
+            url: `sqlite+aiosqlite:///path.db` (or `sqlite:///path.db`; `sqlite://` for an
+                in-memory database) or `postgresql+asyncpg://user:pw@host/db` (or
+                `postgresql://...`).
+            migrate: upgrade the schema to this code's revision when it is behind.
+            clock: the time every lease and availability is computed with (the system
+                clock by default; a `FakeClock` in tests). Never the database's clock.
+            settings: pool size and timeouts.
+
+        Raises:
+            InvalidDatabaseUrlError: the URL is malformed or names an unsupported database.
+            DatabaseUnavailableError: the server cannot be reached.
+            SchemaMissingError: a stagewise table is missing and `migrate` is False.
+            SchemaVersionError: the schema is behind (with `migrate=False`) or ahead of
+                this code.
+            PersistenceError: the database refused us (no such database, permissions...).
+        """
+        settings = settings or SqlSettings()
+        parsed = parse_url(url)
+        engine = create_engine(
+            parsed,
+            pool_size=settings.pool_size,
+            busy_timeout=settings.busy_timeout,
+            connect_timeout=settings.connect_timeout,
+            echo=settings.echo,
+        )
+        db = Database(engine)
+        try:
+            await ensure_schema(db, migrate=migrate)
+        except BaseException:
+            await db.close()
+            raise
+        return cls(db, clock or SystemClock())
+
+    @property
+    def dialect(self) -> str:
+        """`"sqlite"` or `"postgresql"`."""
+        return self._db.dialect
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The SQLAlchemy engine, for health checks and tools.
+
+        Statements run on it directly bypass stagewise's connection rules (SQLite's write
+        lock queue, retries, error translation).
+        """
+        return self._db.engine
+
+    @property
+    def url(self) -> str:
+        """The database URL, password hidden."""
+        return self._db.url_display
+
+    async def schema_revision(self) -> str | None:
+        """Our schema revision recorded in the database (None if managed elsewhere)."""
+        return await current_revision(self._db)
+
+    async def close(self) -> None:
+        """Close the LISTEN connection and every pooled connection."""
+        await self.job_transport.close()
+        await self._db.close()
+
+    async def __aenter__(self) -> SqlBackend:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+async def upgrade(url: str | URL) -> str:
+    """Upgrade the database at `url` to this code's schema revision; returns it.
+
+    What `stagewise db upgrade` runs.
+    """
+    backend = await SqlBackend.connect(url, migrate=True)
+    try:
+        revision = await backend.schema_revision()
+    finally:
+        await backend.close()
+    return revision or ""

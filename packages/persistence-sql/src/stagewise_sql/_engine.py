@@ -1,0 +1,309 @@
+"""Engines, connections and the rules for using them.
+
+`Database` is the one place that opens connections. It gives out a `Link` (a connection in
+use by one unit of work, through which every statement runs and every driver error is
+translated) in one of two modes:
+
+* `transaction()` - BEGIN ... COMMIT. SQLite begins with `BEGIN IMMEDIATE`, so writers take
+  the write lock up front and never fail later on a lock upgrade; PostgreSQL runs at READ
+  COMMITTED and locks rows explicitly (`FOR UPDATE`, `SKIP LOCKED`).
+* `single()` - for single statements that are atomic on their own (dequeue, ack, blob
+  writes): on PostgreSQL in autocommit mode, without BEGIN/COMMIT round trips.
+
+SQLite has one writer at a time. Within a process, writers queue on an `asyncio.Lock`
+instead of spinning in SQLite's busy handler (which sleeps up to 100 ms per try); across
+processes, `busy_timeout` still applies. A write outside any transaction issued by a task
+that is already inside one of this database's transactions (a blob put or a transport
+call inside the kernel's block) joins that transaction: a second writer would wait for the
+first, which waits for it.
+
+Only what has not touched the database is retried: getting a connection and BEGIN, and on
+PostgreSQL a transaction's first statement when the connection turned out to be dead. An
+error inside the caller's block surfaces as `TransientError`; the block cannot be re-run
+from here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager, suppress
+from contextvars import ContextVar
+from typing import Any, Literal, NoReturn, TypeVar
+
+from sqlalchemy import URL, Connection, event, make_url
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import CursorResult
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.sql.base import Executable
+
+from stagewise._errors import PersistenceError, TransientError
+from stagewise_sql._errors import InvalidDatabaseUrlError, is_disconnect, translate
+
+SQLITE_DRIVER = "sqlite+aiosqlite"
+POSTGRES_DRIVER = "postgresql+asyncpg"
+_BEGIN_OPTION = "stagewise_begin"
+_SUPPORTED = f"use {SQLITE_DRIVER}:///path.db or {POSTGRES_DRIVER}://user@host/dbname"
+
+Dialect = Literal["sqlite", "postgresql"]
+T = TypeVar("T")
+
+
+def parse_url(url: str | URL) -> URL:
+    """The URL with its async driver filled in (`sqlite:///x.db` -> `sqlite+aiosqlite:///x.db`).
+
+    Raises:
+        InvalidDatabaseUrlError: malformed, or a database or driver stagewise does not support.
+    """
+    shown = _mask(url) if isinstance(url, str) else url.render_as_string(hide_password=True)
+    try:
+        parsed = make_url(url)
+        _ = parsed.port  # a non-numeric port fails here, not at connect time
+    except (sa_exc.ArgumentError, ValueError, TypeError) as exc:
+        raise InvalidDatabaseUrlError(shown, f"cannot parse it; {_SUPPORTED}") from exc
+    shown = parsed.render_as_string(hide_password=True)
+    backend, _, driver = parsed.drivername.partition("+")
+    if backend == "sqlite" and driver in ("", "pysqlite", "aiosqlite"):
+        return parsed.set(drivername=SQLITE_DRIVER)
+    if backend in ("postgresql", "postgres") and driver in ("", "asyncpg"):
+        if not parsed.host and "host" not in parsed.query:
+            raise InvalidDatabaseUrlError(shown, "it names no host")
+        return parsed.set(drivername=POSTGRES_DRIVER)
+    if backend in ("sqlite", "postgresql", "postgres"):
+        raise InvalidDatabaseUrlError(shown, f"driver {driver!r} is not supported; {_SUPPORTED}")
+    raise InvalidDatabaseUrlError(shown, f"database {backend!r} is not supported; {_SUPPORTED}")
+
+
+def _mask(raw: str) -> str:
+    """`raw` with any password hidden, for messages about URLs that do not parse."""
+    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", raw)
+
+
+def is_memory_sqlite(url: URL) -> bool:
+    return url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
+
+
+def create_engine(
+    url: URL,
+    *,
+    pool_size: int,
+    busy_timeout: float,
+    connect_timeout: float,
+    echo: bool = False,
+) -> AsyncEngine:
+    """An async engine for `url` (already through `parse_url`), configured for stagewise."""
+    if url.get_backend_name() == "sqlite":
+        engine = create_async_engine(
+            url,
+            echo=echo,
+            connect_args={"timeout": busy_timeout},
+            **({} if is_memory_sqlite(url) else {"pool_size": pool_size, "max_overflow": 0}),
+        )
+        _install_sqlite_hooks(engine, busy_timeout_ms=int(busy_timeout * 1000))
+        return engine
+    return create_async_engine(
+        url,
+        echo=echo,
+        isolation_level="READ COMMITTED",
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        connect_args={
+            "timeout": connect_timeout,
+            "server_settings": {"application_name": "stagewise"},
+        },
+    )
+
+
+def _install_sqlite_hooks(engine: AsyncEngine, *, busy_timeout_ms: int) -> None:
+    # SQLAlchemy's recipe for owning BEGIN on sqlite3/aiosqlite: turn the driver's own
+    # transaction handling off and emit BEGIN ourselves (IMMEDIATE unless told otherwise).
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        statement = conn.get_execution_options().get(_BEGIN_OPTION, "BEGIN IMMEDIATE")
+        if statement:
+            conn.exec_driver_sql(statement)
+
+
+class Link:
+    """A connection in use by one unit of work. Every statement goes through `execute`."""
+
+    __slots__ = ("_can_reopen", "_fresh", "conn", "db", "on_commit")
+
+    def __init__(self, db: Database, conn: AsyncConnection, *, in_transaction: bool) -> None:
+        self.db = db
+        self.conn = conn
+        self.on_commit: list[Callable[[], None]] = []
+        self._fresh = True
+        # Only a transaction's first statement may be replayed: if the connection was dead,
+        # nothing reached the server (or it was rolled back there). In autocommit mode the
+        # statement may have committed before the connection dropped.
+        self._can_reopen = in_transaction and db.dialect == "postgresql"
+
+    async def execute(self, statement: Executable, params: Any = None) -> CursorResult[Any]:
+        try:
+            result = await self.conn.execute(statement, params)
+        except Exception as exc:
+            if not (self._fresh and self._can_reopen and is_disconnect(exc)):
+                self.db.reraise(exc)
+            await self.db.discard(self.conn)
+            self.conn = await self.db.begin_connection()
+            try:
+                result = await self.conn.execute(statement, params)
+            except Exception as again:
+                self.db.reraise(again)
+        self._fresh = False
+        return result
+
+    async def run_sync(self, fn: Callable[[Connection], T]) -> T:
+        """Run `fn` with the sync face of the connection (for Alembic and inspection)."""
+        try:
+            return await self.conn.run_sync(fn)
+        except Exception as exc:
+            self.db.reraise(exc)
+
+
+class Database:
+    """An engine plus the discipline for using it (see the module docstring)."""
+
+    def __init__(self, engine: AsyncEngine, *, retries: int = 4) -> None:
+        self.engine = engine
+        url = engine.url
+        self.dialect: Dialect = "sqlite" if url.get_backend_name() == "sqlite" else "postgresql"
+        self.is_sqlite = self.dialect == "sqlite"
+        self.url_display = url.render_as_string(hide_password=True)
+        self._memory = is_memory_sqlite(url)
+        self._write_lock = asyncio.Lock()
+        self._active: ContextVar[Link | None] = ContextVar(
+            f"stagewise_sql_{id(self)}", default=None
+        )
+        self._retries = max(1, retries)
+
+    def error(self, exc: Exception) -> Exception:
+        return translate(exc, url=self.url_display)
+
+    def reraise(self, exc: Exception) -> NoReturn:
+        """Raise the stagewise error for `exc` (from inside its `except` block)."""
+        error = self.error(exc)
+        if error is exc:
+            raise exc
+        raise error from exc
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    # --- connections -------------------------------------------------------------------
+
+    async def _retrying(self, open_: Callable[[], Any]) -> AsyncConnection:
+        for attempt in range(self._retries):
+            try:
+                conn: AsyncConnection = await open_()
+                return conn
+            except Exception as exc:
+                if not isinstance(self.error(exc), TransientError) or attempt + 1 == self._retries:
+                    self.reraise(exc)
+            # Full jitter: concurrent retriers spread out instead of colliding again.
+            await asyncio.sleep(random.uniform(0, 0.05 * 2**attempt))
+        raise AssertionError("unreachable")
+
+    async def begin_connection(self) -> AsyncConnection:
+        """A pooled connection inside BEGIN, retrying connect and BEGIN failures."""
+
+        async def open_() -> AsyncConnection:
+            conn = await self.engine.connect()
+            try:
+                await conn.begin()
+            except BaseException:
+                await self.discard(conn)
+                raise
+            return conn
+
+        return await self._retrying(open_)
+
+    async def discard(self, conn: AsyncConnection) -> None:
+        with suppress(Exception):
+            await conn.close()
+
+    @asynccontextmanager
+    async def _serialized(self, write: bool) -> AsyncIterator[None]:
+        if self.is_sqlite and (write or self._memory):
+            async with self._write_lock:
+                yield
+        else:
+            yield
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Link]:
+        """A Link inside BEGIN ... COMMIT; rolled back if the block raises."""
+        if self.is_sqlite and self._active.get() is not None:
+            raise PersistenceError(
+                "a transaction was opened inside another one in the same task; SQLite has a "
+                "single writer, so the inner one would wait forever for the outer one"
+            )
+        async with self._serialized(write=True):
+            link = Link(self, await self.begin_connection(), in_transaction=True)
+            token = self._active.set(link) if self.is_sqlite else None
+            try:
+                yield link
+                try:
+                    await link.conn.commit()
+                except Exception as exc:
+                    self.reraise(exc)
+            except BaseException:
+                with suppress(Exception):
+                    await asyncio.shield(link.conn.rollback())
+                raise
+            finally:
+                if token is not None:
+                    self._active.reset(token)
+                await asyncio.shield(self.discard(link.conn))
+        for action in link.on_commit:
+            action()
+
+    @asynccontextmanager
+    async def single(self, *, write: bool) -> AsyncIterator[Link]:
+        """A Link for work that is one statement, atomic on its own.
+
+        PostgreSQL runs it in autocommit mode (no BEGIN/COMMIT round trips). On SQLite a
+        write takes the write lock with `BEGIN IMMEDIATE` like any transaction (and joins
+        the task's open transaction, see the module docstring); a read runs without BEGIN.
+        """
+        if self.is_sqlite and (write or self._memory):
+            active = self._active.get()
+            if active is not None:
+                yield active
+                return
+            if write:
+                async with self.transaction() as link:
+                    yield link
+                return
+        async with self._serialized(write):
+            conn = await self._retrying(self.engine.connect)
+            try:
+                if self.is_sqlite:
+                    await conn.execution_options(**{_BEGIN_OPTION: None})
+                else:
+                    await conn.execution_options(isolation_level="AUTOCOMMIT")
+                link = Link(self, conn, in_transaction=False)
+                yield link
+                try:
+                    await conn.commit()
+                except Exception as exc:
+                    self.reraise(exc)
+            finally:
+                await asyncio.shield(self.discard(conn))
+        for action in link.on_commit:
+            action()

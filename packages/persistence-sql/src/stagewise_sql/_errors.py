@@ -1,0 +1,166 @@
+"""Driver errors, translated at the edge into stagewise errors.
+
+Nothing from `sqlalchemy.exc`, asyncpg or sqlite3 leaves `stagewise_sql`: every call into
+the database goes through `translate`, which keeps the driver exception as `__cause__` and
+gives the caller one of the kernel's error branches:
+
+* `TransientError` - may go away by itself: lost connection, serialization failure,
+  deadlock, lock timeout, `database is locked`, a server starting up or shutting down.
+* `SchemaMissingError` / `SchemaVersionError` - the schema is absent or not ours.
+* `DuplicateRecordError` - a unique key is taken (a conflict).
+* `InvalidInputError` - the database refused a value (out of range, bad encoding).
+* `PersistenceError` - anything else; not worth retrying.
+"""
+
+from __future__ import annotations
+
+import socket
+
+from sqlalchemy import exc as sa_exc
+
+from stagewise._errors import (
+    ConflictError,
+    InvalidInputError,
+    PersistenceError,
+    SchemaVersionError,
+    StagewiseError,
+    TransientError,
+)
+
+UPGRADE_HINT = "run `stagewise db upgrade`, or connect with SqlBackend.connect(url, migrate=True)"
+
+
+class InvalidDatabaseUrlError(InvalidInputError):
+    """The database URL is malformed or names a database stagewise cannot use."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(f"invalid database URL {url!r}: {reason}")
+        self.url = url
+        self.reason = reason
+
+
+class DatabaseUnavailableError(TransientError):
+    """The database server cannot be reached (refused, unknown host, timed out)."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(f"cannot connect to the database at {url}: {reason}")
+        self.url = url
+        self.reason = reason
+
+
+class SchemaMissingError(SchemaVersionError):
+    """A stagewise table does not exist: the database was never migrated."""
+
+    def __init__(self, table: str, url: str) -> None:
+        super().__init__(f"table {table!r} does not exist in the database at {url}; {UPGRADE_HINT}")
+        self.table = table
+        self.url = url
+
+
+class DuplicateRecordError(ConflictError):
+    """An insert hit an existing primary or unique key."""
+
+
+# PostgreSQL SQLSTATEs (and classes) that mean "try again".
+_PG_TRANSIENT = frozenset(
+    {
+        "40001",  # serialization_failure
+        "40P01",  # deadlock_detected
+        "55P03",  # lock_not_available
+        "57P01",  # admin_shutdown
+        "57P02",  # crash_shutdown
+        "57P03",  # cannot_connect_now
+        "53300",  # too_many_connections
+        "57014",  # query_canceled (statement_timeout)
+    }
+)
+_PG_TRANSIENT_CLASSES = ("08",)  # connection_exception
+_PG_DATA_CLASS = "22"  # data_exception
+_PG_UNIQUE = "23505"
+_PG_UNDEFINED_TABLE = "42P01"
+
+_SQLITE_TRANSIENT = ("database is locked", "database is busy", "database table is locked")
+
+
+def _sqlstate(orig: BaseException | None) -> str | None:
+    code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    return code if isinstance(code, str) else None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def is_disconnect(error: BaseException) -> bool:
+    """Whether `error` (a SQLAlchemy DBAPIError) means the connection was lost."""
+    return isinstance(error, sa_exc.DBAPIError) and bool(error.connection_invalidated)
+
+
+def translate(error: Exception, *, url: str) -> Exception:
+    """The stagewise error for a driver or SQLAlchemy exception (`raise ... from error`).
+
+    Anything that is not a database error comes back as it is. `url` is the masked
+    database URL, for messages.
+    """
+    if isinstance(error, StagewiseError):
+        return error
+    if isinstance(error, sa_exc.StatementError) and isinstance(error.orig, StagewiseError):
+        return error.orig  # raised by our own bind processing (a naive datetime)
+    if isinstance(error, sa_exc.DBAPIError):
+        return _translate_dbapi(error, url)
+    if isinstance(error, (ConnectionError, socket.gaierror, TimeoutError)):
+        return DatabaseUnavailableError(url, _first_line(error) or type(error).__name__)
+    if isinstance(error, OSError):
+        return DatabaseUnavailableError(url, _first_line(error))
+    if isinstance(error, sa_exc.ArgumentError):
+        return InvalidDatabaseUrlError(url, _first_line(error))
+    if isinstance(error, sa_exc.SQLAlchemyError):
+        return PersistenceError(f"database error at {url}: {_first_line(error)}")
+    # asyncpg raises its own exceptions where SQLAlchemy does not wrap them (connect).
+    module = type(error).__module__
+    if module.startswith("asyncpg"):
+        code = _sqlstate(error)
+        if code is not None and (code in _PG_TRANSIENT or code.startswith("08")):
+            return DatabaseUnavailableError(url, _first_line(error))
+        if type(error).__name__ in (
+            "InvalidCatalogNameError",
+            "InvalidAuthorizationSpecificationError",
+        ):
+            return PersistenceError(f"cannot use the database at {url}: {_first_line(error)}")
+        return PersistenceError(f"database error at {url}: {_first_line(error)}")
+    if module.startswith(("sqlite3", "aiosqlite")):
+        return PersistenceError(f"database error at {url}: {_first_line(error)}")
+    return error  # not a database error: let it through untouched
+
+
+def _translate_dbapi(error: sa_exc.DBAPIError, url: str) -> StagewiseError:
+    orig = error.orig
+    message = _first_line(orig) if orig is not None else _first_line(error)
+    code = _sqlstate(orig)
+    if error.connection_invalidated:
+        return TransientError(f"lost the connection to the database at {url}: {message}")
+    if code is not None:
+        if code in _PG_TRANSIENT or code.startswith(_PG_TRANSIENT_CLASSES):
+            return TransientError(f"transient database error at {url}: {message} [{code}]")
+        if code == _PG_UNDEFINED_TABLE:
+            return PersistenceError(f"{message} in the database at {url}; {UPGRADE_HINT}")
+        if code == _PG_UNIQUE:
+            return DuplicateRecordError(f"duplicate key: {message}")
+        if code.startswith(_PG_DATA_CLASS):
+            return InvalidInputError(f"the database refused a value: {message} [{code}]")
+        return PersistenceError(f"database error at {url}: {message} [{code}]")
+    lowered = message.lower()
+    if any(marker in lowered for marker in _SQLITE_TRANSIENT):
+        return TransientError(f"transient database error at {url}: {message}")
+    if "no such table" in lowered:
+        return PersistenceError(f"{message} in the database at {url}; {UPGRADE_HINT}")
+    if isinstance(error, sa_exc.IntegrityError) and "unique" in lowered:
+        return DuplicateRecordError(f"duplicate key: {message}")
+    if "unable to open database file" in lowered:
+        return PersistenceError(f"cannot open the database at {url}: {message}")
+    if isinstance(error, sa_exc.InterfaceError) and "closed" in lowered:
+        return TransientError(f"lost the connection to the database at {url}: {message}")
+    if isinstance(error, sa_exc.OperationalError) and isinstance(orig, OSError):
+        return DatabaseUnavailableError(url, message)
+    return PersistenceError(f"database error at {url}: {message}")

@@ -1,0 +1,229 @@
+"""The `JobTransport` port as a jobs table in the same database as the persistence.
+
+Because it shares the database, `joins(tx)` is True for this backend's transactions:
+enqueue, ack and discard inside the kernel's transaction commit (or roll back) with it, so
+there is never a ghost job from a rolled-back transaction nor a lost one from a committed
+one. Called without `tx`, each operation is its own transaction.
+
+Dequeue is one `UPDATE ... WHERE seq IN (SELECT ... FOR UPDATE SKIP LOCKED) RETURNING`:
+concurrent dequeuers never take the same job, and a job whose lease expired is available
+again without anyone releasing it (as in the reference queue). Every time comes from the
+injected clock.
+
+Wake-ups (outside the port): `wait_for_jobs(timeout)` returns early when a job is enqueued
+by this process, or, on PostgreSQL, when any process enqueues (`pg_notify` in the enqueuing
+transaction, heard on a dedicated LISTEN connection).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, delete, func, literal, or_, select, update
+
+from stagewise._ports import Clock, Transaction
+from stagewise._records import JobMessage
+from stagewise_sql import _rows
+from stagewise_sql._engine import Database, Link
+from stagewise_sql._persistence import SqlTransaction
+from stagewise_sql._schema import jobs as jobs_t
+from stagewise_sql._statements import insert_ignore, time_param
+
+CHANNEL = "stagewise_jobs"
+"""The PostgreSQL NOTIFY channel that enqueues announce themselves on."""
+
+_ORDER = (jobs_t.c.priority.desc(), jobs_t.c.available_at, jobs_t.c.seq)
+
+
+class SqlJobTransport:
+    """The `JobTransport` port on the backend's own database."""
+
+    def __init__(self, db: Database, clock: Clock) -> None:
+        self._db = db
+        self._clock = clock
+        self._wakeup = asyncio.Event()
+        self._listener: Any = None  # an asyncpg connection, on PostgreSQL once listening
+        self._listen_lock = asyncio.Lock()
+
+    def joins(self, tx: Transaction) -> bool:
+        return isinstance(tx, SqlTransaction) and tx.db is self._db
+
+    @contextlib.asynccontextmanager
+    async def _write(self, tx: Transaction | None) -> AsyncIterator[Link]:
+        if tx is not None and isinstance(tx, SqlTransaction) and tx.db is self._db:
+            yield tx.link
+        else:
+            async with self._db.single(write=True) as link:
+                yield link
+
+    async def enqueue(self, jobs: Sequence[JobMessage], *, tx: Transaction | None = None) -> None:
+        """Make jobs deliverable from their `available_at`.
+
+        Enqueueing a job id that is already queued replaces it (and its lease), as in the
+        reference queue.
+        """
+        if not jobs:
+            return
+        # A repeated id within one call: the last one wins, as with dict assignment.
+        values = list({job.job_id: _rows.job_values(job) for job in jobs}.values())
+        if tx is not None and self.joins(tx):
+            assert isinstance(tx, SqlTransaction)
+            await self._insert(tx.link, values)
+            tx.link.on_commit.append(self._wakeup.set)
+            return
+        async with self._db.transaction() as link:
+            await self._insert(link, values)
+            link.on_commit.append(self._wakeup.set)
+
+    async def _insert(self, link: Link, values: list[dict[str, Any]]) -> None:
+        stmt = insert_ignore(jobs_t, self._db.dialect).returning(jobs_t.c.job_id)
+        if self._db.dialect == "postgresql":
+            # NOTIFY rides on the insert itself (no extra round trip); PostgreSQL sends it
+            # on commit, once per transaction however many rows call it.
+            stmt = stmt.returning(func.pg_notify(CHANNEL, literal("")))
+        inserted = {row.job_id for row in await link.execute(stmt, values)}
+        if len(inserted) == len(values):
+            return
+        # Already queued: replace the old row so the job gets a fresh place in the order.
+        again = [v for v in values if v["job_id"] not in inserted]
+        ids = [v["job_id"] for v in again]
+        await link.execute(delete(jobs_t).where(jobs_t.c.job_id.in_(ids)))
+        await link.execute(stmt, again)
+
+    async def dequeue(self, *, worker_id: str, limit: int, lease_for: float) -> list[JobMessage]:
+        """Take up to `limit` available jobs, each leased to `worker_id` for `lease_for`
+        seconds (priority first, then availability, then enqueue order)."""
+        if limit <= 0:
+            return []
+        now = self._clock.now()
+        t = time_param("now", now)
+        picked = (
+            select(jobs_t.c.seq)
+            .where(
+                jobs_t.c.available_at <= t,
+                or_(jobs_t.c.lease_expires_at.is_(None), jobs_t.c.lease_expires_at <= t),
+            )
+            .order_by(*_ORDER)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        stmt = (
+            update(jobs_t)
+            .where(jobs_t.c.seq.in_(picked.scalar_subquery()))
+            .values(
+                worker_id=worker_id,
+                lease_expires_at=time_param("expires", now + timedelta(seconds=lease_for)),
+            )
+            .returning(*jobs_t.c)
+        )
+        async with self._db.single(write=True) as link:
+            rows = list(await link.execute(stmt))
+        rows.sort(key=lambda row: (-row.priority, row.available_at, row.seq))
+        return [_rows.job_from_row(row) for row in rows]
+
+    async def ack(self, job_ids: Sequence[str], *, tx: Transaction | None = None) -> None:
+        if job_ids:
+            async with self._write(tx) as link:
+                await link.execute(delete(jobs_t).where(jobs_t.c.job_id.in_(list(job_ids))))
+
+    async def retry_at(self, job_id: str, at: datetime) -> None:
+        stmt = (
+            update(jobs_t)
+            .where(jobs_t.c.job_id == job_id)
+            .values(available_at=time_param("at", at), worker_id=None, lease_expires_at=None)
+        )
+        async with self._db.single(write=True) as link:
+            await link.execute(stmt)
+
+    async def extend_lease(self, job_id: str, *, lease_for: float) -> bool:
+        expires = self._clock.now() + timedelta(seconds=lease_for)
+        stmt = (
+            update(jobs_t)
+            .where(jobs_t.c.job_id == job_id)
+            .values(lease_expires_at=time_param("expires", expires))
+        )
+        async with self._db.single(write=True) as link:
+            return (await link.execute(stmt)).rowcount > 0
+
+    async def release_expired(self, *, worker_id: str | None = None) -> int:
+        t = time_param("now", self._clock.now())
+        expired = jobs_t.c.lease_expires_at <= t
+        held = expired if worker_id is None else or_(expired, jobs_t.c.worker_id == worker_id)
+        stmt = (
+            update(jobs_t)
+            .where(and_(jobs_t.c.lease_expires_at.is_not(None), held))
+            .values(worker_id=None, lease_expires_at=None)
+        )
+        async with self._db.single(write=True) as link:
+            return (await link.execute(stmt)).rowcount
+
+    async def discard_run(self, run_id: str, *, tx: Transaction | None = None) -> int:
+        async with self._write(tx) as link:
+            return (await link.execute(delete(jobs_t).where(jobs_t.c.run_id == run_id))).rowcount
+
+    # --- outside the port ----------------------------------------------------------------
+
+    async def jobs(self) -> list[JobMessage]:
+        """Every queued job (leased or not) in enqueue order, for tests and tools."""
+        async with self._db.single(write=False) as link:
+            rows = await link.execute(select(jobs_t).order_by(jobs_t.c.seq))
+            return [_rows.job_from_row(row) for row in rows]
+
+    async def next_available_at(self) -> datetime | None:
+        """When the next job becomes deliverable (its availability or lease expiry)."""
+        stmt = select(jobs_t.c.available_at, jobs_t.c.lease_expires_at)
+        async with self._db.single(write=False) as link:
+            rows = list(await link.execute(stmt))
+        times = [max(r.available_at, r.lease_expires_at or r.available_at) for r in rows]
+        return min(times) if times else None
+
+    async def wait_for_jobs(self, timeout: float) -> bool:  # noqa: ASYNC109 (a poll interval)
+        """Wait up to `timeout` seconds (real time) for a sign that jobs were enqueued.
+
+        Returns True early when this process enqueued a job or, on PostgreSQL, when any
+        process did (NOTIFY); False when the time ran out. A sign that came while nobody
+        was waiting is kept for the next call, so none is lost between a dequeue and the
+        wait. Only a hint: callers dequeue after it either way.
+        """
+        if self._db.dialect == "postgresql" and self._listener is None:
+            await self._listen()
+        if not self._wakeup.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), timeout)
+        woke = self._wakeup.is_set()
+        self._wakeup.clear()
+        return woke
+
+    async def _listen(self) -> None:
+        async with self._listen_lock:
+            if self._listener is not None:
+                return
+            import asyncpg  # type: ignore[import-untyped]
+
+            _, options = self._db.engine.dialect.create_connect_args(self._db.engine.url)
+            for key in ("prepared_statement_cache_size", "prepared_statement_name_func"):
+                options.pop(key, None)
+            try:
+                conn = await asyncpg.connect(**options, timeout=10)
+                await conn.add_listener(CHANNEL, self._on_notify)
+            except Exception:
+                return  # no wake-ups: wait_for_jobs degrades to sleeping its timeout
+            conn.add_termination_listener(self._on_listener_lost)
+            self._listener = conn
+
+    def _on_notify(self, *_args: object) -> None:
+        self._wakeup.set()
+
+    def _on_listener_lost(self, *_args: object) -> None:
+        self._listener = None
+        self._wakeup.set()  # wake the waiter, which re-polls and listens again
+
+    async def close(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            with contextlib.suppress(Exception):
+                await listener.close(timeout=2)
