@@ -1,0 +1,149 @@
+"""Small builders for the kernel's records, for contract and adapter tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from typing import Any
+
+from stagewise._records import (
+    Delivery,
+    ErrorInfo,
+    EventRecord,
+    IdempotencyRecord,
+    JobMessage,
+    LogRecord,
+    RunRecord,
+    StageRecord,
+)
+from stagewise._states import RunStatus, StageStatus
+from stagewise.testing._clock import DEFAULT_START
+
+T0 = DEFAULT_START
+"""Where every FakeClock starts."""
+
+
+def at(seconds: float) -> datetime:
+    """T0 plus `seconds`."""
+    return T0 + timedelta(seconds=seconds)
+
+
+def run(
+    run_id: str,
+    *,
+    workflow_id: str = "wf",
+    status: RunStatus = RunStatus.PENDING,
+    priority: int = 0,
+    created: float = 0.0,
+    **fields: Any,
+) -> RunRecord:
+    return RunRecord(
+        run_id=run_id,
+        workflow_id=workflow_id,
+        status=status,
+        input=fields.pop("input", {"n": 1}),
+        config=fields.pop("config", {"s1": {"k": "v"}}),
+        created_at=at(created),
+        updated_at=fields.pop("updated_at", at(created)),
+        priority=priority,
+        **fields,
+    )
+
+
+def stage(
+    run_id: str,
+    stage_id: str,
+    *,
+    group: int = 0,
+    status: StageStatus = StageStatus.PENDING,
+    **fields: Any,
+) -> StageRecord:
+    return StageRecord(
+        run_id=run_id,
+        stage_id=stage_id,
+        group_index=group,
+        status=status,
+        created_at=fields.pop("created_at", T0),
+        updated_at=fields.pop("updated_at", T0),
+        **fields,
+    )
+
+
+def event(run_id: str, seq: int, *, type: str = "stage.started") -> EventRecord:
+    return EventRecord(
+        event_id=f"{run_id}-e{seq}",
+        run_id=run_id,
+        seq=seq,
+        type=type,
+        occurred_at=at(seq),
+        payload={"type": type, "run_id": run_id, "seq": seq, "nested": {"list": [1, 2.5, None]}},
+    )
+
+
+def delivery(ev: EventRecord, consumer: str = "sink", **fields: Any) -> Delivery:
+    return Delivery(event_id=ev.event_id, consumer=consumer, run_id=ev.run_id, seq=ev.seq, **fields)
+
+
+def events_of(run_id: str, seqs: Iterable[int]) -> list[EventRecord]:
+    return [event(run_id, s) for s in seqs]
+
+
+def job(
+    job_id: str,
+    run_id: str = "r1",
+    *,
+    priority: int = 0,
+    available: float = 0.0,
+    stage_id: str = "s1",
+    attempt: int = 1,
+) -> JobMessage:
+    return JobMessage(
+        job_id=job_id,
+        run_id=run_id,
+        workflow_id="wf",
+        stage_id=stage_id,
+        attempt=attempt,
+        available_at=at(available),
+        priority=priority,
+    )
+
+
+def idem(
+    key: str,
+    *,
+    scope: str = "run.create",
+    state: str = "in_progress",
+    expires: float = 60.0,
+    result: Any = None,
+) -> IdempotencyRecord:
+    return IdempotencyRecord(
+        scope=scope,
+        key=key,
+        fingerprint=f"fp-{key}",
+        state=state,  # type: ignore[arg-type]
+        created_at=T0,
+        expires_at=at(expires),
+        result=result,
+    )
+
+
+def log(run_id: str, message: str, *, stage_id: str | None = None, when: float = 0.0) -> LogRecord:
+    return LogRecord(
+        run_id=run_id,
+        stage_id=stage_id,
+        attempt=None if stage_id is None else 1,
+        level="INFO",
+        message=message,
+        fields={"k": message},
+        at=at(when),
+    )
+
+
+def error(message: str = "boom") -> ErrorInfo:
+    return ErrorInfo(type="ValueError", message=message, retryable=False, traceback="tb")
+
+
+def assert_aware(*values: datetime | None) -> None:
+    for value in values:
+        assert value is None or value.tzinfo is not None, f"naive datetime {value!r}"
+        assert value is None or value.utcoffset() == timedelta(0)

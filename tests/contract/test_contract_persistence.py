@@ -1,0 +1,390 @@
+"""The Persistence port: units of work, runs and stages, on every backend."""
+
+from __future__ import annotations
+
+from dataclasses import fields, replace
+
+import pytest
+
+from stagewise._records import RunRecord, StageRecord
+from stagewise._states import RunStatus, StageStatus
+from tests.conftest import Adapters
+from tests.contract.factories import (
+    assert_aware,
+    at,
+    delivery,
+    error,
+    event,
+    idem,
+    job,
+    log,
+    run,
+    stage,
+)
+
+
+async def insert_runs(backend: Adapters, *runs: RunRecord) -> None:
+    async with backend.persistence.transaction() as tx:
+        for r in runs:
+            await tx.runs.insert(r)
+
+
+async def insert_stages(backend: Adapters, *stages: StageRecord) -> None:
+    async with backend.persistence.transaction() as tx:
+        for run_id in dict.fromkeys(s.run_id for s in stages):
+            if await tx.runs.get(run_id) is None:
+                await tx.runs.insert(run(run_id, status=RunStatus.RUNNING))
+        await tx.stages.insert_many(stages)
+
+
+def assert_run_times_aware(r: RunRecord) -> None:
+    assert_aware(r.created_at, r.updated_at, r.started_at, r.finished_at)
+
+
+def assert_stage_times_aware(s: StageRecord) -> None:
+    assert_aware(
+        s.created_at,
+        s.updated_at,
+        s.lease_expires_at,
+        s.due_at,
+        s.enqueued_at,
+        s.suspend_deadline,
+        s.started_at,
+        s.finished_at,
+    )
+
+
+# --- units of work -----------------------------------------------------------------------
+
+
+async def test_a_committed_transaction_is_seen_by_the_next_one(backend: Adapters) -> None:
+    await insert_runs(backend, run("r1"))
+
+    async with backend.persistence.transaction() as tx:
+        got = await tx.runs.get("r1")
+
+    assert got == run("r1")
+
+
+async def test_a_transaction_sees_its_own_writes(backend: Adapters) -> None:
+    async with backend.persistence.transaction() as tx:
+        await tx.runs.insert(run("r1"))
+        await tx.stages.insert_many([stage("r1", "a")])
+        assert await tx.runs.get("r1") == run("r1")
+        assert [s.stage_id for s in await tx.stages.for_run("r1")] == ["a"]
+
+
+async def test_an_exception_in_the_block_leaves_nothing_behind(backend: Adapters) -> None:
+    await insert_runs(backend, run("r0"))
+    ev = event("r1", 1)
+
+    class Boom(Exception):
+        pass
+
+    async def doomed() -> None:
+        async with backend.persistence.transaction() as tx:
+            await tx.runs.insert(run("r1"))
+            await tx.runs.save(replace(run("r0"), status=RunStatus.CANCELLED))
+            await tx.stages.insert_many([stage("r1", "a")])
+            await tx.outbox.append([ev], [delivery(ev)])
+            assert await tx.idempotency.insert(idem("k1"))
+            await tx.logs.append([log("r1", "hello")])
+            await backend.job_transport.enqueue([job("j1", "r1")], tx=tx)
+            raise Boom
+
+    with pytest.raises(Boom):
+        await doomed()
+
+    async with backend.persistence.transaction() as tx:
+        assert await tx.runs.get("r1") is None
+        assert (await tx.runs.get("r0")) == run("r0")
+        assert await tx.stages.for_run("r1") == []
+        assert await tx.outbox.events("r1") == []
+        assert await tx.outbox.claim(now=at(0), limit=10, claimer="c", claim_until=at(30)) == []
+        assert await tx.idempotency.get("run.create", "k1") is None
+        assert await tx.logs.for_run("r1") == []
+    assert await backend.job_transport.dequeue(worker_id="w", limit=10, lease_for=30) == []
+
+
+# --- runs --------------------------------------------------------------------------------
+
+
+async def test_a_run_comes_back_field_for_field(backend: Adapters) -> None:
+    full = run(
+        "r1",
+        status=RunStatus.FAILED,
+        priority=7,
+        input={"text": "héllo ✓", "items": [1, 2.5, None, True], "deep": {"a": {"b": []}}},
+        config={"s1": {"x": 1}, "s2": {}},
+        current_group=2,
+        event_seq=9,
+        output=[{"ok": False}],
+        output_ref="runs/r1/output",
+        error=error(),
+        idempotency_key="idem-1",
+        started_at=at(1.5),
+        finished_at=at(2.000001),
+        updated_at=at(3),
+    )
+    await insert_runs(backend, full, run("r2", input=None, config={}))
+
+    async with backend.persistence.transaction() as tx:
+        got = await tx.runs.get("r1")
+        bare = await tx.runs.get("r2")
+        missing = await tx.runs.get("nope")
+
+    assert got == full
+    assert bare == run("r2", input=None, config={})
+    assert missing is None
+    assert got is not None and bare is not None
+    assert_run_times_aware(got)
+    assert_run_times_aware(bare)
+
+
+async def test_save_writes_every_field_of_a_run(backend: Adapters) -> None:
+    await insert_runs(backend, run("r1"))
+    changed = replace(
+        run("r1"),
+        status=RunStatus.COMPLETED,
+        priority=3,
+        current_group=1,
+        event_seq=4,
+        output={"answer": 42},
+        error=error("late"),
+        started_at=at(1),
+        finished_at=at(2),
+        updated_at=at(2),
+    )
+
+    async with backend.persistence.transaction() as tx:
+        await tx.runs.save(changed)
+    async with backend.persistence.transaction() as tx:
+        assert await tx.runs.get("r1") == changed
+        await tx.runs.save(replace(changed, error=None, output=None))
+    async with backend.persistence.transaction() as tx:
+        assert await tx.runs.get("r1") == replace(changed, error=None, output=None)
+
+
+async def test_lock_reads_the_run_and_reports_a_missing_one_as_none(backend: Adapters) -> None:
+    await insert_runs(backend, run("r1"))
+
+    async with backend.persistence.transaction() as tx:
+        assert await tx.runs.lock("r1") == run("r1")
+        assert await tx.runs.lock("r1", skip_locked=True) == run("r1")
+        assert await tx.runs.lock("nope") is None
+        assert await tx.runs.lock("nope", skip_locked=True) is None
+
+
+async def test_claim_pending_takes_highest_priority_then_oldest(backend: Adapters) -> None:
+    await insert_runs(
+        backend,
+        run("old-low", priority=0, created=1),
+        run("new-high", priority=5, created=9),
+        run("old-high", priority=5, created=2),
+        run("mid", priority=1, created=5),
+        run("tie-b", priority=1, created=5),
+        run("running", status=RunStatus.RUNNING, priority=9),
+        run("done", status=RunStatus.COMPLETED, priority=9),
+        run("newest-low", priority=0, created=10),
+    )
+
+    async with backend.persistence.transaction() as tx:
+        first = await tx.runs.claim_pending(3)
+        everything = await tx.runs.claim_pending(100)
+
+    assert [r.run_id for r in first] == ["old-high", "new-high", "mid"]
+    assert [r.run_id for r in everything] == [
+        "old-high",
+        "new-high",
+        "mid",
+        "tie-b",
+        "old-low",
+        "newest-low",
+    ]
+    assert first[0] == run("old-high", priority=5, created=2)  # unchanged rows
+
+
+async def test_claim_pending_returns_nothing_when_nothing_is_pending(backend: Adapters) -> None:
+    await insert_runs(backend, run("r1", status=RunStatus.RUNNING))
+    async with backend.persistence.transaction() as tx:
+        assert await tx.runs.claim_pending(10) == []
+
+
+async def test_find_lists_newest_first_with_filters_and_paging(backend: Adapters) -> None:
+    await insert_runs(
+        backend,
+        run("a", created=1, workflow_id="wf1"),
+        run("b", created=2, workflow_id="wf2", status=RunStatus.RUNNING),
+        run("c", created=3, workflow_id="wf1", status=RunStatus.RUNNING),
+        run("d", created=3, workflow_id="wf1"),
+        run("e", created=4, workflow_id="wf2"),
+    )
+
+    async with backend.persistence.transaction() as tx:
+        newest = [r.run_id for r in await tx.runs.find()]
+        running = [r.run_id for r in await tx.runs.find(status=RunStatus.RUNNING)]
+        wf1 = [r.run_id for r in await tx.runs.find(workflow_id="wf1")]
+        both = await tx.runs.find(status=RunStatus.PENDING, workflow_id="wf1")
+        page = [r.run_id for r in await tx.runs.find(limit=2, offset=1)]
+        past_end = await tx.runs.find(offset=10)
+
+    assert newest == ["e", "d", "c", "b", "a"]
+    assert running == ["c", "b"]
+    assert wf1 == ["d", "c", "a"]
+    assert [r.run_id for r in both] == ["d", "a"]
+    assert page == ["d", "c"]
+    assert past_end == []
+
+
+# --- stages ------------------------------------------------------------------------------
+
+
+async def test_stages_come_back_in_group_then_byte_wise_id_order(backend: Adapters) -> None:
+    # Ids whose order differs between byte-wise and natural-language collations.
+    ids = ["b_1", "B", "a", "b-1", "b1", "_x", "Z", "é"]
+    await insert_stages(
+        backend,
+        *[stage("r1", i, group=1) for i in ids],
+        stage("r1", "z-first", group=0),
+        stage("r2", "other"),
+    )
+
+    async with backend.persistence.transaction() as tx:
+        got = [s.stage_id for s in await tx.stages.for_run("r1")]
+        assert await tx.stages.for_run("nope") == []
+
+    assert got == ["z-first", *sorted(ids)]
+
+
+async def test_a_stage_comes_back_field_for_field_and_save_many_rewrites_it(
+    backend: Adapters,
+) -> None:
+    plain = stage("r1", "a")
+    await insert_stages(backend, plain, stage("r1", "b"))
+    full = replace(
+        plain,
+        status=StageStatus.SUSPENDED,
+        attempt=3,
+        job_id="job-3",
+        worker_id="w1",
+        lease_expires_at=at(30),
+        due_at=at(60),
+        enqueued_at=at(1),
+        suspend_state={"batch": "b-1", "ids": [1, 2]},
+        suspend_deadline=at(3600),
+        output={"rows": 10},
+        output_ref="runs/r1/a",
+        metrics={"rows": 10.0, "secs": 0.25},
+        artifacts={"report": "runs/r1/a/report"},
+        error=error(),
+        progress=0.5,
+        progress_message="half way",
+        started_at=at(1),
+        finished_at=at(2),
+        updated_at=at(2),
+    )
+
+    async with backend.persistence.transaction() as tx:
+        await tx.stages.save_many([full, replace(stage("r1", "b"), attempt=2)])
+    async with backend.persistence.transaction() as tx:
+        got = await tx.stages.for_run("r1")
+
+    assert got == [full, replace(stage("r1", "b"), attempt=2)]
+    for s in got:
+        assert_stage_times_aware(s)
+    assert [f.name for f in fields(StageRecord) if getattr(full, f.name) is None] == []
+
+
+async def test_delete_removes_only_the_named_stages_of_the_run(backend: Adapters) -> None:
+    await insert_stages(backend, stage("r1", "a"), stage("r1", "b"), stage("r1", "c"))
+    await insert_stages(backend, stage("r2", "a"))
+
+    async with backend.persistence.transaction() as tx:
+        await tx.stages.delete("r1", ["a", "c", "missing"])
+        await tx.stages.delete("r1", [])
+
+    async with backend.persistence.transaction() as tx:
+        assert [s.stage_id for s in await tx.stages.for_run("r1")] == ["b"]
+        assert [s.stage_id for s in await tx.stages.for_run("r2")] == ["a"]
+
+
+async def test_due_for_poll_finds_due_unheld_suspended_stages_earliest_first(
+    backend: Adapters,
+) -> None:
+    suspended = StageStatus.SUSPENDED
+    await insert_stages(
+        backend,
+        stage("r1", "late", status=suspended, due_at=at(50)),
+        stage("r1", "early", status=suspended, due_at=at(10)),
+        stage("r1", "exactly-now", status=suspended, due_at=at(60)),
+        stage("r1", "future", status=suspended, due_at=at(61)),
+        stage("r1", "held", status=suspended, due_at=at(5), lease_expires_at=at(90)),
+        stage("r1", "hold-lapsed", status=suspended, due_at=at(20), lease_expires_at=at(60)),
+        stage("r1", "running", status=StageStatus.RUNNING, due_at=at(1)),
+        stage("r1", "no-due", status=suspended),
+        stage("r0", "tie", status=suspended, due_at=at(50)),
+    )
+
+    async with backend.persistence.transaction() as tx:
+        due = await tx.stages.due_for_poll(at(60), 100)
+        first_two = await tx.stages.due_for_poll(at(60), 2)
+
+    assert [(s.run_id, s.stage_id) for s in due] == [
+        ("r1", "early"),
+        ("r1", "hold-lapsed"),
+        ("r0", "tie"),
+        ("r1", "late"),
+        ("r1", "exactly-now"),
+    ]
+    assert [s.stage_id for s in first_two] == ["early", "hold-lapsed"]
+
+
+async def test_expired_leases_finds_running_stages_past_their_lease(backend: Adapters) -> None:
+    running = StageStatus.RUNNING
+    await insert_stages(
+        backend,
+        stage("r1", "expired-late", status=running, lease_expires_at=at(50), worker_id="w1"),
+        stage("r1", "expired-early", status=running, lease_expires_at=at(10), worker_id="w2"),
+        stage("r1", "expires-now", status=running, lease_expires_at=at(60), worker_id="w2"),
+        stage("r1", "alive", status=running, lease_expires_at=at(61), worker_id="w1"),
+        stage("r1", "no-lease", status=running, worker_id="w1"),
+        stage("r1", "not-running", status=StageStatus.RETRYING, lease_expires_at=at(1)),
+    )
+
+    async with backend.persistence.transaction() as tx:
+        expired = await tx.stages.expired_leases(at(60), 100)
+        limited = await tx.stages.expired_leases(at(60), 1)
+        with_w1 = await tx.stages.expired_leases(at(60), 100, worker_id="w1")
+
+    assert [s.stage_id for s in expired] == ["expired-early", "expired-late", "expires-now"]
+    assert [s.stage_id for s in limited] == ["expired-early"]
+    # A worker's own stages come too, expired or not (a stage without a lease sorts as now).
+    assert [s.stage_id for s in with_w1] == [
+        "expired-early",
+        "expired-late",
+        "expires-now",
+        "no-lease",
+        "alive",
+    ]
+
+
+async def test_unstarted_finds_due_waiting_stages_enqueued_before_the_cutoff(
+    backend: Adapters,
+) -> None:
+    await insert_stages(
+        backend,
+        stage("r1", "old", enqueued_at=at(5)),
+        stage("r1", "older", status=StageStatus.RETRYING, enqueued_at=at(1), due_at=at(20)),
+        stage("r1", "recent", enqueued_at=at(30)),
+        stage("r1", "not-due", status=StageStatus.RETRYING, enqueued_at=at(2), due_at=at(99)),
+        stage("r1", "never-enqueued"),
+        stage("r1", "started", status=StageStatus.RUNNING, enqueued_at=at(1)),
+        stage("r1", "at-cutoff", enqueued_at=at(30)),
+    )
+
+    async with backend.persistence.transaction() as tx:
+        lost = await tx.stages.unstarted(at(30), at(60), 100)
+        first = await tx.stages.unstarted(at(30), at(60), 1)
+
+    assert [s.stage_id for s in lost] == ["older", "old"]
+    assert [s.stage_id for s in first] == ["older"]
