@@ -1,0 +1,191 @@
+"""The proof, on the in-memory adapters, SQLite and PostgreSQL alike: a workflow with a
+parallel group and an async-batch stage runs to completion through a sequence of fresh
+hosts (one per simulated invocation), and a delivery that comes twice, or after its lease
+expired and the attempt was retried elsewhere, never runs a completed stage again."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from typing import Any
+
+from stagewise import JobMessage, RetryPolicy, RunStatus, StageContext, StageStatus
+from stagewise_serverless import ServerlessSettings, encode_job_message
+from tests.conftest import Adapters
+
+from ._support import Deployment, drive_pull, drive_sqs, pipeline, single
+
+
+def deployment(backend: Adapters, workflows: list[Any], **kwargs: Any) -> Deployment:
+    """A deployment on the backend's storage; with `sqs=True` jobs travel through SQS."""
+    transport = None if kwargs.get("sqs") else backend.job_transport
+    return Deployment(
+        workflows,
+        clock=backend.clock,
+        persistence=backend.persistence,
+        transport=transport,
+        blobs=backend.blob_store,
+        **kwargs,
+    )
+
+
+async def settle() -> None:
+    for _ in range(50):
+        await asyncio.sleep(0)
+
+
+async def take(d: Deployment, limit: int = 10) -> list[JobMessage]:
+    """What the platform does before an invocation: take job messages off the queue."""
+    return await d.transport.dequeue(worker_id="platform", limit=limit, lease_for=30)
+
+
+async def test_a_run_completes_through_fresh_hosts_pulling_from_the_job_queue(
+    backend: Adapters,
+) -> None:
+    p = pipeline()
+    d = deployment(backend, [p.workflow])
+    try:
+        run_id = await d.create_run("pipeline", {"n": 1})
+
+        invocations = await drive_pull(d, run_id)
+
+        run = await d.get_run(run_id)
+        assert run.status is RunStatus.COMPLETED
+        assert run.output == {"n": 106}  # prepare: 2; left: 4, batch: 102; join: 106
+        stages = await d.stages(run_id)
+        assert {s.status for s in stages.values()} == {StageStatus.COMPLETED}
+        assert {s.attempt for s in stages.values()} == {1}
+        assert p.executed == {"prepare": 1, "left": 1, "batch": 1, "join": 1}
+        assert p.checks[run_id] == 2
+        assert len(d.kernels) >= invocations > 4  # a kernel and a host per invocation
+        await d.host().run_maintenance_tick()  # the next scheduled tick flushes the outbox
+        assert d.sink.types(run_id)[-1] == "run.completed"
+    finally:
+        await d.aclose()
+
+
+async def test_a_run_completes_through_lambda_invocations_fed_by_sqs(backend: Adapters) -> None:
+    p = pipeline()
+    d = deployment(backend, [p.workflow], sqs=True)
+    assert d.sqs is not None
+    try:
+        run_id = await d.create_run("pipeline", {"n": 1})
+
+        await drive_sqs(d, run_id)
+
+        run = await d.get_run(run_id)
+        assert run.status is RunStatus.COMPLETED
+        assert run.output == {"n": 106}
+        assert p.executed == {"prepare": 1, "left": 1, "batch": 1, "join": 1}
+        assert len(d.sqs) == 0  # every message was deleted
+        assert len(d.sqs.sent) == 4  # one message per stage: nothing was sent twice
+    finally:
+        await d.aclose()
+
+
+async def test_a_completion_advances_the_run_within_the_same_invocation(
+    backend: Adapters,
+) -> None:
+    p = pipeline()
+    d = deployment(backend, [p.workflow], sqs=True)
+    assert d.sqs is not None
+    try:
+        run_id = await d.create_run("pipeline", {"n": 1})
+        await d.host().run_maintenance_tick()  # claims the run: prepare's job is sent
+        [body] = d.sqs.bodies()
+
+        result = await d.host().handle_job(body)
+
+        assert (result.outcome, result.redeliver) == ("completed", False)
+        stages = await d.stages(run_id)
+        assert stages["prepare"].status is StageStatus.COMPLETED
+        assert {stages["left"].status, stages["batch"].status} == {StageStatus.PENDING}
+        assert len(d.sqs) == 3  # left and batch were sent: no tick was needed
+    finally:
+        await d.aclose()
+
+
+class Gate:
+    """A stage that blocks its first attempt until released, and counts what ran."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.calls: Counter[int] = Counter()
+
+    async def __call__(self, ctx: StageContext) -> dict[str, int]:
+        self.calls[ctx.attempt] += 1
+        if ctx.attempt == 1:
+            await self.release.wait()
+        return {"attempt": ctx.attempt}
+
+
+async def test_the_same_message_delivered_twice_runs_the_stage_once(backend: Adapters) -> None:
+    gate = Gate()
+    d = deployment(backend, [single(execute=gate)])
+    try:
+        run_id = await d.create_run("single")
+        await d.host().run_maintenance_tick()
+        [job] = await take(d)
+        body = encode_job_message(job)
+
+        first = asyncio.ensure_future(d.host().handle_job(body))
+        await settle()
+        # The queue's visibility timeout ran out while the first invocation still works.
+        while_running = await d.host().handle_job(body)
+        gate.release.set()
+        done = await first
+        after_completion = await d.host().handle_job(body)
+
+        assert (while_running.outcome, while_running.redeliver) == ("lease_lost", False)
+        assert (done.outcome, done.replayed) == ("completed", False)
+        assert (after_completion.outcome, after_completion.replayed) == ("completed", True)
+        assert after_completion.redeliver is False
+        assert gate.calls == {1: 1}
+        assert (await d.get_run(run_id)).output == {"attempt": 1}
+    finally:
+        await d.aclose()
+
+
+async def test_a_delivery_whose_lease_expired_and_was_retried_elsewhere_changes_nothing(
+    backend: Adapters,
+) -> None:
+    gate = Gate()
+    d = deployment(
+        backend,
+        [single(execute=gate, retry=RetryPolicy(initial_backoff=1, jitter=0))],
+        settings=ServerlessSettings(heartbeats=False),  # a frozen container sends none
+    )
+    try:
+        run_id = await d.create_run("single")
+        await d.host().run_maintenance_tick()
+        [first_job] = await take(d)
+
+        frozen = asyncio.ensure_future(d.host().handle_job(encode_job_message(first_job)))
+        await settle()
+        d.clock.advance(31)  # past the 30 s lease
+        tick = await d.host().run_maintenance_tick()
+        assert tick.leases_released == 1
+        d.clock.advance(1)
+        delivered = await take(d)  # attempt 2, and maybe attempt 1's message once more
+        [second_job] = [j for j in delivered if j.attempt == 2]
+        retried_elsewhere = await d.host().handle_job(encode_job_message(second_job))
+        redelivered = [await d.host().handle_job(j) for j in delivered if j.attempt == 1]
+        gate.release.set()
+        late = await frozen
+        first_again = await d.host().handle_job(encode_job_message(first_job))
+        second_again = await d.host().handle_job(encode_job_message(second_job))
+
+        assert retried_elsewhere.outcome == "completed"
+        assert late.outcome == "lease_lost"  # its result was refused: nothing written
+        assert late.error is not None and "lost its lease" in late.error
+        for again in (first_again, second_again, *redelivered):
+            assert (again.outcome, again.replayed, again.redeliver) == ("completed", True, False)
+        assert gate.calls == {1: 1, 2: 1}
+        stage = (await d.stages(run_id))["only"]
+        assert (stage.status, stage.attempt, stage.output) == (
+            StageStatus.COMPLETED,
+            2,
+            {"attempt": 2},
+        )
+    finally:
+        await d.aclose()
