@@ -15,7 +15,8 @@ from stagewise import RetryPolicy, RunCancel, RunStatus, StageContext, StageStat
 from stagewise.testing import InMemoryPersistence
 from stagewise_serverless import LambdaAdapter, ServerlessHost, ServerlessSettings
 
-from ._support import SCHEDULED_EVENT, Deployment, FlakyPersistence, single, sqs_record
+from ._aws import SCHEDULED_EVENT, sqs_record
+from ._support import Deployment, FlakyPersistence, single
 from .conftest import MakeDeployment
 
 

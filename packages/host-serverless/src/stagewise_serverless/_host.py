@@ -139,6 +139,13 @@ class ServerlessHost:
             return JobResult(outcome="failed", error=exc.message, redeliver=True, **ids)
         left = self._time_left(deadline)
         if left is not None and left < need:
+            logger.warning(
+                "job %s not started: it may need %gs and %gs are left before the deadline "
+                "(less the safety margin); is the function's timeout long enough?",
+                job.job_id,
+                need,
+                max(left, 0),
+            )
             return JobResult(
                 outcome="retry",
                 error=f"not started: it may need {need:g}s and {max(left, 0):g}s are left",
@@ -146,7 +153,10 @@ class ServerlessHost:
                 redeliver=True,
                 **ids,
             )
-        command = JobExecute(job=job, worker_id=self._worker_id)
+        try:
+            command = JobExecute(job=job, worker_id=self._worker_id)
+        except ValueError as exc:  # pydantic refused the message: it can never run
+            return JobResult(outcome="failed", error=f"invalid job message: {exc}", **ids)
         try:
             async with self._heartbeat(job):
                 result = await self._kernel.dispatch(command)
