@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 
 from sqlalchemy import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from stagewise._clock import SystemClock
+from stagewise._errors import PersistenceError
 from stagewise._ports import Clock
 from stagewise_sql._blobs import SqlBlobStore
-from stagewise_sql._engine import Database, create_engine, parse_url
+from stagewise_sql._engine import Database, create_engine, is_memory_sqlite, parse_url
 from stagewise_sql._migrate import current_revision, ensure_schema
 from stagewise_sql._persistence import SqlPersistence
 from stagewise_sql._transport import SqlJobTransport
@@ -84,6 +86,7 @@ class SqlBackend:
         """
         settings = settings or SqlSettings()
         parsed = parse_url(url)
+        _check_sqlite_directory(parsed)
         engine = create_engine(
             parsed,
             pool_size=settings.pool_size,
@@ -137,6 +140,19 @@ class SqlBackend:
         tb: TracebackType | None,
     ) -> None:
         await self.close()
+
+
+def _check_sqlite_directory(url: URL) -> None:
+    # Refused here rather than by the driver: aiosqlite leaves a thread behind on a failed
+    # open, and "unable to open database file" does not say why.
+    if url.get_backend_name() != "sqlite" or is_memory_sqlite(url) or url.query.get("uri"):
+        return
+    folder = Path(url.database or "").expanduser().absolute().parent
+    if not folder.is_dir():
+        raise PersistenceError(
+            f"cannot open the database at {url.render_as_string(hide_password=True)}: "
+            f"directory {str(folder)!r} does not exist"
+        )
 
 
 async def upgrade(url: str | URL) -> str:

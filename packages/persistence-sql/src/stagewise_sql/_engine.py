@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import random
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from contextvars import ContextVar
 from typing import Any, Literal, NoReturn, TypeVar
@@ -141,26 +141,33 @@ def _install_sqlite_hooks(engine: AsyncEngine, *, busy_timeout_ms: int) -> None:
 class Link:
     """A connection in use by one unit of work. Every statement goes through `execute`."""
 
-    __slots__ = ("_can_reopen", "_fresh", "conn", "db", "on_commit")
+    __slots__ = ("_fresh", "_reopen", "conn", "db", "on_commit")
 
-    def __init__(self, db: Database, conn: AsyncConnection, *, in_transaction: bool) -> None:
+    def __init__(
+        self,
+        db: Database,
+        conn: AsyncConnection,
+        *,
+        reopen: Callable[[], Awaitable[AsyncConnection]] | None,
+    ) -> None:
         self.db = db
         self.conn = conn
         self.on_commit: list[Callable[[], None]] = []
         self._fresh = True
-        # Only a transaction's first statement may be replayed: if the connection was dead,
-        # nothing reached the server (or it was rolled back there). In autocommit mode the
-        # statement may have committed before the connection dropped.
-        self._can_reopen = in_transaction and db.dialect == "postgresql"
+        # How to replace a connection found dead on the first statement, when that statement
+        # may be replayed: a transaction's first (nothing reached the server, or the server
+        # rolled it back) or a read. Not an autocommitted write, which may have committed
+        # before the connection dropped.
+        self._reopen = reopen
 
     async def execute(self, statement: Executable, params: Any = None) -> CursorResult[Any]:
         try:
             result = await self.conn.execute(statement, params)
         except Exception as exc:
-            if not (self._fresh and self._can_reopen and is_disconnect(exc)):
+            if not (self._fresh and self._reopen is not None and is_disconnect(exc)):
                 self.db.reraise(exc)
             await self.db.discard(self.conn)
-            self.conn = await self.db.begin_connection()
+            self.conn = await self._reopen()
             try:
                 result = await self.conn.execute(statement, params)
             except Exception as again:
@@ -254,7 +261,8 @@ class Database:
                 "single writer, so the inner one would wait forever for the outer one"
             )
         async with self._serialized(write=True):
-            link = Link(self, await self.begin_connection(), in_transaction=True)
+            reopen = self.begin_connection if self.dialect == "postgresql" else None
+            link = Link(self, await self.begin_connection(), reopen=reopen)
             token = self._active.set(link) if self.is_sqlite else None
             try:
                 yield link
@@ -274,6 +282,16 @@ class Database:
             action()
 
     @asynccontextmanager
+    async def atomic(self) -> AsyncIterator[Link]:
+        """A transaction of its own; on SQLite, the task's open transaction if it has one."""
+        active = self._active.get() if self.is_sqlite else None
+        if active is not None:
+            yield active
+            return
+        async with self.transaction() as link:
+            yield link
+
+    @asynccontextmanager
     async def single(self, *, write: bool) -> AsyncIterator[Link]:
         """A Link for work that is one statement, atomic on its own.
 
@@ -291,19 +309,23 @@ class Database:
                     yield link
                 return
         async with self._serialized(write):
-            conn = await self._retrying(self.engine.connect)
+            replayable = not write and self.dialect == "postgresql"
+            reopen = self.autocommit_connection if replayable else None
+            link = Link(self, await self.autocommit_connection(), reopen=reopen)
             try:
-                if self.is_sqlite:
-                    await conn.execution_options(**{_BEGIN_OPTION: None})
-                else:
-                    await conn.execution_options(isolation_level="AUTOCOMMIT")
-                link = Link(self, conn, in_transaction=False)
                 yield link
                 try:
-                    await conn.commit()
+                    await link.conn.commit()
                 except Exception as exc:
                     self.reraise(exc)
             finally:
-                await asyncio.shield(self.discard(conn))
+                await asyncio.shield(self.discard(link.conn))
         for action in link.on_commit:
             action()
+
+    async def autocommit_connection(self) -> AsyncConnection:
+        """A pooled connection whose statements each commit on their own."""
+        conn = await self._retrying(self.engine.connect)
+        if self.is_sqlite:
+            return await conn.execution_options(**{_BEGIN_OPTION: None})
+        return await conn.execution_options(isolation_level="AUTOCOMMIT")

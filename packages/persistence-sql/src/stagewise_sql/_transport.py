@@ -75,7 +75,7 @@ class SqlJobTransport:
             await self._insert(tx.link, values)
             tx.link.on_commit.append(self._wakeup.set)
             return
-        async with self._db.transaction() as link:
+        async with self._db.atomic() as link:
             await self._insert(link, values)
             link.on_commit.append(self._wakeup.set)
 
