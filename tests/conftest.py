@@ -195,3 +195,14 @@ async def sql_backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIt
     finally:
         if adapters.sql is not None:
             await adapters.sql.close()
+
+
+@pytest.fixture
+async def pg_backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Adapters]:
+    """The storage ports on PostgreSQL only (mark the test `postgres`)."""
+    adapters = await _open("postgres", request, tmp_path)
+    try:
+        yield adapters
+    finally:
+        if adapters.sql is not None:
+            await adapters.sql.close()

@@ -113,7 +113,7 @@ async def test_a_head_that_is_not_due_blocks_its_whole_group(backend: Adapters) 
     assert keys(await claim(backend, now=10)) == [("sink", "r2", 1)]
     later = await claim(backend, now=20, claimer="c2")
     assert keys(later) == [("sink", "r1", 1), ("sink", "r1", 2)]
-    assert later[0].delivery.attempts == 1 and later[0].delivery.last_error == "down"
+    assert (later[0].delivery.attempts, later[0].delivery.last_error) == (1, "down")
 
 
 async def test_delivered_and_dead_deliveries_no_longer_hold_their_group(backend: Adapters) -> None:

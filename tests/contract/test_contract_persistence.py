@@ -136,7 +136,8 @@ async def test_a_run_comes_back_field_for_field(backend: Adapters) -> None:
     assert got == full
     assert bare == run("r2", input=None, config={})
     assert missing is None
-    assert got is not None and bare is not None
+    assert got is not None
+    assert bare is not None
     assert_run_times_aware(got)
     assert_run_times_aware(bare)
 
