@@ -10,7 +10,8 @@ The `stagewise` command line lives in `stagewise_node.cli`; it is the one place 
 the SQL backend (the host itself depends on the kernel only).
 """
 
-from stagewise_node._host import JobWakeups, NodeHost, default_worker_id
+from stagewise_node._host import NodeHost, default_worker_id
+from stagewise_node._jobs import JobWakeups
 from stagewise_node._scheduler import HostScheduler
 from stagewise_node._settings import NodeHostSettings
 from stagewise_node._stats import HostState, HostStats

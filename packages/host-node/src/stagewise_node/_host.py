@@ -8,7 +8,7 @@ A host is four small loops on one event loop, all stoppable through one `asyncio
   (`job.execute`); with every slot busy it waits for one to free, with nothing to do it
   sleeps on its alarm, which goes off when the kernel hints that a job is due (enqueued now
   or a retry's backoff ends), when a NOTIFY says another process enqueued, or after the
-  fallback poll interval;
+  fallback poll interval (see `_jobs`);
 * the **tick loop** runs the orchestration steps (claim, poll suspended, reap, flush) when
   each is due (see `_tick`);
 * the **heartbeat loop** extends the lease of every attempt in flight and learns of
@@ -34,35 +34,26 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Coroutine
 from datetime import datetime
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 from stagewise import (
     Clock,
     CommandResult,
-    JobExecute,
-    JobMessage,
     JobTransport,
     Kernel,
-    LeaseLost,
     LeaseReapStale,
     SystemClock,
 )
-from stagewise_node._heartbeat import Heartbeater, job_fields
-from stagewise_node._scheduler import Alarm, HostScheduler, WakeCommand, wait_event
+from stagewise_node._heartbeat import Heartbeater
+from stagewise_node._jobs import JobRunner, JobWakeups
+from stagewise_node._scheduler import HostScheduler, WakeCommand
 from stagewise_node._settings import NodeHostSettings
 from stagewise_node._stats import Counters, HostState, HostStats
 from stagewise_node._tick import STEPS, Ticker
 
 logger = logging.getLogger("stagewise.node")
-
-
-@runtime_checkable
-class JobWakeups(Protocol):
-    """A transport that can say when jobs were enqueued (outside the kernel's port)."""
-
-    def wait_for_jobs(self, timeout: float) -> Awaitable[bool]: ...
 
 
 def default_worker_id() -> str:
@@ -108,10 +99,11 @@ class NodeHost:
             kernel, self._clock, self.settings.heartbeat_every(self._lease), self.worker_id
         )
         self._ticker = Ticker(kernel, self._clock, self.settings, self.worker_id)
-        self._jobs_alarm = Alarm(self._clock)
         self._counters = Counters()
-        self._running: dict[asyncio.Task[None], JobMessage] = {}
-        self._slot = asyncio.Event()
+        self._jobs = JobRunner(
+            kernel, job_transport, self._clock, self.settings, self.worker_id, self._counters
+        )
+        self._running = self._jobs.running
         self._stopping = asyncio.Event()
         self._beats_stop = asyncio.Event()
         self._force = asyncio.Event()
@@ -136,7 +128,7 @@ class NodeHost:
         if self._state not in ("new", "running"):
             return
         if command == "job.execute":
-            self._jobs_alarm.ring(at)
+            self._jobs.alarm.ring(at)
         else:
             self._ticker.hint(command, at)
 
@@ -163,7 +155,7 @@ class NodeHost:
             await self._release_own("on start")
         self._state = "running"
         self._started = time.monotonic()
-        self._spawn_loop("jobs", self._job_loop())
+        self._spawn_loop("jobs", self._jobs.loop(self._stopping))
         self._spawn_loop("tick", self._ticker.loop(self._stopping, self._counters))
         self._spawn_loop(
             "heartbeat",
@@ -172,7 +164,7 @@ class NodeHost:
             ),
         )
         if isinstance(self._transport, JobWakeups):
-            self._spawn_loop("listen", self._listen_loop(self._transport))
+            self._spawn_loop("listen", self._jobs.listen(self._transport, self._stopping))
         logger.info(
             "worker %s started: %d slot(s), lease %.1fs, heartbeat every %.1fs",
             self.worker_id,
@@ -305,115 +297,6 @@ class NodeHost:
         self._counters.error(task.get_name(), exc)
         self._crashed.set()
 
-    async def _job_loop(self) -> None:
-        failures = 0
-        while not self._stopping.is_set():
-            self._slot.clear()
-            free = self.settings.concurrency - len(self._running)
-            if free <= 0:
-                await wait_event(self._slot, self._clock, self.settings.job_poll_interval)
-                continue
-            self._jobs_alarm.take()
-            try:
-                jobs = await self._transport.dequeue(
-                    worker_id=self.worker_id, limit=free, lease_for=self._lease
-                )
-            except Exception as exc:
-                failures += 1
-                self._counters.error("dequeue", exc)
-                logger.warning(
-                    "dequeue failed (%d in a row): %s: %s",
-                    failures,
-                    type(exc).__name__,
-                    exc,
-                    exc_info=failures == 1,
-                    extra={"worker_id": self.worker_id},
-                )
-                await self._jobs_alarm.wait(self.settings.job_poll_interval)
-                continue
-            failures = 0
-            for job in jobs:
-                task = asyncio.create_task(self._execute(job), name=f"stagewise-job-{job.job_id}")
-                self._running[task] = job
-                task.add_done_callback(self._job_done)
-            if len(jobs) < free:
-                await self._jobs_alarm.wait(self.settings.job_poll_interval)
-
-    def _job_done(self, task: asyncio.Task[None]) -> None:
-        self._running.pop(task, None)
-        self._slot.set()
-
-    async def _execute(self, job: JobMessage) -> None:
-        fields = job_fields(job, self.worker_id)
-        began = time.monotonic()
-        try:
-            result = await self.kernel.dispatch(JobExecute(job=job, worker_id=self.worker_id))
-        except LeaseLost as exc:
-            self._counters.outcome("lease_lost")
-            logger.info("delivery refused: %s", exc, extra=fields)
-            return
-        except asyncio.CancelledError:
-            logger.warning(
-                "stage %s of run %s (attempt %d) abandoned at the drain deadline",
-                job.stage_id,
-                job.run_id,
-                job.attempt,
-                extra=fields,
-            )
-            raise
-        except Exception as exc:
-            self._counters.jobs_processed += 1
-            self._counters.jobs_failed += 1
-            self._counters.error(f"job {job.job_id}", exc)
-            logger.error(
-                "could not execute stage %s of run %s (attempt %d): %s: %s",
-                job.stage_id,
-                job.run_id,
-                job.attempt,
-                type(exc).__name__,
-                exc,
-                exc_info=True,
-                extra=fields,
-            )
-            return
-        self._counters.outcome(result.outcome)
-        elapsed = time.monotonic() - began
-        fields = {**fields, "outcome": result.outcome, "duration": round(elapsed, 4)}
-        what = f"stage {job.stage_id} of run {job.run_id} (attempt {job.attempt})"
-        if result.outcome == "retry":
-            logger.warning(
-                "%s failed, retrying in %.1fs: %s",
-                what,
-                result.retry_after or 0,
-                result.error,
-                extra=fields,
-            )
-        elif result.outcome == "failed":
-            logger.error("%s failed: %s", what, result.error, extra=fields)
-        elif result.replayed:
-            logger.info("%s had already completed: duplicate delivery dropped", what, extra=fields)
-        else:
-            logger.info("%s %s in %.3fs", what, result.outcome, elapsed, extra=fields)
-
-    async def _listen_loop(self, transport: JobWakeups) -> None:
-        failures = 0
-        while not self._stopping.is_set():
-            try:
-                woke = await transport.wait_for_jobs(self.settings.listen_timeout)
-            except Exception as exc:
-                failures += 1
-                logger.warning(
-                    "waiting for job notifications failed: %s: %s",
-                    type(exc).__name__,
-                    exc,
-                    extra={"worker_id": self.worker_id},
-                )
-                await wait_event(self._stopping, self._clock, min(30.0, failures))
-                continue
-            failures = 0
-            if woke:
-                self._jobs_alarm.ring()
-
     # --- stopping ------------------------------------------------------------------------
 
     async def _drain(self, seconds: float) -> None:
@@ -428,8 +311,7 @@ class NodeHost:
             extra={"worker_id": self.worker_id},
         )
         self._stopping.set()
-        self._jobs_alarm.ring()
-        self._slot.set()
+        self._jobs.wake()
         self._ticker.poke()
         listen = self._loops.pop("listen", None)
         if listen is not None:

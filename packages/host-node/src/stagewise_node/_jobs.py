@@ -1,0 +1,173 @@
+"""The job side of a host: dequeue into free slots, execute, and listen for enqueues.
+
+The loop takes up to the free slots' worth of jobs and runs each one as a task
+(`job.execute`). With every slot busy it waits for one to free; with nothing to do it sleeps
+on its alarm, which goes off when the kernel hints that a job is due (enqueued now, or a
+retry's backoff ends), when a NOTIFY says another process enqueued, or after the fallback
+poll interval. The kernel fences every delivery, so a stale or duplicate one costs a
+`LeaseLost` and nothing else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable
+from typing import Protocol, runtime_checkable
+
+from stagewise import Clock, JobExecute, JobMessage, JobTransport, Kernel, LeaseLost
+from stagewise_node._heartbeat import job_fields
+from stagewise_node._scheduler import Alarm, wait_event
+from stagewise_node._settings import NodeHostSettings
+from stagewise_node._stats import Counters
+
+logger = logging.getLogger("stagewise.node")
+
+
+@runtime_checkable
+class JobWakeups(Protocol):
+    """A transport that can say when jobs were enqueued (outside the kernel's port), like
+    stagewise_sql's, which hears PostgreSQL NOTIFY."""
+
+    def wait_for_jobs(self, timeout: float) -> Awaitable[bool]: ...
+
+
+class JobRunner:
+    """Job slots of one host."""
+
+    def __init__(
+        self,
+        kernel: Kernel,
+        transport: JobTransport,
+        clock: Clock,
+        settings: NodeHostSettings,
+        worker_id: str,
+        counters: Counters,
+    ) -> None:
+        self._kernel = kernel
+        self._transport = transport
+        self._clock = clock
+        self._settings = settings
+        self._worker_id = worker_id
+        self._counters = counters
+        self.alarm = Alarm(clock)
+        self.running: dict[asyncio.Task[None], JobMessage] = {}
+        self._slot = asyncio.Event()
+
+    def wake(self) -> None:
+        """Look for jobs now (and stop waiting for a slot, when stopping)."""
+        self.alarm.ring()
+        self._slot.set()
+
+    async def loop(self, stopping: asyncio.Event) -> None:
+        lease = self._kernel.settings.lease_seconds
+        failures = 0
+        while not stopping.is_set():
+            self._slot.clear()
+            free = self._settings.concurrency - len(self.running)
+            if free <= 0:
+                await wait_event(self._slot, self._clock, self._settings.job_poll_interval)
+                continue
+            self.alarm.take()
+            try:
+                jobs = await self._transport.dequeue(
+                    worker_id=self._worker_id, limit=free, lease_for=lease
+                )
+            except Exception as exc:
+                failures += 1
+                self._counters.error("dequeue", exc)
+                logger.warning(
+                    "dequeue failed (%d in a row): %s: %s",
+                    failures,
+                    type(exc).__name__,
+                    exc,
+                    exc_info=failures == 1,
+                    extra={"worker_id": self._worker_id},
+                )
+                await self.alarm.wait(self._settings.job_poll_interval)
+                continue
+            failures = 0
+            for job in jobs:
+                task = asyncio.create_task(self._execute(job), name=f"stagewise-job-{job.job_id}")
+                self.running[task] = job
+                task.add_done_callback(self._done)
+            if len(jobs) < free:
+                await self.alarm.wait(self._settings.job_poll_interval)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self.running.pop(task, None)
+        self._slot.set()
+
+    async def _execute(self, job: JobMessage) -> None:
+        fields = job_fields(job, self._worker_id)
+        counters = self._counters
+        began = time.monotonic()
+        try:
+            result = await self._kernel.dispatch(JobExecute(job=job, worker_id=self._worker_id))
+        except LeaseLost as exc:
+            counters.outcome("lease_lost")
+            logger.info("delivery refused: %s", exc, extra=fields)
+            return
+        except asyncio.CancelledError:
+            logger.warning(
+                "stage %s of run %s (attempt %d) abandoned at the drain deadline",
+                job.stage_id,
+                job.run_id,
+                job.attempt,
+                extra=fields,
+            )
+            raise
+        except Exception as exc:
+            counters.jobs_processed += 1
+            counters.jobs_failed += 1
+            counters.error(f"job {job.job_id}", exc)
+            logger.error(
+                "could not execute stage %s of run %s (attempt %d): %s: %s",
+                job.stage_id,
+                job.run_id,
+                job.attempt,
+                type(exc).__name__,
+                exc,
+                exc_info=True,
+                extra=fields,
+            )
+            return
+        counters.outcome(result.outcome)
+        elapsed = time.monotonic() - began
+        fields = {**fields, "outcome": result.outcome, "duration": round(elapsed, 4)}
+        what = f"stage {job.stage_id} of run {job.run_id} (attempt {job.attempt})"
+        if result.outcome == "retry":
+            logger.warning(
+                "%s failed, retrying in %.1fs: %s",
+                what,
+                result.retry_after or 0,
+                result.error,
+                extra=fields,
+            )
+        elif result.outcome == "failed":
+            logger.error("%s failed: %s", what, result.error, extra=fields)
+        elif result.replayed:
+            logger.info("%s had already completed: duplicate delivery dropped", what, extra=fields)
+        else:
+            logger.info("%s %s in %.3fs", what, result.outcome, elapsed, extra=fields)
+
+    async def listen(self, transport: JobWakeups, stopping: asyncio.Event) -> None:
+        """Ring the alarm whenever the transport says jobs were enqueued."""
+        failures = 0
+        while not stopping.is_set():
+            try:
+                woke = await transport.wait_for_jobs(self._settings.listen_timeout)
+            except Exception as exc:
+                failures += 1
+                logger.warning(
+                    "waiting for job notifications failed: %s: %s",
+                    type(exc).__name__,
+                    exc,
+                    extra={"worker_id": self._worker_id},
+                )
+                await wait_event(stopping, self._clock, min(30.0, failures))
+                continue
+            failures = 0
+            if woke:
+                self.alarm.ring()

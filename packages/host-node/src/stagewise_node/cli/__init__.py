@@ -1,0 +1,246 @@
+"""The `stagewise` command line (Typer + Rich).
+
+    stagewise demo
+    stagewise worker myapp.flows:registry --db postgresql://... --concurrency 8
+    stagewise run my-workflow --input '{"n": 1}' --app myapp.flows:registry --wait
+    stagewise runs list --status FAILED
+    stagewise runs show RUN_ID
+    stagewise runs cancel RUN_ID
+    stagewise runs rerun RUN_ID --from STAGE --app myapp.flows:registry
+    stagewise db upgrade
+
+`--db` defaults to `$STAGEWISE_DATABASE_URL`, then to the embedded SQLite file
+`./stagewise.db`; `--app` defaults to `$STAGEWISE_APP`. Mistakes (an unknown workflow,
+input that is not JSON or fails the schema, an unreachable database) are one line on stderr
+and exit code 1, never a traceback (set STAGEWISE_DEBUG=1 to see one).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from stagewise import RunStatus
+from stagewise_node.cli._compose import APP_ENV, DATABASE_ENV, DEFAULT_DATABASE
+from stagewise_node.cli._output import CliError, fail, run_async, setup_logging
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="stagewise",
+    help="stagewise: durable workflows. Start with `stagewise demo`.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+runs_app = typer.Typer(help="Look at and act on runs.", no_args_is_help=True)
+db_app = typer.Typer(help="Manage the database schema.", no_args_is_help=True)
+app.add_typer(runs_app, name="runs")
+app.add_typer(db_app, name="db")
+
+Db = Annotated[
+    str,
+    typer.Option(
+        "--db",
+        envvar=DATABASE_ENV,
+        help="Database URL: sqlite:///path.db or postgresql://user@host/db.",
+        show_default=True,
+    ),
+]
+App = Annotated[
+    str | None,
+    typer.Option(
+        "--app",
+        envvar=APP_ENV,
+        help="Where the workflows are: MODULE:ATTR (a WorkflowRegistry or list of workflows).",
+    ),
+]
+
+
+class LogFormatChoice(StrEnum):
+    text = "text"
+    json = "json"
+
+
+class StatusChoice(StrEnum):
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+
+@app.command()
+def worker(
+    target: Annotated[
+        str, typer.Argument(metavar="MODULE:ATTR", help="A WorkflowRegistry or list of workflows.")
+    ],
+    db: Db = DEFAULT_DATABASE,
+    concurrency: Annotated[int, typer.Option(min=1, help="Stages run at once.")] = 10,
+    worker_id: Annotated[
+        str | None,
+        typer.Option(help="Unique among live workers; reuse it on restart to reclaim leases."),
+    ] = None,
+    lease: Annotated[float, typer.Option(min=0.1, help="Lease seconds of an attempt.")] = 30.0,
+    heartbeat: Annotated[
+        float | None, typer.Option(help="Heartbeat seconds (default: a third of the lease).")
+    ] = None,
+    poll_interval: Annotated[
+        float, typer.Option(min=0.01, help="Fallback polling seconds (wake-ups come first).")
+    ] = 2.0,
+    drain_timeout: Annotated[
+        float, typer.Option(min=0, help="Seconds in-flight stages get on SIGTERM/SIGINT.")
+    ] = 30.0,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    log_format: Annotated[LogFormatChoice, typer.Option()] = LogFormatChoice.text,
+) -> None:
+    """Serve workflows: run their stages and maintenance until SIGTERM/SIGINT, then drain."""
+    from stagewise_node.cli._worker import exit_if_stage_threads_remain, serve
+
+    try:
+        setup_logging(log_level, log_format.value)
+    except CliError as exc:
+        raise fail(exc.message) from None
+    run_async(
+        serve(
+            app=target,
+            db=db,
+            concurrency=concurrency,
+            worker_id=worker_id,
+            lease=lease,
+            heartbeat=heartbeat,
+            poll_interval=poll_interval,
+            drain_timeout=drain_timeout,
+        )
+    )
+    exit_if_stage_threads_remain()
+
+
+@app.command()
+def run(
+    workflow_id: Annotated[str, typer.Argument(help="The workflow to run.")],
+    input: Annotated[
+        str | None, typer.Option("--input", "-i", help="The run input: JSON, or @file.json.")
+    ] = None,
+    wait: Annotated[bool, typer.Option(help="Follow the run live until it ends.")] = False,
+    timeout: Annotated[
+        float | None, typer.Option(help="With --wait: give up after this many seconds.")
+    ] = None,
+    priority: Annotated[int, typer.Option(help="Higher runs are claimed first.")] = 0,
+    idempotency_key: Annotated[
+        str | None, typer.Option(help="Creating twice with the same key creates one run.")
+    ] = None,
+    db: Db = DEFAULT_DATABASE,
+    app_spec: App = None,
+) -> None:
+    """Create a run of a workflow (validated against its input model)."""
+    from stagewise_node.cli._runs import create_run, parse_input
+
+    try:
+        data = parse_input(input)
+    except CliError as exc:
+        raise fail(exc.message) from None
+    code = run_async(
+        create_run(
+            db=db,
+            app=app_spec,
+            workflow_id=workflow_id,
+            input=data,
+            wait=wait,
+            give_up_after=timeout,
+            priority=priority,
+            idempotency_key=idempotency_key,
+        )
+    )
+    raise typer.Exit(code)
+
+
+@runs_app.command("list")
+def runs_list(
+    status: Annotated[StatusChoice | None, typer.Option(help="Only runs in this state.")] = None,
+    workflow: Annotated[str | None, typer.Option(help="Only runs of this workflow.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=10_000)] = 50,
+    db: Db = DEFAULT_DATABASE,
+) -> None:
+    """List runs, newest first."""
+    from stagewise_node.cli._runs import list_runs
+
+    run_async(
+        list_runs(
+            db=db,
+            status_filter=RunStatus(status.value) if status else None,
+            workflow_id=workflow,
+            limit=limit,
+        )
+    )
+
+
+@runs_app.command("show")
+def runs_show(
+    run_id: Annotated[str, typer.Argument()],
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON instead.")] = False,
+    db: Db = DEFAULT_DATABASE,
+) -> None:
+    """Show a run: its stages, every attempt, timings and errors."""
+    from stagewise_node.cli._runs import show_run
+
+    run_async(show_run(db=db, run_id=run_id, as_json=json_output))
+
+
+@runs_app.command("cancel")
+def runs_cancel(
+    run_id: Annotated[str, typer.Argument()],
+    reason: Annotated[str | None, typer.Option(help="Recorded with the cancellation.")] = None,
+    db: Db = DEFAULT_DATABASE,
+) -> None:
+    """Cancel a run; its running stages are cancelled at their next heartbeat."""
+    from stagewise_node.cli._runs import cancel_run
+
+    run_async(cancel_run(db=db, run_id=run_id, reason=reason))
+
+
+@runs_app.command("rerun")
+def runs_rerun(
+    run_id: Annotated[str, typer.Argument()],
+    from_stage: Annotated[str, typer.Option("--from", help="The first stage to run again.")],
+    db: Db = DEFAULT_DATABASE,
+    app_spec: App = None,
+) -> None:
+    """Run a finished run again from a stage (later outputs are discarded)."""
+    from stagewise_node.cli._runs import rerun
+
+    run_async(rerun(db=db, app=app_spec, run_id=run_id, stage_id=from_stage))
+
+
+@db_app.command("upgrade")
+def db_upgrade(db: Db = DEFAULT_DATABASE) -> None:
+    """Create or upgrade stagewise's tables to this version's schema."""
+    from stagewise_node.cli._runs import db_upgrade as upgrade
+
+    run_async(upgrade(db=db))
+
+
+@app.command()
+def demo(
+    db: Annotated[
+        Path | None,
+        typer.Option(
+            "--db",
+            help="The SQLite file to use [default: <temp dir>/stagewise-demo-<user>/demo.db].",
+        ),
+    ] = None,
+    fresh: Annotated[bool, typer.Option(help="Start from an empty database.")] = False,
+) -> None:
+    """Run an example workflow end to end on SQLite with a worker in this process."""
+    from stagewise_node.cli._demo import demo as run_demo
+
+    setup_logging("error")  # the demo's one failure is on purpose: the table shows it
+    raise typer.Exit(run_async(run_demo(path=db, fresh=fresh)))
+
+
+def main() -> None:
+    """The `stagewise` console script."""
+    app()

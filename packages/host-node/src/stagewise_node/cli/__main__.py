@@ -1,0 +1,5 @@
+"""`python -m stagewise_node.cli` is the `stagewise` command."""
+
+from stagewise_node.cli import main
+
+main()

@@ -1,0 +1,162 @@
+"""The composition root of the command line: load the user's workflows, open the database,
+wire a kernel (and a host) to it. The only module of stagewise_node that knows stagewise_sql.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from stagewise import (
+    Event,
+    Kernel,
+    KernelSettings,
+    SystemClock,
+    Workflow,
+    WorkflowRegistry,
+    create_kernel,
+)
+from stagewise_node._host import NodeHost
+from stagewise_node._scheduler import HostScheduler, WakeCommand
+from stagewise_node._settings import NodeHostSettings
+from stagewise_node.cli._output import CliError, events_logger
+from stagewise_sql import SqlBackend
+
+DEFAULT_DATABASE = "sqlite+aiosqlite:///stagewise.db"
+"""The embedded default: a SQLite file in the current directory."""
+DATABASE_ENV = "STAGEWISE_DATABASE_URL"
+APP_ENV = "STAGEWISE_APP"
+
+
+def load_workflows(spec: str | None) -> WorkflowRegistry:
+    """The workflows named by `MODULE:ATTR` (a registry, a workflow or a list of them);
+    an empty registry when `spec` is None.
+
+    Raises:
+        CliError: the module cannot be imported or the attribute is not workflows.
+    """
+    if not spec:
+        return WorkflowRegistry()
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise CliError(f"expected MODULE:ATTR (like myapp.flows:registry), got {spec!r}")
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)  # as `python -m` would: the user's modules are found
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise CliError(f"cannot import {module_name!r}: {exc}") from exc
+    value: Any = module
+    for part in attr.split("."):
+        try:
+            value = getattr(value, part)
+        except AttributeError:
+            raise CliError(f"module {module_name!r} has no attribute {attr!r}") from None
+    if isinstance(value, WorkflowRegistry):
+        return value
+    if isinstance(value, Workflow):
+        return WorkflowRegistry([value])
+    if isinstance(value, Iterable) and not isinstance(value, str | bytes | dict):
+        items = list(value)
+        if items and all(isinstance(w, Workflow) for w in items):
+            return WorkflowRegistry(items)
+    raise CliError(
+        f"{spec} is a {type(value).__name__}; expected a WorkflowRegistry, a Workflow or a "
+        "list of workflows"
+    )
+
+
+async def connect(url: str, *, migrate: bool = True) -> SqlBackend:
+    """Open the database; every failure is a `StagewiseError` with a one-line message."""
+    return await SqlBackend.connect(url, migrate=migrate)
+
+
+class LoggingEventSink:
+    """The CLI's event sink: every event becomes a DEBUG line on `stagewise.events`."""
+
+    async def publish(self, event: Event) -> None:
+        events_logger.debug(
+            "%s %s",
+            event.type,
+            getattr(event, "stage_id", "") or "",
+            extra={"run_id": event.run_id, "event": event.type, "seq": event.seq},
+        )
+
+
+class _NoHints:
+    """The Scheduler of a short-lived client: nobody here runs the work it hints at."""
+
+    async def wake(self, command: WakeCommand, at: datetime) -> None:
+        return None
+
+
+def build_kernel(
+    backend: SqlBackend,
+    registry: WorkflowRegistry,
+    *,
+    scheduler: Any = None,
+    settings: KernelSettings | None = None,
+) -> Kernel:
+    return create_kernel(
+        persistence=backend.persistence,
+        blob_store=backend.blob_store,
+        job_transport=backend.job_transport,
+        event_sink=LoggingEventSink(),
+        scheduler=scheduler or _NoHints(),
+        clock=backend.clock,
+        registry=registry,
+        settings=settings,
+    )
+
+
+@dataclass
+class Client:
+    backend: SqlBackend
+    kernel: Kernel
+    registry: WorkflowRegistry
+
+
+@asynccontextmanager
+async def client(db: str, app: str | None) -> AsyncIterator[Client]:
+    """A kernel on the database for one command, closed on the way out."""
+    registry = load_workflows(app)
+    backend = await connect(db)
+    kernel = build_kernel(backend, registry)
+    try:
+        yield Client(backend, kernel, registry)
+    finally:
+        await kernel.aclose()
+        await backend.close()
+
+
+def build_host(
+    backend: SqlBackend,
+    registry: WorkflowRegistry,
+    *,
+    worker_id: str | None,
+    settings: NodeHostSettings,
+    kernel_settings: KernelSettings,
+) -> NodeHost:
+    """A kernel and a node host on `backend`, the host attached as the kernel's Scheduler."""
+    scheduler = HostScheduler()
+    kernel = build_kernel(backend, registry, scheduler=scheduler, settings=kernel_settings)
+    return NodeHost(
+        kernel=kernel,
+        job_transport=backend.job_transport,
+        worker_id=worker_id,
+        settings=settings,
+        scheduler=scheduler,
+        clock=SystemClock(),
+    )
+
+
+def sqlite_url(path: Path) -> str:
+    return f"sqlite+aiosqlite:///{path}"

@@ -1,0 +1,231 @@
+"""`stagewise run`, `stagewise runs ...` and `stagewise db upgrade`: short-lived clients."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Group
+from rich.live import Live
+from rich.spinner import Spinner
+from rich.text import Text
+
+from stagewise import (
+    BlobStore,
+    Persistence,
+    RunCancel,
+    RunClaimPending,
+    RunCreate,
+    RunRerunFrom,
+    RunStatus,
+    SystemClock,
+)
+from stagewise_node.cli._compose import client, connect
+from stagewise_node.cli._output import CliError, console
+from stagewise_node.cli._render import duration, run_details, runs_table, stages_table, status
+from stagewise_node.cli._views import RunView, load_run
+from stagewise_sql import upgrade
+
+
+def parse_input(raw: str | None) -> Any:
+    """The run input from `--input`: JSON text, or `@path` to a JSON file.
+
+    Raises:
+        CliError: not valid JSON, or the file cannot be read.
+    """
+    if raw is None:
+        return None
+    text = raw
+    if raw.startswith("@"):
+        try:
+            text = Path(raw[1:]).read_text()
+        except OSError as exc:
+            raise CliError(f"cannot read the input file {raw[1:]!r}: {exc.strerror}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CliError(f"--input is not valid JSON: {exc}") from None
+
+
+async def create_run(
+    *,
+    db: str,
+    app: str | None,
+    workflow_id: str,
+    input: Any,
+    wait: bool,
+    give_up_after: float | None,
+    priority: int,
+    idempotency_key: str | None,
+) -> int:
+    """Create a run (and, with `wait`, follow it to the end); returns the exit code."""
+    async with client(db, app) as c:
+        if not len(c.registry):
+            raise CliError(
+                f"cannot create a run of {workflow_id!r}: no workflows loaded "
+                "(pass --app MODULE:ATTR or set STAGEWISE_APP)"
+            )
+        result = await c.kernel.dispatch(
+            RunCreate(
+                workflow_id=workflow_id,
+                input=input,
+                priority=priority,
+                idempotency_key=idempotency_key,
+            )
+        )
+        # Start it here (one short transaction) instead of waiting for a worker's claim
+        # interval: its first jobs are enqueued now, and on PostgreSQL their NOTIFY wakes
+        # an idle worker at once.
+        await c.kernel.dispatch(RunClaimPending(limit=1))
+        note = "" if result.created else " (replayed: the idempotency key was used before)"
+        console.print(f"created run [bold]{result.run_id}[/] of {workflow_id}{note}")
+        if not wait:
+            return 0
+        view = await follow(
+            c.backend.persistence, c.backend.blob_store, result.run_id, give_up_after=give_up_after
+        )
+        return report_end(view)
+
+
+async def follow(
+    persistence: Persistence,
+    blobs: BlobStore,
+    run_id: str,
+    *,
+    give_up_after: float | None = None,
+    every: float = 0.2,
+) -> RunView:
+    """Show the run's stages live until it finishes (or `give_up_after` seconds pass).
+
+    Raises:
+        CliError: the run did not finish in time.
+    """
+    clock = SystemClock()
+    started = time.monotonic()
+    view = await load_run(persistence, blobs, run_id, with_output=False)
+    with Live(console=console, refresh_per_second=10, transient=False) as live:
+        while True:
+            now = clock.now()
+            head = Text.assemble(
+                ("run ", ""),
+                (run_id, "bold"),
+                ("  ", ""),
+                status(view.run.status.value),
+                (f"  {duration(view.run.started_at, view.run.finished_at, now)}", "dim"),
+            )
+            body = stages_table(view, now=now)
+            if view.run.status.is_terminal:
+                live.update(Group(head, body))
+                break
+            live.update(Group(Spinner("dots", text=head), body))
+            if give_up_after is not None and time.monotonic() - started > give_up_after:
+                raise CliError(
+                    f"run {run_id} is still {view.run.status.value} after {give_up_after:g}s "
+                    "(is a worker running? start one with `stagewise worker`)"
+                )
+            await asyncio.sleep(every)
+            view = await load_run(persistence, blobs, run_id, with_output=False)
+    if not console.is_terminal:
+        console.print()  # a pipe gets the last frame without its line end
+    return await load_run(persistence, blobs, run_id)
+
+
+def report_end(view: RunView) -> int:
+    run = view.run
+    if run.status is RunStatus.COMPLETED:
+        console.print(f"output: {json.dumps(view.output, default=str)}", soft_wrap=True)
+        return 0
+    message = f": {run.error.message}" if run.error else ""
+    console.print(f"run {run.run_id} {run.status.value.lower()}{message}", style="bold red")
+    return 1
+
+
+async def list_runs(
+    *, db: str, status_filter: RunStatus | None, workflow_id: str | None, limit: int
+) -> None:
+    backend = await connect(db)
+    try:
+        async with backend.persistence.transaction() as tx:
+            runs = await tx.runs.find(status=status_filter, workflow_id=workflow_id, limit=limit)
+    finally:
+        await backend.close()
+    console.print(runs_table(runs))
+
+
+async def show_run(*, db: str, run_id: str, as_json: bool) -> None:
+    backend = await connect(db)
+    try:
+        view = await load_run(backend.persistence, backend.blob_store, run_id)
+    finally:
+        await backend.close()
+    if as_json:
+        console.print_json(data=_as_json(view))
+    else:
+        console.print(run_details(view))
+
+
+def _as_json(view: RunView) -> dict[str, Any]:
+    run = view.run
+    return {
+        "run_id": run.run_id,
+        "workflow_id": run.workflow_id,
+        "status": run.status.value,
+        "created_at": run.created_at.isoformat(),
+        "started_at": run.started_at.isoformat() if run.started_at else None,
+        "finished_at": run.finished_at.isoformat() if run.finished_at else None,
+        "input": run.input,
+        "output": view.output,
+        "error": run.error.to_json() if run.error else None,
+        "stages": [
+            {
+                "stage_id": s.stage_id,
+                "group": s.group_index,
+                "status": s.status.value,
+                "attempt": s.attempt,
+                "started_at": s.started_at.isoformat() if s.started_at else None,
+                "finished_at": s.finished_at.isoformat() if s.finished_at else None,
+                "error": s.error.message if s.error else None,
+            }
+            for s in view.stages
+        ],
+        "attempts": [
+            {
+                "stage_id": a.stage_id,
+                "attempt": a.attempt,
+                "worker_id": a.worker_id,
+                "started_at": a.started_at.isoformat(),
+                "ended_at": a.ended_at.isoformat() if a.ended_at else None,
+                "outcome": a.outcome,
+                "error": a.error,
+            }
+            for a in view.attempts
+        ],
+    }
+
+
+async def cancel_run(*, db: str, run_id: str, reason: str | None) -> None:
+    async with client(db, None) as c:
+        result = await c.kernel.dispatch(RunCancel(run_id=run_id, reason=reason))
+    if result.cancelled:
+        console.print(f"cancelled run [bold]{run_id}[/]")
+    else:
+        console.print(f"run {run_id} had already finished ({result.status.value}): unchanged")
+
+
+async def rerun(*, db: str, app: str | None, run_id: str, stage_id: str) -> None:
+    async with client(db, app) as c:
+        if not len(c.registry):
+            raise CliError("rerun needs the workflows: pass --app MODULE:ATTR or set STAGEWISE_APP")
+        result = await c.kernel.dispatch(RunRerunFrom(run_id=run_id, stage_id=stage_id))
+    console.print(
+        f"run [bold]{run_id}[/] is {result.status.value} again from {stage_id}: "
+        f"{', '.join(result.reset_stages)} queued"
+    )
+
+
+async def db_upgrade(*, db: str) -> None:
+    revision = await upgrade(db)
+    console.print(f"the database is at schema revision {revision}")

@@ -1,0 +1,98 @@
+"""Read a run back for display: its row, its stages, and its attempts (from the events)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from stagewise import (
+    BlobStore,
+    EventRecord,
+    Persistence,
+    RunNotFoundError,
+    RunRecord,
+    StageRecord,
+)
+
+
+@dataclass
+class Attempt:
+    stage_id: str
+    attempt: int
+    started_at: datetime
+    worker_id: str | None
+    ended_at: datetime | None = None
+    suspended_at: datetime | None = None
+    outcome: str = "running"
+    error: str | None = None
+
+
+@dataclass
+class RunView:
+    run: RunRecord
+    stages: list[StageRecord]
+    attempts: list[Attempt] = field(default_factory=list)
+    output: Any = None
+
+    def attempts_of(self, stage_id: str) -> list[Attempt]:
+        return [a for a in self.attempts if a.stage_id == stage_id]
+
+
+async def load_run(
+    persistence: Persistence, blobs: BlobStore, run_id: str, *, with_output: bool = True
+) -> RunView:
+    """The run with its stages and attempt history.
+
+    Raises:
+        RunNotFoundError: no such run.
+    """
+    async with persistence.transaction() as tx:
+        run = await tx.runs.get(run_id)
+        if run is None:
+            raise RunNotFoundError(run_id)
+        stages = await tx.stages.for_run(run_id)
+        events = await tx.outbox.events(run_id)
+    view = RunView(run=run, stages=stages, attempts=attempts_from(events))
+    if with_output:
+        view.output = run.output
+        if run.output_ref is not None:
+            view.output = json.loads(await blobs.get(run.output_ref))
+    return view
+
+
+def attempts_from(events: list[EventRecord]) -> list[Attempt]:
+    """Every attempt of every stage, in the order they started."""
+    attempts: list[Attempt] = []
+    current: dict[str, Attempt] = {}
+    for event in sorted(events, key=lambda e: e.seq):
+        payload = event.payload
+        stage_id = payload.get("stage_id")
+        if not isinstance(stage_id, str):
+            continue
+        if event.type == "stage.started":
+            attempt = Attempt(
+                stage_id=stage_id,
+                attempt=int(payload.get("attempt", 1)),
+                started_at=event.occurred_at,
+                worker_id=payload.get("worker_id"),
+            )
+            attempts.append(attempt)
+            current[stage_id] = attempt
+            continue
+        open_ = current.get(stage_id)
+        if open_ is None:
+            continue
+        error = payload.get("error") or {}
+        if event.type == "stage.suspended":
+            open_.outcome, open_.suspended_at = "suspended", event.occurred_at
+        elif event.type == "stage.completed":
+            open_.outcome, open_.ended_at = "completed", event.occurred_at
+        elif event.type == "stage.retrying":
+            open_.outcome, open_.ended_at = "retried", event.occurred_at
+            open_.error = f"{error.get('type')}: {error.get('message')}"
+        elif event.type == "stage.failed":
+            open_.outcome, open_.ended_at = "failed", event.occurred_at
+            open_.error = f"{error.get('type')}: {error.get('message')}"
+    return attempts
