@@ -29,11 +29,6 @@ def deployment(backend: Adapters, workflows: list[Any], **kwargs: Any) -> Deploy
     )
 
 
-async def settle() -> None:
-    for _ in range(50):
-        await asyncio.sleep(0)
-
-
 async def take(d: Deployment, limit: int = 10) -> list[JobMessage]:
     """What the platform does before an invocation: take job messages off the queue."""
     return await d.transport.dequeue(worker_id="platform", limit=limit, lease_for=30)
@@ -109,14 +104,20 @@ class Gate:
     """A stage that blocks its first attempt until released, and counts what ran."""
 
     def __init__(self) -> None:
+        self.entered = asyncio.Event()
         self.release = asyncio.Event()
         self.calls: Counter[int] = Counter()
 
     async def __call__(self, ctx: StageContext) -> dict[str, int]:
         self.calls[ctx.attempt] += 1
         if ctx.attempt == 1:
+            self.entered.set()
             await self.release.wait()
         return {"attempt": ctx.attempt}
+
+    async def running(self) -> None:
+        """Wait until attempt 1 runs (its start has committed)."""
+        await asyncio.wait_for(self.entered.wait(), timeout=10)
 
 
 async def test_the_same_message_delivered_twice_runs_the_stage_once(backend: Adapters) -> None:
@@ -129,7 +130,7 @@ async def test_the_same_message_delivered_twice_runs_the_stage_once(backend: Ada
         body = encode_job_message(job)
 
         first = asyncio.ensure_future(d.host().handle_job(body))
-        await settle()
+        await gate.running()
         # The queue's visibility timeout ran out while the first invocation still works.
         while_running = await d.host().handle_job(body)
         gate.release.set()
@@ -161,7 +162,7 @@ async def test_a_delivery_whose_lease_expired_and_was_retried_elsewhere_changes_
         [first_job] = await take(d)
 
         frozen = asyncio.ensure_future(d.host().handle_job(encode_job_message(first_job)))
-        await settle()
+        await gate.running()
         d.clock.advance(31)  # past the 30 s lease
         tick = await d.host().run_maintenance_tick()
         assert tick.leases_released == 1
