@@ -14,6 +14,7 @@ import pytest
 from stagewise import RetryPolicy, RunCancel, RunStatus, StageContext, StageStatus
 from stagewise.testing import InMemoryPersistence
 from stagewise_serverless import LambdaAdapter, ServerlessHost, ServerlessSettings
+from tests.conftest import Adapters
 
 from ._aws import SCHEDULED_EVENT, sqs_record
 from ._support import Deployment, FlakyPersistence, single
@@ -24,15 +25,23 @@ def ids(response: dict[str, Any]) -> list[str]:
     return [f["itemIdentifier"] for f in response["batchItemFailures"]]
 
 
-async def test_a_batch_of_ten_with_two_failing_stages_reports_exactly_those_two() -> None:
+async def test_a_batch_of_ten_with_two_failing_stages_reports_exactly_those_two(
+    backend: Adapters,
+) -> None:
     calls = Counter[str]()
 
     async def work(ctx: StageContext) -> str:
         calls[ctx.run_id] += 1
         return "ok"
 
-    flaky = FlakyPersistence(InMemoryPersistence())
-    d = Deployment([single(execute=work)], persistence=flaky, sqs=True)
+    flaky = FlakyPersistence(backend.persistence)
+    d = Deployment(
+        [single(execute=work)],
+        clock=backend.clock,
+        persistence=flaky,
+        blobs=backend.blob_store,
+        sqs=True,
+    )
     assert d.sqs is not None
     try:
         runs = [await d.create_run("single") for _ in range(10)]
