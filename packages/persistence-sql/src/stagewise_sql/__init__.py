@@ -5,10 +5,11 @@
     async with await SqlBackend.connect("sqlite+aiosqlite:///stagewise.db") as backend:
         backend.persistence, backend.job_transport, backend.blob_store
 
-`metadata` and `VERSION_TABLE` let an application manage our schema in its own Alembic
+`metadata` and `render_item` let an application manage our schema in its own Alembic
 environment (see the package README).
 """
 
+from stagewise_sql._alembic import render_item
 from stagewise_sql._backend import SqlBackend, SqlSettings, upgrade
 from stagewise_sql._blobs import SqlBlobStore
 from stagewise_sql._errors import (
@@ -38,5 +39,6 @@ __all__ = [
     "SqlTransaction",
     "head_revision",
     "metadata",
+    "render_item",
     "upgrade",
 ]
