@@ -5,11 +5,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from alembic.autogenerate import compare_metadata
+import sqlalchemy
+from alembic.autogenerate import compare_metadata, produce_migrations, render_python_code
+from alembic.operations import Operations
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, create_engine, make_url, text
+from sqlalchemy.dialects import postgresql
 
 from stagewise._errors import (
     InvalidInputError,
@@ -26,6 +30,7 @@ from stagewise_sql import (
     SqlBackend,
     head_revision,
     metadata,
+    render_item,
     upgrade,
 )
 from tests.conftest import create_pg_database, drop_pg_database
@@ -203,6 +208,33 @@ async def test_upgrade_brings_a_database_to_head_and_is_idempotent(tmp_path: Pat
     assert await upgrade(sqlite_url(tmp_path)) == head_revision()
     async with await SqlBackend.connect(sqlite_url(tmp_path), migrate=False) as backend:
         assert await backend.schema_revision() == head_revision()
+
+
+def _autogenerate_and_apply(conn: Connection) -> str:
+    context = MigrationContext.configure(conn, opts={"target_metadata": metadata})
+    script = produce_migrations(context, metadata)
+    assert script.upgrade_ops is not None
+    code = render_python_code(script.upgrade_ops, render_item=render_item)
+    namespace: dict[str, Any] = {
+        "op": Operations(context),
+        "sa": sqlalchemy,
+        "postgresql": postgresql,
+    }
+    exec(f"def upgrade():\n{code}", namespace)  # the body of the generated revision
+    namespace["upgrade"]()
+    return code
+
+
+async def test_an_applications_autogenerate_renders_our_tables_as_plain_sqlalchemy(
+    tmp_path: Path,
+) -> None:
+    engine = create_engine(sqlite_url(tmp_path))
+    with engine.begin() as conn:
+        code = _autogenerate_and_apply(conn)
+        assert "stagewise_sql" not in code
+        assert "sa.DateTime(timezone=True)" in code
+        assert _differences(conn) == []
+    engine.dispose()
 
 
 async def test_a_schema_managed_by_the_applications_own_alembic_is_used(tmp_path: Path) -> None:
