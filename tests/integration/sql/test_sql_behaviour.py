@@ -220,3 +220,25 @@ async def test_save_of_a_run_that_does_not_exist_inserts_it_like_the_reference(
     async with sql_backend.persistence.transaction() as tx:
         assert await tx.runs.get("r1") == run("r1")
         assert [s.attempt for s in await tx.stages.for_run("r1")] == [2]
+
+
+async def test_a_task_started_inside_a_transaction_writes_on_its_own_after_it_ends(
+    sql_backend: Adapters,
+) -> None:
+    go = asyncio.Event()
+
+    async def background() -> None:
+        await go.wait()
+        await sql_backend.blob_store.put("k", b"v")
+        async with sql_backend.persistence.transaction() as tx:
+            await tx.runs.insert(run("r2"))
+
+    async with sql_backend.persistence.transaction() as tx:
+        await tx.runs.insert(run("r1"))
+        task = asyncio.create_task(background())
+    go.set()
+    await asyncio.wait_for(task, 5)
+
+    assert await sql_backend.blob_store.get("k") == b"v"
+    async with sql_backend.persistence.transaction() as tx:
+        assert await tx.runs.get("r2") is not None

@@ -141,7 +141,7 @@ def _install_sqlite_hooks(engine: AsyncEngine, *, busy_timeout_ms: int) -> None:
 class Link:
     """A connection in use by one unit of work. Every statement goes through `execute`."""
 
-    __slots__ = ("_fresh", "_reopen", "conn", "db", "on_commit")
+    __slots__ = ("_fresh", "_reopen", "closed", "conn", "db", "on_commit")
 
     def __init__(
         self,
@@ -153,6 +153,7 @@ class Link:
         self.db = db
         self.conn = conn
         self.on_commit: list[Callable[[], None]] = []
+        self.closed = False
         self._fresh = True
         # How to replace a connection found dead on the first statement, when that statement
         # may be replayed: a transaction's first (nothing reached the server, or the server
@@ -201,6 +202,17 @@ class Database:
 
     def error(self, exc: Exception) -> Exception:
         return translate(exc, url=self.url_display)
+
+    def _open_link(self) -> Link | None:
+        """This task's open SQLite transaction, if any.
+
+        A task created inside a transaction inherits the variable; once that transaction
+        has ended its link is closed and no longer counts.
+        """
+        if not self.is_sqlite:
+            return None
+        link = self._active.get()
+        return link if link is not None and not link.closed else None
 
     def reraise(self, exc: Exception) -> NoReturn:
         """Raise the stagewise error for `exc` (from inside its `except` block)."""
@@ -255,7 +267,7 @@ class Database:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Link]:
         """A Link inside BEGIN ... COMMIT; rolled back if the block raises."""
-        if self.is_sqlite and self._active.get() is not None:
+        if self._open_link() is not None:
             raise PersistenceError(
                 "a transaction was opened inside another one in the same task; SQLite has a "
                 "single writer, so the inner one would wait forever for the outer one"
@@ -275,6 +287,7 @@ class Database:
                     await asyncio.shield(link.conn.rollback())
                 raise
             finally:
+                link.closed = True
                 if token is not None:
                     self._active.reset(token)
                 await asyncio.shield(self.discard(link.conn))
@@ -284,7 +297,7 @@ class Database:
     @asynccontextmanager
     async def atomic(self) -> AsyncIterator[Link]:
         """A transaction of its own; on SQLite, the task's open transaction if it has one."""
-        active = self._active.get() if self.is_sqlite else None
+        active = self._open_link()
         if active is not None:
             yield active
             return
@@ -300,7 +313,7 @@ class Database:
         the task's open transaction, see the module docstring); a read runs without BEGIN.
         """
         if self.is_sqlite and (write or self._memory):
-            active = self._active.get()
+            active = self._open_link()
             if active is not None:
                 yield active
                 return
