@@ -36,6 +36,7 @@ FAST = NodeHostSettings(
     suspended_poll_interval=60,
     reap_interval=60,
     flush_interval=60,
+    flush_batch_window=0,
     heartbeat_interval=1,
     drain_timeout=5,
 )

@@ -492,7 +492,7 @@ async def test_a_scheduler_serves_one_host() -> None:
 
 def test_the_heartbeat_must_be_shorter_than_the_lease() -> None:
     world = World.of([three_stages()], lease_seconds=3)
-    with pytest.raises(ValueError, match="shorter than the kernel's lease"):
+    with pytest.raises(ValueError, match="at most half the kernel's"):
         world.host(settings=replace(FAST, heartbeat_interval=3))
     with pytest.raises(ValueError, match="concurrency"):
         NodeHostSettings(concurrency=0)
@@ -520,3 +520,19 @@ async def test_hints_after_stop_are_ignored_and_a_never_started_host_stops() -> 
     assert host.stats().state == "stopped"
     await host.wake("job.execute", world.clock.now())  # dropped, no error
     await host.kernel.aclose()
+
+
+def test_the_public_surface_is_pinned() -> None:
+    import stagewise_node
+
+    assert stagewise_node.__all__ == [
+        "HostScheduler",
+        "HostState",
+        "HostStats",
+        "JobWakeups",
+        "NodeHost",
+        "NodeHostSettings",
+        "default_worker_id",
+    ]
+    for name in stagewise_node.__all__:
+        assert hasattr(stagewise_node, name)

@@ -160,7 +160,9 @@ class NodeHost:
         self._spawn_loop(
             "heartbeat",
             self._heartbeater.loop(
-                lambda: self._running.values(), self._beats_stop, self._counters
+                lambda: self._jobs.running_for(self._heartbeater.interval / 2),
+                self._beats_stop,
+                self._counters,
             ),
         )
         if isinstance(self._transport, JobWakeups):

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable
+from datetime import datetime, timedelta
 from typing import Protocol, runtime_checkable
 
 from stagewise import Clock, JobExecute, JobMessage, JobTransport, Kernel, LeaseLost
@@ -53,7 +54,17 @@ class JobRunner:
         self._counters = counters
         self.alarm = Alarm(clock)
         self.running: dict[asyncio.Task[None], JobMessage] = {}
+        self._since: dict[asyncio.Task[None], datetime] = {}
         self._slot = asyncio.Event()
+
+    def running_for(self, seconds: float) -> list[JobMessage]:
+        """The jobs in flight for at least `seconds` (on the host's clock).
+
+        A younger job needs no heartbeat yet: its attempt took its lease when it started,
+        after the job was taken, so the lease is at least as fresh as that.
+        """
+        before = self._clock.now() - timedelta(seconds=seconds)
+        return [job for task, job in self.running.items() if self._since[task] <= before]
 
     def wake(self) -> None:
         """Look for jobs now (and stop waiting for a slot, when stopping)."""
@@ -91,12 +102,14 @@ class JobRunner:
             for job in jobs:
                 task = asyncio.create_task(self._execute(job), name=f"stagewise-job-{job.job_id}")
                 self.running[task] = job
+                self._since[task] = self._clock.now()
                 task.add_done_callback(self._done)
             if len(jobs) < free:
                 await self.alarm.wait(self._settings.job_poll_interval)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self.running.pop(task, None)
+        self._since.pop(task, None)
         self._slot.set()
 
     async def _execute(self, job: JobMessage) -> None:

@@ -28,9 +28,13 @@ class NodeHostSettings:
     """Look for expired leases (crashed workers) at least this often."""
     flush_interval: float = 2.0
     """Deliver outbox events at least this often."""
+    flush_batch_window: float = 0.1
+    """After a flush, a hint ("new events") waits this long before the next one, so that a
+    busy host delivers events in batches instead of one flush per commit."""
     heartbeat_interval: float | None = None
     """Extend the leases of running attempts this often; None means a third of the
-    kernel's `lease_seconds`. Must be shorter than the lease."""
+    kernel's `lease_seconds`. At most half the lease. Attempts younger than half an interval
+    are skipped (their lease is fresh), so short stages cost no heartbeat at all."""
     claim_batch: int = 20
     poll_batch: int = 50
     reap_batch: int = 100
@@ -64,6 +68,8 @@ class NodeHostSettings:
         for name, value in intervals.items():
             if value <= 0:
                 raise ValueError(f"{name} must be positive, got {value!r}")
+        if self.flush_batch_window < 0:
+            raise ValueError("flush_batch_window must not be negative")
         if self.drain_timeout < 0:
             raise ValueError(f"drain_timeout must not be negative, got {self.drain_timeout!r}")
         for name, batch in (
@@ -79,12 +85,12 @@ class NodeHostSettings:
         """The heartbeat interval for a kernel whose leases last `lease_seconds`.
 
         Raises:
-            ValueError: the configured interval is not shorter than the lease.
+            ValueError: the configured interval is longer than half the lease.
         """
         interval = self.heartbeat_interval or lease_seconds / 3
-        if interval >= lease_seconds:
+        if interval > lease_seconds / 2:
             raise ValueError(
-                f"heartbeat_interval ({interval}s) must be shorter than the kernel's "
-                f"lease_seconds ({lease_seconds}s)"
+                f"heartbeat_interval ({interval:g}s) must be at most half the kernel's "
+                f"lease_seconds ({lease_seconds:g}s)"
             )
         return interval

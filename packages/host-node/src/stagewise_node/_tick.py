@@ -52,13 +52,20 @@ class _Step:
     alarm: Alarm
     fallback_at: datetime
     """When the step runs anyway, hint or not."""
+    gap: timedelta
+    """How long after a run a hint may run the step again."""
+    last_run: datetime
 
     def is_due(self, now: datetime) -> bool:
-        return self.alarm.due or now >= self.fallback_at
+        if now >= self.fallback_at:
+            return True
+        return self.alarm.due and now >= self.last_run + self.gap
 
     def next_time(self) -> datetime:
-        hinted = self.alarm.next_time()
-        return self.fallback_at if hinted is None else min(hinted, self.fallback_at)
+        hinted = self.last_run + self.gap if self.alarm.due else self.alarm.next_time()
+        if hinted is None:
+            return self.fallback_at
+        return min(max(hinted, self.last_run + self.gap), self.fallback_at)
 
 
 class Ticker:
@@ -78,11 +85,11 @@ class Ticker:
         # Reap hints come with every start and heartbeat of this host's own attempts, whose
         # leases it keeps alive; folding them together keeps a healthy host from reaping
         # (and finding nothing) once per heartbeat.
-        table: tuple[tuple[WakeCommand, float, int, float], ...] = (
-            ("run.claimPending", s.claim_interval, s.claim_batch, 0.0),
-            ("stage.pollSuspended", s.suspended_poll_interval, s.poll_batch, 0.0),
-            ("lease.reapStale", s.reap_interval, s.reap_batch, s.reap_interval / 2),
-            ("outbox.flush", s.flush_interval, s.flush_batch, 0.0),
+        table: tuple[tuple[WakeCommand, float, int, float, float], ...] = (
+            ("run.claimPending", s.claim_interval, s.claim_batch, 0.0, 0.0),
+            ("stage.pollSuspended", s.suspended_poll_interval, s.poll_batch, 0.0, 0.0),
+            ("lease.reapStale", s.reap_interval, s.reap_batch, s.reap_interval / 2, 0.0),
+            ("outbox.flush", s.flush_interval, s.flush_batch, 0.0, s.flush_batch_window),
         )
         self._steps: dict[WakeCommand, _Step] = {
             name: _Step(
@@ -91,8 +98,10 @@ class Ticker:
                 batch=batch,
                 alarm=Alarm(clock, merge=merge, poke=self._poke),
                 fallback_at=now,
+                gap=timedelta(seconds=gap),
+                last_run=now - timedelta(seconds=gap),
             )
-            for name, interval, batch, merge in table
+            for name, interval, batch, merge, gap in table
         }
 
     def hint(self, command: WakeCommand, at: datetime) -> None:
@@ -129,7 +138,8 @@ class Ticker:
             for name in steps:
                 step = self._steps[name]
                 step.alarm.take()
-                step.fallback_at = self._clock.now() + timedelta(seconds=step.interval)
+                step.last_run = self._clock.now()
+                step.fallback_at = step.last_run + timedelta(seconds=step.interval)
                 try:
                     result = await asyncio.wait_for(
                         self._command(name, step.batch)(), self._settings.step_timeout
@@ -154,6 +164,7 @@ class Ticker:
                 results[name] = result
                 if _full(result, step.batch):
                     step.alarm.ring()  # the batch was full: there is probably more
+                    step.last_run -= step.gap
                 _log_result(name, result, self._worker_id)
             counters.ticks += 1
         return results

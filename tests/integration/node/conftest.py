@@ -1,0 +1,43 @@
+"""Fixtures of the node tests: a database URL per backend, worker processes, a client."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import create_pg_database, drop_pg_database
+from tests.integration.node.processes import Client, Workers
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database of its own: a SQLite file, or a PostgreSQL database (dropped after,
+    with any connection a killed worker left behind)."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'stagewise.db'}"
+        return
+    url = create_pg_database()
+    try:
+        yield url
+    finally:
+        drop_pg_database(url)
+
+
+@pytest.fixture
+def workers(db_url: str, tmp_path: Path) -> Iterator[Workers]:
+    pool = Workers(url=db_url, tmp=tmp_path, side=tmp_path / "side.db")
+    try:
+        yield pool
+    finally:
+        pool.kill_all()
+
+
+@pytest.fixture
+async def client(db_url: str) -> AsyncIterator[Client]:
+    c = await Client.open(db_url)  # creates the schema before any worker starts
+    try:
+        yield c
+    finally:
+        await c.close()

@@ -1,0 +1,210 @@
+"""The `stagewise` command line on SQLite: every command, and every mistake as one line."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from stagewise import KernelSettings, RunStatus, WorkflowRegistry
+from stagewise_node import NodeHostSettings
+from stagewise_node.cli import app
+from stagewise_node.cli._compose import build_host, connect
+from tests.integration.node.flows import SIDE_DB_ENV, workflows
+from tests.integration.node.processes import ROOT
+
+APP = "tests.integration.node.flows:workflows"
+
+
+@pytest.fixture
+def db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv(SIDE_DB_ENV, str(tmp_path / "side.db"))
+    monkeypatch.delenv("STAGEWISE_DATABASE_URL", raising=False)
+    monkeypatch.delenv("STAGEWISE_APP", raising=False)
+    return f"sqlite:///{tmp_path / 'cli.db'}"
+
+
+def stagewise(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(app, list(args))
+    assert "Traceback" not in result.output, result.output
+    return result.exit_code, result.output
+
+
+def one_error_line(output: str) -> str:
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert len(lines) == 1, output
+    assert lines[0].startswith("error: "), output
+    return lines[0]
+
+
+def run_id_in(output: str) -> str:
+    match = re.search(r"run ([0-9a-f-]{36})", output)
+    assert match, output
+    return match.group(1)
+
+
+async def serve_until_idle(url: str, run_id: str) -> None:
+    """A node host in this process until the run finishes."""
+    backend = await connect(url)
+    host = build_host(
+        backend,
+        WorkflowRegistry(workflows),
+        worker_id="cli-test",
+        settings=NodeHostSettings(concurrency=2, job_poll_interval=0.2, claim_interval=0.2),
+        kernel_settings=KernelSettings(lease_seconds=5),
+    )
+    await host.start()
+    try:
+        for _ in range(500):
+            async with backend.persistence.transaction() as tx:
+                run = await tx.runs.get(run_id)
+            if run is not None and run.status.is_terminal:
+                return
+            await asyncio.sleep(0.02)
+        raise AssertionError("the run did not finish")
+    finally:
+        await host.stop(drain_timeout=2)
+        await host.kernel.aclose()
+        await backend.close()
+
+
+def test_bad_arguments_are_one_line_and_a_non_zero_exit(db: str) -> None:
+    code, out = stagewise("run", "nope", "--input", "{}", "--db", db, "--app", APP)
+    assert code == 1
+    assert "workflow 'nope' is not registered" in one_error_line(out)
+
+    code, out = stagewise("run", "three", "--input", "{not json", "--db", db, "--app", APP)
+    assert code == 1
+    assert "--input is not valid JSON" in one_error_line(out)
+
+    code, out = stagewise("run", "three", "--input", '{"n": "x"}', "--db", db, "--app", APP)
+    assert code == 1
+    assert "input for workflow 'three' is invalid" in one_error_line(out)
+
+    code, out = stagewise("run", "three", "--input", '{"n": 1}', "--db", db)
+    assert code == 1
+    assert "pass --app" in one_error_line(out)
+
+    code, out = stagewise("run", "three", "--db", db, "--app", "no_such_module:flows")
+    assert code == 1
+    assert "cannot import 'no_such_module'" in one_error_line(out)
+
+    unreachable = "postgresql://postgres@127.0.0.1:1/nothing"
+    code, out = stagewise("runs", "list", "--db", unreachable)
+    assert code == 1
+    assert "cannot connect to the database" in one_error_line(out)
+
+    code, out = stagewise("worker", APP, "--db", unreachable)
+    assert code == 1
+    assert "cannot connect to the database" in one_error_line(out)
+
+    code, out = stagewise("runs", "list", "--db", "mysql://somewhere/db")
+    assert code == 1
+    assert "not supported" in one_error_line(out)
+
+    code, out = stagewise("runs", "show", "no-such-run", "--db", db)
+    assert code == 1
+    assert "does not exist" in one_error_line(out)
+
+
+def test_a_run_created_listed_shown_completed_and_rerun(db: str) -> None:
+    code, out = stagewise("db", "upgrade", "--db", db)
+    assert code == 0, out
+    assert "schema revision" in out
+
+    code, out = stagewise("run", "three", "--input", '{"n": 5}', "--db", db, "--app", APP)
+    assert code == 0, out
+    run_id = run_id_in(out)
+
+    code, out = stagewise("runs", "list", "--db", db)
+    assert code == 0, out
+    assert run_id in out
+    assert "RUNNING" in out  # `stagewise run` starts it at once: its first job is queued
+
+    asyncio.run(serve_until_idle(db, run_id))
+    code, out = stagewise("runs", "list", "--status", "COMPLETED", "--db", db)
+    assert run_id in out
+    code, out = stagewise("runs", "show", run_id, "--db", db)
+    assert code == 0, out
+    for text in ("COMPLETED", "stages", "attempts", "cli-test", '"n": 8'):
+        assert text in out, out
+
+    code, out = stagewise("runs", "rerun", run_id, "--from", "b", "--db", db, "--app", APP)
+    assert code == 0, out
+    assert "RUNNING again from b" in out
+    asyncio.run(serve_until_idle(db, run_id))
+    code, out = stagewise("runs", "show", run_id, "--json", "--db", db)
+    assert '"status": "COMPLETED"' in out
+
+
+def test_cancel_a_run(db: str) -> None:
+    code, out = stagewise("run", "three", "--input", '{"n": 1}', "--db", db, "--app", APP)
+    run_id = run_id_in(out)
+    code, out = stagewise("runs", "cancel", run_id, "--reason", "test", "--db", db)
+    assert code == 0, out
+    assert f"cancelled run {run_id}" in out
+    code, out = stagewise("runs", "cancel", run_id, "--db", db)
+    assert code == 0
+    assert "already finished (CANCELLED)" in out
+    code, out = stagewise("runs", "list", "--status", "CANCELLED", "--db", db)
+    assert run_id in out
+
+
+@pytest.mark.slow
+def test_run_wait_follows_a_run_that_a_worker_process_executes(db: str, tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cli = [sys.executable, "-m", "stagewise_node.cli"]
+    with (tmp_path / "worker.log").open("wb") as log:
+        worker = subprocess.Popen(
+            [*cli, "worker", APP, "--db", db, "--poll-interval", "0.2", "--lease", "5"],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        run = ["run", "three", "--input", '{"n": 1}', "--wait", "--timeout", "60"]
+        done = subprocess.run(
+            [*cli, *run, "--db", db, "--app", APP],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=90,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "COMPLETED" in done.stdout
+        assert '"n": 4' in done.stdout
+    finally:
+        worker.terminate()
+        assert worker.wait(30) == 0, (tmp_path / "worker.log").read_text()
+
+
+@pytest.mark.slow
+def test_stagewise_demo_runs_the_example_to_completion(tmp_path: Path) -> None:
+    env = {**os.environ, "TMPDIR": str(tmp_path)}  # the demo's default database goes there
+    for _ in range(2):  # and a second demo on the same database works as well
+        done = subprocess.run(
+            [sys.executable, "-m", "stagewise_node.cli", "demo"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        out = done.stdout
+        assert "summary" in out
+        assert "run completed" in out
+        for stage in ("parse", "count_words", "keywords", "translate", "summarize"):
+            assert stage in out
+        assert "attempt 1 failed (ConnectionError" in out
+        assert "suspended, resumed after" in out
+        assert "Traceback" not in done.stderr
+    assert list(tmp_path.glob("stagewise-demo-*/demo.db"))
+    assert RunStatus.COMPLETED.value in out
