@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -33,6 +35,8 @@ from stagewise_sql._persistence import SqlTransaction
 from stagewise_sql._schema import jobs as jobs_t
 from stagewise_sql._statements import insert_ignore, time_param
 
+_log = logging.getLogger("stagewise_sql")
+
 CHANNEL = "stagewise_jobs"
 """The PostgreSQL NOTIFY channel that enqueues announce themselves on."""
 
@@ -46,6 +50,9 @@ class SqlJobTransport:
         self._db = db
         self._clock = clock
         self._wakeup = asyncio.Event()
+        # Our NOTIFY payload: our own enqueues wake our waiters on commit already, so the
+        # echo of them from the server is ignored rather than waking a waiter twice.
+        self._token = uuid.uuid4().hex
         self._listener: Any = None  # an asyncpg connection, on PostgreSQL once listening
         self._listen_lock = asyncio.Lock()
 
@@ -84,7 +91,7 @@ class SqlJobTransport:
         if self._db.dialect == "postgresql":
             # NOTIFY rides on the insert itself (no extra round trip); PostgreSQL sends it
             # on commit, once per transaction however many rows call it.
-            stmt = stmt.returning(func.pg_notify(CHANNEL, literal("")))
+            stmt = stmt.returning(func.pg_notify(CHANNEL, literal(self._token)))
         inserted = {row.job_id for row in await link.execute(stmt, values)}
         if len(inserted) == len(values):
             return
@@ -210,13 +217,16 @@ class SqlJobTransport:
             try:
                 conn = await asyncpg.connect(**options, timeout=10)
                 await conn.add_listener(CHANNEL, self._on_notify)
-            except Exception:
-                return  # no wake-ups: wait_for_jobs degrades to sleeping its timeout
+            except Exception as exc:
+                # No wake-ups: wait_for_jobs degrades to sleeping its timeout; try next time.
+                _log.warning("cannot LISTEN on %s at %s: %s", CHANNEL, self._db.url_display, exc)
+                return
             conn.add_termination_listener(self._on_listener_lost)
             self._listener = conn
 
-    def _on_notify(self, *_args: object) -> None:
-        self._wakeup.set()
+    def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        if payload != self._token:
+            self._wakeup.set()
 
     def _on_listener_lost(self, *_args: object) -> None:
         self._listener = None
