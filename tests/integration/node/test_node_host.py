@@ -360,6 +360,32 @@ async def test_at_the_drain_deadline_the_lease_is_released_for_another_worker() 
         await stop_all(first, second)
 
 
+async def test_a_forced_stop_ends_the_drain_at_once() -> None:
+    started = asyncio.Event()
+
+    async def forever(ctx: StageContext) -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    wf = (
+        WorkflowBuilder("forever")
+        .pipe(define_stage(id="f", execute=forever, retry=RetryPolicy(initial_backoff=0)))
+        .build()
+    )
+    world = World.of([wf])
+    host = world.host()
+    await host.start()
+    run_id = await world.create(host.kernel, "forever")
+    await asyncio.wait_for(started.wait(), 5)
+    stopping = asyncio.ensure_future(host.stop(drain_timeout=60))
+    await eventually(lambda: host.stats().state == "draining")
+    host.force_stop()  # a second SIGTERM/SIGINT does this
+    await asyncio.wait_for(stopping, 5)
+    stage = (await world.stages(run_id))["f"]
+    assert (stage.status, stage.attempt) == (StageStatus.RETRYING, 2)  # released, not lost
+    await host.kernel.aclose()
+
+
 async def test_a_restarted_worker_retries_the_attempts_its_id_still_holds() -> None:
     calls: list[int] = []
     hang = asyncio.Event()
