@@ -242,3 +242,20 @@ async def test_a_task_started_inside_a_transaction_writes_on_its_own_after_it_en
     assert await sql_backend.blob_store.get("k") == b"v"
     async with sql_backend.persistence.transaction() as tx:
         assert await tx.runs.get("r2") is not None
+
+
+async def test_a_json_value_postgres_cannot_store_is_invalid_input(sql_backend: Adapters) -> None:
+    # JSONB has no NUL character; SQLite (like the in-memory reference) keeps it.
+    async def insert() -> None:
+        async with sql_backend.persistence.transaction() as tx:
+            await tx.runs.insert(run("r1", input={"text": "a\u0000b"}))
+
+    if sql_backend.name == "postgres":
+        with pytest.raises(InvalidInputError, match="the database refused a value"):
+            await insert()
+    else:
+        await insert()
+        async with sql_backend.persistence.transaction() as tx:
+            got = await tx.runs.get("r1")
+        assert got is not None
+        assert got.input == {"text": "a\u0000b"}
