@@ -138,10 +138,13 @@ async def test_enqueueing_a_queued_job_again_replaces_it(backend: Adapters) -> N
     await backend.job_transport.enqueue([job("j1", attempt=1), job("j2")])
     await dequeue(backend)
 
-    await backend.job_transport.enqueue([job("j1", attempt=2)])
+    await backend.job_transport.enqueue([job("j3"), job("j1", attempt=2), job("j3", attempt=3)])
+    await backend.job_transport.enqueue([job("j2", attempt=2), job("j4")])
 
     got = await backend.job_transport.dequeue(worker_id="w2", limit=10, lease_for=30)
-    assert [(j.job_id, j.attempt) for j in got] == [("j1", 2)]
+    # Replaced jobs go to the back of the queue in call order; within one call a repeated
+    # id counts once, in its last place.
+    assert [(j.job_id, j.attempt) for j in got] == [("j1", 2), ("j3", 3), ("j2", 2), ("j4", 1)]
 
 
 # --- in the kernel's transaction ---------------------------------------------------------

@@ -75,8 +75,12 @@ class SqlJobTransport:
         """
         if not jobs:
             return
-        # A repeated id within one call: the last one wins, as with dict assignment.
-        values = list({job.job_id: _rows.job_values(job) for job in jobs}.values())
+        # A repeated id within one call: the last one wins, in the last one's place (as
+        # with the reference's dict assignment and enqueue counter).
+        last: dict[str, dict[str, Any]] = {}
+        for job in reversed(jobs):
+            last.setdefault(job.job_id, _rows.job_values(job))
+        values = list(reversed(last.values()))
         if tx is not None and self.joins(tx):
             assert isinstance(tx, SqlTransaction)
             await self._insert(tx.link, values)
@@ -92,14 +96,14 @@ class SqlJobTransport:
             # NOTIFY rides on the insert itself (no extra round trip); PostgreSQL sends it
             # on commit, once per transaction however many rows call it.
             stmt = stmt.returning(func.pg_notify(CHANNEL, literal(self._token)))
-        inserted = {row.job_id for row in await link.execute(stmt, values)}
+        inserted = list(await link.execute(stmt, values))
         if len(inserted) == len(values):
             return
-        # Already queued: replace the old row so the job gets a fresh place in the order.
-        again = [v for v in values if v["job_id"] not in inserted]
-        ids = [v["job_id"] for v in again]
+        # Some were already queued: replace them, and give the whole batch fresh places in
+        # call order (the enqueue order is the last tie-break of dequeue order).
+        ids = [v["job_id"] for v in values]
         await link.execute(delete(jobs_t).where(jobs_t.c.job_id.in_(ids)))
-        await link.execute(stmt, again)
+        await link.execute(stmt, values)
 
     async def dequeue(self, *, worker_id: str, limit: int, lease_for: float) -> list[JobMessage]:
         """Take up to `limit` available jobs, each leased to `worker_id` for `lease_for`
