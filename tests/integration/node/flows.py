@@ -33,6 +33,7 @@ CREATE TABLE IF NOT EXISTS executions (
 def side_db(path: str | None = None) -> sqlite3.Connection:
     conn = sqlite3.connect(path or os.environ[SIDE_DB_ENV], timeout=30, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")  # survives SIGKILL; no fsync per row
     conn.execute(_SCHEMA)
     return conn
 

@@ -28,7 +28,7 @@ class NodeHostSettings:
     """Look for expired leases (crashed workers) at least this often."""
     flush_interval: float = 2.0
     """Deliver outbox events at least this often."""
-    flush_batch_window: float = 0.1
+    flush_batch_window: float = 0.5
     """After a flush, a hint ("new events") waits this long before the next one, so that a
     busy host delivers events in batches instead of one flush per commit."""
     heartbeat_interval: float | None = None
