@@ -9,7 +9,7 @@ import signal
 
 import pytest
 
-from stagewise import RunStatus, StageStatus
+from stagewise import RunClaimPending, RunStatus, StageStatus
 from tests.integration.node.processes import Client, Workers
 
 pytestmark = pytest.mark.slow
@@ -103,3 +103,43 @@ async def test_a_stage_sleeping_past_several_leases_keeps_its_lease_and_runs_onc
         assert run.status is RunStatus.COMPLETED, workers.logs()
         assert counts[(run_id, "b")] == 1, workers.logs()
         assert stages["b"].attempt == 1
+
+
+async def test_a_worker_restarted_under_its_id_takes_its_attempts_back_at_once(
+    workers: Workers, client: Client
+) -> None:
+    # A 60 s lease: if the restarted worker waited for it, the run could not finish in time.
+    first = workers.spawn("same-id", lease=60.0, heartbeat=5.0)
+    await workers.ready(first)
+    run_id = await client.create("three", {"n": 0, "slow": "b", "sleep": 1.0})
+    for _ in range(400):
+        if any(e["stage_id"] == "b" for e in workers.executions()):
+            break
+        await asyncio.sleep(0.025)
+    first.signal(signal.SIGKILL)
+    await first.exit_code(within=10)
+
+    again = workers.spawn("same-id", lease=60.0, heartbeat=5.0)
+    await workers.ready(again)
+    await client.wait_finished([run_id], within=30, why=workers)
+    run, stages = await client.run(run_id)
+    assert run.status is RunStatus.COMPLETED, workers.logs()
+    assert stages["b"].attempt == 2
+    assert workers.counts()[(run_id, "b")] == 2
+    assert "released this worker's leases on start" in again.text()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)  # SQLite has no NOTIFY
+async def test_an_idle_worker_wakes_on_notify_not_on_its_polling_interval(
+    workers: Workers, client: Client
+) -> None:
+    worker = workers.spawn("listener", poll=120.0)
+    await workers.ready(worker)
+    await asyncio.sleep(1.0)  # its first tick is done: from now on it is idle
+    run_id = await client.create("three", {"n": 0})
+    await client.kernel.dispatch(RunClaimPending(limit=1))  # as `stagewise run` does
+    # Nothing but NOTIFY can wake it before 120 s (the figure is in bench/, not here).
+    await client.wait_finished([run_id], within=60, why=workers)
+    run, _ = await client.run(run_id)
+    assert run.status is RunStatus.COMPLETED
