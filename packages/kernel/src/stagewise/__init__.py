@@ -84,6 +84,7 @@ from stagewise._ports import (
     Persistence,
     Scheduler,
     Transaction,
+    WakeCommand,
     WorkflowSource,
 )
 from stagewise._records import (
@@ -208,6 +209,7 @@ __all__ = [
     "Transaction",
     "TransientError",
     "UuidIds",
+    "WakeCommand",
     "Workflow",
     "WorkflowBuilder",
     "WorkflowDefinitionError",

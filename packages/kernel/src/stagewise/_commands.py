@@ -162,6 +162,9 @@ class JobExecuteResult(_Message):
     """For `retry`: seconds until the next attempt may start."""
     replayed: bool = False
     """The stage had already completed: this delivery was a duplicate and ran nothing."""
+    deferred: bool = False
+    """For `retry`: the job arrived before its attempt was due and ran nothing; it was given
+    back to the transport for `retry_after` seconds (not a failed attempt)."""
 
 
 TransitionDecision = Literal["advanced", "completed", "failed", "noop"]

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from stagewise._context import AttemptBuffer, CancellationToken
-from stagewise._errors import RunNotFoundError
+from stagewise._errors import RunNotFoundError, WorkflowNotFoundError
 from stagewise._plugins import SINK_CONSUMER, PluginRunner
 from stagewise._ports import (
     BlobStore,
@@ -26,6 +26,7 @@ from stagewise._ports import (
 from stagewise._records import Delivery
 from stagewise._scope import Effects, RunScope
 from stagewise._settings import KernelSettings
+from stagewise._workflow import Workflow
 
 logger = logging.getLogger("stagewise.kernel")
 
@@ -125,6 +126,7 @@ class Core:
         self.settings = settings
         self.inflight: dict[str, Inflight] = {}
         self._executor: ThreadPoolExecutor | None = None
+        self._unknown_workflows: set[str] = set()
 
     @property
     def now(self) -> datetime:
@@ -142,6 +144,21 @@ class Core:
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
+
+    def find_workflow(self, workflow_id: str) -> Workflow | None:
+        """The workflow, or None (logged) when this process does not know it: maintenance
+        leaves such runs to a worker that does, instead of failing its whole batch."""
+        try:
+            return self.registry.get_workflow(workflow_id)
+        except WorkflowNotFoundError:
+            if workflow_id not in self._unknown_workflows:
+                self._unknown_workflows.add(workflow_id)
+                logger.warning(
+                    "workflow %r is not registered in this process; its runs are left to "
+                    "workers that know it",
+                    workflow_id,
+                )
+            return None
 
     @asynccontextmanager
     async def unit(self, command: str) -> AsyncIterator[Unit]:

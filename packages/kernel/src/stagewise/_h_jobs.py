@@ -122,7 +122,8 @@ async def _start(core: Core, cmd: JobExecute) -> _Started | JobExecuteResult:
         stage = scope.stages.get(job.stage_id) if scope is not None else None
         if scope is None or stage is None:
             unit.effects.acks.append(job.job_id)
-            lost = LeaseLost(job.run_id, job.stage_id, job.attempt, "the stage does not exist")
+            what = "the run does not exist" if scope is None else "the stage does not exist"
+            lost = LeaseLost(job.run_id, job.stage_id, job.attempt, what)
         elif scope.run.status is RunStatus.CANCELLED or stage.status is StageStatus.CANCELLED:
             unit.effects.acks.append(job.job_id)
             return _result(job, "cancelled", error="the run was cancelled")
@@ -164,7 +165,7 @@ async def _start(core: Core, cmd: JobExecute) -> _Started | JobExecuteResult:
             return _Started(run=scope.run, stage=scope.stages[job.stage_id], stages=scope.stages)
     if retry_at is not None:
         await core.job_transport.retry_at(job.job_id, retry_at)
-        return _result(job, "retry", retry_after=(retry_at - now).total_seconds())
+        return _result(job, "retry", retry_after=(retry_at - now).total_seconds(), deferred=True)
     assert lost is not None
     raise lost
 

@@ -67,7 +67,7 @@ async def stage_poll_suspended(core: Core, cmd: StagePollSuspended) -> StagePoll
         candidates = await unit.tx.stages.due_for_poll(now, cmd.limit)
         for run_id in sorted({c.run_id for c in candidates}):
             scope = await unit.lock_run(run_id, skip_locked=True)
-            if scope is None:
+            if scope is None or core.find_workflow(scope.run.workflow_id) is None:
                 continue
             for cand in (c for c in candidates if c.run_id == run_id):
                 stage = scope.stages.get(cand.stage_id)
@@ -213,9 +213,9 @@ async def lease_reap_stale(core: Core, cmd: LeaseReapStale) -> LeaseReapResult:
         expired = await unit.tx.stages.expired_leases(now, cmd.limit, worker_id=cmd.worker_id)
         for run_id in sorted({s.run_id for s in expired}):
             scope = await unit.lock_run(run_id, skip_locked=True)
-            if scope is None:
+            workflow = core.find_workflow(scope.run.workflow_id) if scope is not None else None
+            if scope is None or workflow is None:
                 continue
-            workflow = core.registry.get_workflow(scope.run.workflow_id)
             for cand in (c for c in expired if c.run_id == run_id):
                 stage = scope.stages.get(cand.stage_id)
                 if stage is None or stage.status is not StageStatus.RUNNING:

@@ -10,7 +10,7 @@ list, str, int, float, bool, None) that `json.dumps` accepts as they are.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from stagewise._states import RunStatus, StageStatus
@@ -140,6 +140,40 @@ class JobMessage:
             "available_at": self.available_at.isoformat(),
             "priority": self.priority,
         }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Json]) -> JobMessage:
+        """Parse a message body made by `to_json`.
+
+        Raises:
+            InvalidInputError: a missing or malformed field (named in the message).
+        """
+        from stagewise._errors import InvalidInputError
+
+        try:
+            available = data.get("available_at")
+            return cls(
+                job_id=_text(data, "job_id"),
+                run_id=_text(data, "run_id"),
+                workflow_id=_text(data, "workflow_id"),
+                stage_id=_text(data, "stage_id"),
+                attempt=int(data["attempt"]),
+                available_at=(
+                    datetime.fromisoformat(available)
+                    if isinstance(available, str)
+                    else datetime.fromtimestamp(0, UTC)
+                ),
+                priority=int(data.get("priority") or 0),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise InvalidInputError(f"not a stagewise job message: {exc!r}") from None
+
+
+def _text(data: dict[str, Json], name: str) -> str:
+    value = data[name]
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{name} must be a non-empty string")
+    return value
 
 
 @dataclass(frozen=True, slots=True)
