@@ -45,10 +45,11 @@ from stagewise import (
     Kernel,
     LeaseReapStale,
     SystemClock,
+    WakeCommand,
 )
 from stagewise_node._heartbeat import Heartbeater
 from stagewise_node._jobs import JobRunner, JobWakeups
-from stagewise_node._scheduler import HostScheduler, WakeCommand
+from stagewise_node._scheduler import HostScheduler
 from stagewise_node._settings import NodeHostSettings
 from stagewise_node._stats import Counters, HostState, HostStats
 from stagewise_node._tick import STEPS, Ticker

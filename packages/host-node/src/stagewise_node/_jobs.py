@@ -146,8 +146,12 @@ class JobRunner:
                 extra=fields,
             )
             return
-        counters.outcome(result.outcome)
         elapsed = time.monotonic() - began
+        if result.deferred:  # delivered before its attempt was due: given back, ran nothing
+            counters.jobs_processed += 1
+            logger.debug("job delivered early, due in %.2fs", result.retry_after, extra=fields)
+            return
+        counters.outcome(result.outcome)
         fields = {**fields, "outcome": result.outcome, "duration": round(elapsed, 4)}
         what = f"stage {job.stage_id} of run {job.run_id} (attempt {job.attempt})"
         if result.outcome == "retry":

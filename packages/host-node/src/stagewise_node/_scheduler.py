@@ -17,9 +17,8 @@ import heapq
 import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Literal
 
-from stagewise import Clock
+from stagewise import Clock, WakeCommand
 
 logger = logging.getLogger("stagewise.node")
 
@@ -108,11 +107,6 @@ class Alarm:
             until = min(limit, self._times[0]) if self._times else limit
             await wait_event(self._poke, self._clock, (until - now).total_seconds())
 
-
-WakeCommand = Literal[
-    "run.claimPending", "job.execute", "stage.pollSuspended", "lease.reapStale", "outbox.flush"
-]
-"""The commands the kernel's Scheduler hints name (the kernel does not export its alias)."""
 
 Hint = Callable[[WakeCommand, datetime], None]
 

@@ -29,8 +29,9 @@ from stagewise import (
     RunClaimPendingResult,
     StagePollResult,
     StagePollSuspended,
+    WakeCommand,
 )
-from stagewise_node._scheduler import Alarm, WakeCommand, wait_event
+from stagewise_node._scheduler import Alarm, wait_event
 from stagewise_node._settings import NodeHostSettings
 from stagewise_node._stats import Counters
 

@@ -19,12 +19,13 @@ from stagewise import (
     Kernel,
     KernelSettings,
     SystemClock,
+    WakeCommand,
     Workflow,
     WorkflowRegistry,
     create_kernel,
 )
 from stagewise_node._host import NodeHost
-from stagewise_node._scheduler import HostScheduler, WakeCommand
+from stagewise_node._scheduler import HostScheduler
 from stagewise_node._settings import NodeHostSettings
 from stagewise_node.cli._output import CliError, events_logger
 from stagewise_sql import SqlBackend
