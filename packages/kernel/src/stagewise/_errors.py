@@ -120,6 +120,10 @@ class InvalidTransitionError(ConflictError):
         self.command = command
 
 
+class DuplicateRecordError(ConflictError):
+    """An insert hit an existing key (a run, stage, event or job that already exists)."""
+
+
 class LeaseLost(ConflictError):
     """This attempt no longer holds its lease: another delivery owns the stage, or it ended.
 

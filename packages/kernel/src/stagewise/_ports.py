@@ -51,7 +51,9 @@ if TYPE_CHECKING:
 
 
 class RunStore(Protocol):
-    async def insert(self, run: RunRecord) -> None: ...
+    async def insert(self, run: RunRecord) -> None:
+        """Raises `DuplicateRecordError` when the run id exists."""
+        ...
 
     async def get(self, run_id: str) -> RunRecord | None: ...
 
@@ -60,7 +62,7 @@ class RunStore(Protocol):
         ...
 
     async def save(self, run: RunRecord) -> None:
-        """Write every field of an existing run."""
+        """Write every field of the run (an upsert)."""
         ...
 
     async def claim_pending(self, limit: int) -> list[RunRecord]:
@@ -85,14 +87,16 @@ class RunStore(Protocol):
 
 
 class StageStore(Protocol):
-    async def insert_many(self, stages: Sequence[StageRecord]) -> None: ...
+    async def insert_many(self, stages: Sequence[StageRecord]) -> None:
+        """Raises `DuplicateRecordError` when a (run_id, stage_id) exists."""
+        ...
 
     async def for_run(self, run_id: str) -> list[StageRecord]:
         """Every stage row of the run, in (group_index, stage_id) order."""
         ...
 
     async def save_many(self, stages: Sequence[StageRecord]) -> None:
-        """Write every field of existing stage rows."""
+        """Write every field of the stage rows (an upsert)."""
         ...
 
     async def delete(self, run_id: str, stage_ids: Sequence[str]) -> None: ...
@@ -121,9 +125,9 @@ class StageStore(Protocol):
 
 
 class OutboxStore(Protocol):
-    async def append(
-        self, events: Sequence[EventRecord], deliveries: Sequence[Delivery]
-    ) -> None: ...
+    async def append(self, events: Sequence[EventRecord], deliveries: Sequence[Delivery]) -> None:
+        """Raises `DuplicateRecordError` for an event id (or run_id, seq) that exists."""
+        ...
 
     async def claim(
         self, *, now: datetime, limit: int, claimer: str, claim_until: datetime

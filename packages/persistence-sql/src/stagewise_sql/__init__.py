@@ -9,12 +9,12 @@
 environment (see the package README).
 """
 
+from stagewise._errors import DuplicateRecordError
 from stagewise_sql._alembic import render_item
 from stagewise_sql._backend import SqlBackend, SqlSettings, upgrade
 from stagewise_sql._blobs import SqlBlobStore
 from stagewise_sql._errors import (
     DatabaseUnavailableError,
-    DuplicateRecordError,
     InvalidDatabaseUrlError,
     SchemaMissingError,
 )

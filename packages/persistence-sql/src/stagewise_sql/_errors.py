@@ -19,7 +19,7 @@ import socket
 from sqlalchemy import exc as sa_exc
 
 from stagewise._errors import (
-    ConflictError,
+    DuplicateRecordError,
     InvalidInputError,
     PersistenceError,
     SchemaVersionError,
@@ -55,10 +55,6 @@ class SchemaMissingError(SchemaVersionError):
         super().__init__(f"table {table!r} does not exist in the database at {url}; {UPGRADE_HINT}")
         self.table = table
         self.url = url
-
-
-class DuplicateRecordError(ConflictError):
-    """An insert hit an existing primary or unique key."""
 
 
 # PostgreSQL SQLSTATEs (and classes) that mean "try again".

@@ -15,6 +15,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
+from stagewise._errors import DuplicateRecordError
 from stagewise._records import (
     ClaimedDelivery,
     Delivery,
@@ -124,7 +125,7 @@ class _Runs(_Store):
     async def insert(self, run: RunRecord) -> None:
         table = self._tx.write("runs")
         if run.run_id in table:
-            raise KeyError(f"run {run.run_id} exists")
+            raise DuplicateRecordError(f"run {run.run_id!r} exists")
         table[run.run_id] = run
 
     async def get(self, run_id: str) -> RunRecord | None:
@@ -165,7 +166,7 @@ class _Stages(_Store):
         for stage in stages:
             key = (stage.run_id, stage.stage_id)
             if key in table:
-                raise KeyError(f"stage {key} exists")
+                raise DuplicateRecordError(f"stage {key} exists")
             table[key] = stage
 
     async def for_run(self, run_id: str) -> list[StageRecord]:
@@ -229,6 +230,8 @@ class _Outbox(_Store):
     async def append(self, events: Sequence[EventRecord], deliveries: Sequence[Delivery]) -> None:
         table = self._tx.write("events")
         for event in events:
+            if event.event_id in table:
+                raise DuplicateRecordError(f"event {event.event_id!r} exists")
             table[event.event_id] = event
         dtable = self._tx.write("deliveries")
         for delivery in deliveries:
