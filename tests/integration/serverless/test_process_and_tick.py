@@ -146,7 +146,7 @@ async def test_a_job_that_could_not_be_processed_is_given_back_for_later() -> No
 
         assert counts == JobCounts(processed=1, retried=1)
         queue = queue_of(d)
-        assert queue.next_available_at() == d.clock.now() + timedelta(seconds=15)
+        assert await queue.next_available_at() == d.clock.now() + timedelta(seconds=15)
         flaky.down_runs.clear()
         d.clock.advance(15)
         assert (await d.host().process_available_jobs()).succeeded == 1

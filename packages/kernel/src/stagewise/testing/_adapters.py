@@ -135,7 +135,7 @@ class InMemoryJobQueue:
         """Every job still in the queue (leased or not)."""
         return [j.message for j in sorted(self._jobs.values(), key=lambda j: j.seq)]
 
-    def next_available_at(self) -> datetime | None:
+    async def next_available_at(self) -> datetime | None:
         """When the next job becomes deliverable (availability or lease expiry)."""
         times = [
             max(j.message.available_at, j.lease_expires_at or j.message.available_at)

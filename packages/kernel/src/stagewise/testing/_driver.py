@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from stagewise._commands import (
     JobExecute,
@@ -30,7 +30,7 @@ from stagewise._commands import (
 from stagewise._errors import LeaseLost
 from stagewise._kernel import Kernel, create_kernel
 from stagewise._plugins import Plugin
-from stagewise._ports import EventSink, Persistence
+from stagewise._ports import BlobStore, EventSink, JobTransport, Persistence
 from stagewise._records import JobMessage, RunRecord, StageRecord
 from stagewise._settings import KernelSettings
 from stagewise._states import RunStatus
@@ -44,6 +44,13 @@ from stagewise.testing._adapters import (
 )
 from stagewise.testing._clock import FakeClock
 from stagewise.testing._memory import InMemoryPersistence
+
+
+class DrivableTransport(JobTransport, Protocol):
+    """A job transport the driver can ask when its next job becomes deliverable
+    (`InMemoryJobQueue` and `stagewise_sql`'s transport both can)."""
+
+    async def next_available_at(self) -> datetime | None: ...
 
 
 @dataclass
@@ -65,7 +72,7 @@ async def run_until_idle(
     kernel: Kernel,
     *,
     clock: FakeClock,
-    transport: InMemoryJobQueue,
+    transport: DrivableTransport,
     scheduler: RecordingScheduler,
     persistence: Persistence,
     worker_id: str = "test-worker",
@@ -128,7 +135,7 @@ async def run_until_idle(
                     return report
                 clock.advance_to(retry)
                 continue
-            due = _next_due(clock, transport, scheduler)
+            due = _next_due(clock, await transport.next_available_at(), scheduler)
             if due is None:
                 report.settled = False
                 return report
@@ -173,11 +180,10 @@ async def _active_runs(persistence: Persistence) -> bool:
 
 
 def _next_due(
-    clock: FakeClock, transport: InMemoryJobQueue, scheduler: RecordingScheduler
+    clock: FakeClock, available: datetime | None, scheduler: RecordingScheduler
 ) -> datetime | None:
     now = clock.now()
     candidates = [scheduler.next_after(now), clock.next_wakeup()]
-    available = transport.next_available_at()
     if available is not None and available > now:
         candidates.append(available)
     due = [c for c in candidates if c is not None]
@@ -204,16 +210,24 @@ class TestEnvironment:
         event_sink: EventSink | None = None,
         clock: FakeClock | None = None,
         external_transport: bool = False,
+        persistence: Persistence | None = None,
+        job_transport: DrivableTransport | None = None,
+        blob_store: BlobStore | None = None,
     ) -> None:
-        """`external_transport=True` makes the queue behave like one outside the database
-        (fed after commit) instead of enlisting in the persistence's transactions."""
+        """By default everything is in memory. `external_transport=True` makes the queue
+        behave like one outside the database (fed after commit) instead of enlisting in the
+        persistence's transactions. Pass `persistence`, `job_transport`, `blob_store` (and
+        the `clock` they use) to run the same tests on other adapters, e.g. SQLite."""
         self.registry = (
             workflows if isinstance(workflows, WorkflowRegistry) else WorkflowRegistry(workflows)
         )
         self.clock = clock or FakeClock()
-        self.persistence = InMemoryPersistence()
-        self.queue = InMemoryJobQueue(self.clock, None if external_transport else self.persistence)
-        self.blobs = InMemoryBlobStore()
+        memory = InMemoryPersistence()
+        self.persistence: Persistence = persistence or memory
+        self.queue: DrivableTransport = job_transport or InMemoryJobQueue(
+            self.clock, None if external_transport else memory
+        )
+        self.blobs: BlobStore = blob_store or InMemoryBlobStore()
         self.sink = CollectingEventSink()
         self.scheduler = RecordingScheduler()
         self.kernel = create_kernel(
