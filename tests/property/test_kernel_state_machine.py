@@ -232,7 +232,9 @@ class KernelMachine(RuleBasedStateMachine):
     def finish_slow(self, index: int) -> None:
         """The stalled worker wakes up, maybe long after its lease expired."""
         job, task = self._take(self.slow, index)
-        GATES.pop((job.run_id, job.stage_id, job.attempt)).set()
+        gate = GATES.pop((job.run_id, job.stage_id, job.attempt), None)
+        if gate is not None:  # two copies of one job share a gate: the first opened it
+            gate.set()
         self.run(_settle([task]))
         if task.cancelled():
             return
