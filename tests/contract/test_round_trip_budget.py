@@ -1,0 +1,96 @@
+"""The hot path's database budget (DESIGN.md): at most two transactions per stage
+(claim+start, finish+advance) and one per run creation.
+
+Counted deterministically with SQLAlchemy engine events on the real SQLite and PostgreSQL
+adapters: commits, and statements sent to the database. The figures are printed so a change
+in the statement count shows up in the test log; the assertions hold the transaction budget
+and a ceiling on statements that catches per-row round trips creeping in.
+
+Not counted here: the transport's dequeue, which hands a worker up to N jobs in one
+statement before `job.execute` runs (amortized over the batch; see bench/ for figures).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from sqlalchemy import event
+
+from stagewise import JobExecute, RunClaimPending, RunCreate, RunStatus
+from stagewise.testing import TestEnvironment
+from tests.conftest import Adapters
+from tests.contract.test_kernel_scenarios import make_env
+from tests.unit.workflows import Num
+
+
+@dataclass
+class Counts:
+    commits: int = 0
+    statements: int = 0
+
+
+@contextmanager
+def counting(backend: Adapters) -> Iterator[Counts]:
+    assert backend.sql is not None
+    engine = backend.sql.engine.sync_engine
+    counts = Counts()
+
+    def on_commit(conn: object) -> None:
+        counts.commits += 1
+
+    def on_statement(*args: object) -> None:
+        counts.statements += 1
+
+    event.listen(engine, "commit", on_commit)
+    event.listen(engine, "before_cursor_execute", on_statement)
+    try:
+        yield counts
+    finally:
+        event.remove(engine, "commit", on_commit)
+        event.remove(engine, "before_cursor_execute", on_statement)
+
+
+def three_stages() -> object:
+    from stagewise import WorkflowBuilder, define_stage
+
+    def plus(ctx: object) -> Num:
+        return Num(n=ctx.input.n + 1)  # type: ignore[attr-defined]
+
+    builder = WorkflowBuilder("three", input=Num, output=Num)
+    for stage_id in ("a", "b", "c"):
+        builder.pipe(define_stage(id=stage_id, input=Num, output=Num, execute=plus))
+    return builder.build()
+
+
+async def test_hot_path_transactions_per_stage_and_per_run_creation(
+    sql_backend: Adapters,
+) -> None:
+    env: TestEnvironment = make_env(sql_backend, [three_stages()])
+
+    with counting(sql_backend) as create:
+        run = await env.kernel.dispatch(RunCreate(workflow_id="three", input={"n": 0}))
+    assert create.commits == 1
+
+    await env.kernel.dispatch(RunClaimPending())
+    per_stage: list[Counts] = []
+    for _ in range(3):
+        (job,) = await env.queue.dequeue(worker_id="w", limit=1, lease_for=30)
+        with counting(sql_backend) as stage:
+            result = await env.kernel.dispatch(JobExecute(job=job, worker_id="w"))
+        assert result.outcome == "completed"
+        per_stage.append(stage)
+
+    final = await env.get_run(run.run_id)
+    assert final.status is RunStatus.COMPLETED
+    assert final.output == {"n": 3}
+    print(
+        f"\n{sql_backend.name}: run.create {create.commits} tx / {create.statements} stmts; "
+        + "; ".join(
+            f"stage {i + 1}: {c.commits} tx / {c.statements} stmts" for i, c in enumerate(per_stage)
+        )
+    )
+    # claim+start and finish+advance: two transactions per stage, whatever it enqueues
+    assert [c.commits for c in per_stage] == [2, 2, 2]
+    assert all(c.statements <= 20 for c in per_stage), per_stage
