@@ -116,6 +116,17 @@ class JobHeartbeat(_Message):
     worker_id: Ident
 
 
+class JobRelease(_Message):
+    """Give back a running attempt this worker cannot finish (a graceful shutdown past its
+    drain deadline): the same attempt is queued again at once for another worker, and does
+    not count against the retry policy. Code still running it in this process is told to
+    stop (`ctx.cancelled`) and its result will be refused."""
+
+    type: Literal["job.release"] = "job.release"
+    job: JobMessage
+    worker_id: Ident
+
+
 Command = Annotated[
     RunCreate
     | RunClaimPending
@@ -127,7 +138,8 @@ Command = Annotated[
     | RunCancel
     | RunRerunFrom
     | PluginReplayDLQ
-    | JobHeartbeat,
+    | JobHeartbeat
+    | JobRelease,
     Field(discriminator="type"),
 ]
 
@@ -216,6 +228,15 @@ class PluginReplayResult(_Message):
 class HeartbeatResult(_Message):
     lease_expires_at: datetime
     cancelled: bool
+    started: bool = True
+    """False when the job has not started yet (nothing to extend); the heartbeat is early,
+    not late. A lost lease raises `LeaseLost` instead."""
+
+
+class JobReleaseResult(_Message):
+    released: bool
+    """False when the attempt was no longer this job's to give back (finished, reaped or
+    cancelled meanwhile)."""
 
 
 CommandResult = (
@@ -230,4 +251,5 @@ CommandResult = (
     | RunRerunResult
     | PluginReplayResult
     | HeartbeatResult
+    | JobReleaseResult
 )

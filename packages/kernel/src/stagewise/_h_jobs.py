@@ -22,7 +22,6 @@ COMPLETED and is acked and dropped, and a COMPLETED stage never runs again.
 
 from __future__ import annotations
 
-import contextlib
 import json
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -30,10 +29,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
 
-from stagewise._commands import HeartbeatResult, JobExecute, JobExecuteResult, JobHeartbeat
+from stagewise._commands import JobExecute, JobExecuteResult
 from stagewise._context import AttemptBuffer, RunStorage, StageContext
 from stagewise._core import Core, Inflight, Unit
-from stagewise._errors import InvalidInputError, LeaseLost, StageOutputError, StagewiseError
+from stagewise._errors import InvalidInputError, LeaseLost, StageOutputError
 from stagewise._events import (
     EventError,
     RunSuspended,
@@ -436,39 +435,3 @@ async def flush_buffer(unit: Unit, scope: RunScope, job: JobMessage, buffer: Att
             percent=percent,
             message=message,
         )
-
-
-async def job_heartbeat(core: Core, cmd: JobHeartbeat) -> HeartbeatResult:
-    job = cmd.job
-    attempt = core.inflight.get(job.job_id)
-    now = core.now
-    expires = now + timedelta(seconds=core.settings.lease_seconds)
-    cancelled = False
-    async with core.unit(cmd.type) as unit:
-        scope = await unit.lock_run(job.run_id)
-        stage = scope.stages.get(job.stage_id) if scope is not None else None
-        if scope is None or stage is None:
-            raise LeaseLost(job.run_id, job.stage_id, job.attempt, "the stage no longer exists")
-        if stage.status is StageStatus.CANCELLED or scope.run.status is RunStatus.CANCELLED:
-            cancelled = True
-            expires = stage.lease_expires_at or now
-        elif not holds_lease(stage, job):
-            raise LeaseLost(
-                job.run_id,
-                job.stage_id,
-                job.attempt,
-                f"the stage is {stage.status.value} at attempt {stage.attempt}",
-            )
-        else:
-            scope.update_stage(job.stage_id, lease_expires_at=expires)
-            if attempt is not None:
-                await flush_buffer(unit, scope, job, attempt.buffer)
-            unit.effects.hint("lease.reapStale", expires)
-    if cancelled:
-        if attempt is not None:
-            attempt.token._cancel()
-    else:
-        # The stage row holds the lease that counts; the delivery's lease is advisory.
-        with contextlib.suppress(StagewiseError):
-            await core.job_transport.extend_lease(job.job_id, lease_for=core.settings.lease_seconds)
-    return HeartbeatResult(lease_expires_at=expires, cancelled=cancelled)

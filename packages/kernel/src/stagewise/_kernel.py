@@ -15,6 +15,8 @@ from stagewise._commands import (
     JobExecute,
     JobExecuteResult,
     JobHeartbeat,
+    JobRelease,
+    JobReleaseResult,
     LeaseReapResult,
     LeaseReapStale,
     OutboxFlush,
@@ -36,7 +38,8 @@ from stagewise._commands import (
 )
 from stagewise._core import Core
 from stagewise._errors import InvalidCommandError
-from stagewise._h_jobs import job_execute, job_heartbeat
+from stagewise._h_jobs import job_execute
+from stagewise._h_leases import job_heartbeat, job_release
 from stagewise._h_maintenance import (
     lease_reap_stale,
     outbox_flush,
@@ -78,6 +81,7 @@ HANDLERS: dict[type[BaseModel], Handler] = {
     RunRerunFrom: run_rerun_from,
     PluginReplayDLQ: plugin_replay_dlq,
     JobHeartbeat: job_heartbeat,
+    JobRelease: job_release,
 }
 
 
@@ -124,6 +128,8 @@ class Kernel:
     async def dispatch(self, command: PluginReplayDLQ) -> PluginReplayResult: ...
     @overload
     async def dispatch(self, command: JobHeartbeat) -> HeartbeatResult: ...
+    @overload
+    async def dispatch(self, command: JobRelease) -> JobReleaseResult: ...
     @overload
     async def dispatch(self, command: Mapping[str, Any]) -> CommandResult: ...
 

@@ -60,7 +60,16 @@ _TERMINAL_STAGE = frozenset(
 
 RunTrigger = Literal["claim", "complete", "fail", "cancel", "rerun"]
 StageTrigger = Literal[
-    "start", "complete", "suspend", "retry", "fail", "cancel", "resume", "reset", "expire"
+    "start",
+    "complete",
+    "suspend",
+    "retry",
+    "fail",
+    "cancel",
+    "resume",
+    "reset",
+    "expire",
+    "release",
 ]
 
 R, S = RunStatus, StageStatus
@@ -88,6 +97,9 @@ STAGE_TRANSITIONS: dict[tuple[StageStatus, StageTrigger], StageStatus] = {
     (S.RUNNING, "fail"): S.FAILED,
     # The lease expired without a heartbeat: the attempt counts, and is retried or failed.
     (S.RUNNING, "expire"): S.RETRYING,
+    # The worker gave the attempt back unfinished (graceful shutdown): it does not count,
+    # and the same attempt waits for another worker.
+    (S.RUNNING, "release"): S.PENDING,
     # check_completion said Ready, raised, or max_wait passed.
     (S.SUSPENDED, "resume"): S.COMPLETED,
     (S.SUSPENDED, "fail"): S.FAILED,
