@@ -41,6 +41,8 @@ from typing import Any
 from stagewise import (
     Clock,
     CommandResult,
+    JobMessage,
+    JobRelease,
     JobTransport,
     Kernel,
     LeaseReapStale,
@@ -329,6 +331,7 @@ class NodeHost:
 
         await self._until(deadline, set(self._running))
         abandoned = list(self._running)
+        await self._give_back([self._running[task] for task in abandoned])
         for task in abandoned:
             task.cancel()
         await asyncio.gather(*abandoned, return_exceptions=True)
@@ -376,6 +379,25 @@ class NodeHost:
         finally:
             force.cancel()
             await asyncio.gather(force, return_exceptions=True)
+
+    async def _give_back(self, jobs: list[JobMessage]) -> None:
+        """Release attempts still running at the drain deadline: another worker takes the
+        same attempt at once, and it does not count against the stage's retry policy."""
+        for job in jobs:
+            try:
+                await self.kernel.dispatch(JobRelease(job=job, worker_id=self.worker_id))
+            except Exception as exc:  # _release_own still frees it, spending the attempt
+                logger.warning(
+                    "could not release %s: %s",
+                    job.stage_id,
+                    exc,
+                    extra={
+                        "worker_id": self.worker_id,
+                        "run_id": job.run_id,
+                        "stage_id": job.stage_id,
+                        "attempt": job.attempt,
+                    },
+                )
 
     async def _release_own(self, when: str) -> None:
         """Retry every attempt this worker id holds and give back its deliveries."""
