@@ -6,7 +6,7 @@ UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.tools/bin/uv)
 .PHONY: demo test lint sync bench
 
 demo: sync
-	$(UV) run --no-sync python examples/quickstart.py
+	$(UV) run --no-sync stagewise demo
 
 test: sync
 	$(UV) run --no-sync pytest

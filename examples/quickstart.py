@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 
 from pydantic import BaseModel
+
 from stagewise import (
     NotReady,
     Ready,
