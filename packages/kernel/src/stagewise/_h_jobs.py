@@ -324,19 +324,7 @@ async def _record(
     now = scope.now
     sid = job.stage_id
     if isinstance(outcome, Output):
-        scope.transition_stage(
-            sid,
-            "complete",
-            output=outcome.value if outcome.ref is None else None,
-            output_ref=outcome.ref,
-            metrics=outcome.metrics,
-            artifacts=outcome.artifact_refs,
-            lease_expires_at=None,
-            error=None,
-            finished_at=now,
-        )
-        scope.emit(StageCompleted, stage_id=sid, attempt=job.attempt, metrics=outcome.metrics)
-        await advance(scope, workflow)
+        await complete_stage(scope, workflow, sid, "complete", outcome)
         return _result(job, "completed")
 
     if isinstance(outcome, _Suspended):
@@ -366,6 +354,31 @@ async def _record(
         return _result(job, "suspended")
 
     return fail_or_retry(scope, stage_def, job.attempt, outcome)
+
+
+async def complete_stage(
+    scope: RunScope,
+    workflow: Workflow,
+    stage_id: str,
+    trigger: Literal["complete", "resume"],
+    outcome: Output,
+) -> None:
+    """Record a stage's output (inline, or the blob key it was stored under), emit
+    stage.completed and advance the run, in the caller's transaction."""
+    stage = scope.transition_stage(
+        stage_id,
+        trigger,
+        output=outcome.value if outcome.ref is None else None,
+        output_ref=outcome.ref,
+        metrics=outcome.metrics,
+        artifacts=outcome.artifact_refs,
+        lease_expires_at=None,
+        due_at=None,
+        error=None,
+        finished_at=scope.now,
+    )
+    scope.emit(StageCompleted, stage_id=stage_id, attempt=stage.attempt, metrics=outcome.metrics)
+    await advance(scope, workflow)
 
 
 def fail_or_retry(

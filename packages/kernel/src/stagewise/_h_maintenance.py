@@ -30,10 +30,16 @@ from stagewise._errors import (
     SuspendTimeoutError,
     TransientError,
 )
-from stagewise._events import EVENT_ADAPTER, EventError, StageCompleted, StageFailed
+from stagewise._events import EVENT_ADAPTER, EventError, StageFailed
 from stagewise._execution import Output, call_user_code, error_info, normalize_output
-from stagewise._flow import advance, fail_run
-from stagewise._h_jobs import build_context, fail_or_retry, flush_buffer, store_blobs
+from stagewise._flow import fail_run
+from stagewise._h_jobs import (
+    build_context,
+    complete_stage,
+    fail_or_retry,
+    flush_buffer,
+    store_blobs,
+)
 from stagewise._plugins import SINK_CONSUMER
 from stagewise._records import ClaimedDelivery, Delivery, JobMessage, RunRecord, StageRecord
 from stagewise._stages import NotReady, Ready, to_seconds
@@ -172,20 +178,7 @@ async def _apply_check(core: Core, unit: Unit, claim: _PollClaim) -> str:
     workflow = core.registry.get_workflow(scope.run.workflow_id)
     outcome = claim.outcome
     if isinstance(outcome, Output):
-        scope.transition_stage(
-            sid,
-            "resume",
-            output=outcome.value if outcome.ref is None else None,
-            output_ref=outcome.ref,
-            metrics=outcome.metrics,
-            artifacts=outcome.artifact_refs,
-            job_id=None,
-            lease_expires_at=None,
-            due_at=None,
-            finished_at=now,
-        )
-        scope.emit(StageCompleted, stage_id=sid, attempt=stage.attempt, metrics=outcome.metrics)
-        await advance(scope, workflow)
+        await complete_stage(scope, workflow, sid, "resume", outcome)
         return "resumed"
     if isinstance(outcome, float):
         deadline = stage.suspend_deadline or now
