@@ -24,6 +24,6 @@ $(CURDIR)/.tools/bin/uv:
 	@echo "uv not found: installing it into .tools/"
 	@python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 		{ echo "stagewise needs Python 3.11 or newer"; exit 1; }
-	@python3 -m venv .tools && .tools/bin/python -m pip install --quiet "uv>=0.4" || \
+	@python3 -m venv .tools && .tools/bin/python -m pip install --quiet --disable-pip-version-check "uv>=0.4" || \
 		{ rm -rf .tools; python3 -m pip install --quiet --user "uv>=0.4" && mkdir -p .tools/bin && \
 		  ln -sf "$$(python3 -m site --user-base)/bin/uv" .tools/bin/uv; }
