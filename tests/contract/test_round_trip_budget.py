@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import event
 
-from stagewise import JobExecute, RunClaimPending, RunCreate, RunStatus
+from stagewise import JobExecute, JobMessage, RunClaimPending, RunCreate, RunStatus
 from stagewise.testing import TestEnvironment
 from tests.conftest import Adapters
 from tests.contract.test_kernel_scenarios import make_env
@@ -93,4 +93,34 @@ async def test_hot_path_transactions_per_stage_and_per_run_creation(
     )
     # claim+start and finish+advance: two transactions per stage, whatever it enqueues
     assert [c.commits for c in per_stage] == [2, 2, 2]
+    assert all(c.statements <= 20 for c in per_stage), per_stage
+
+
+async def test_eager_dispatch_takes_one_transaction_per_later_stage(
+    sql_backend: Adapters,
+) -> None:
+    """With `chain=True` (the node host), the transaction that records a stage also starts
+    the next one for the same worker: no dequeue and no start transaction for it."""
+    env: TestEnvironment = make_env(sql_backend, [three_stages()])
+    run = await env.kernel.dispatch(RunCreate(workflow_id="three", input={"n": 0}))
+    await env.kernel.dispatch(RunClaimPending())
+    (job,) = await env.queue.dequeue(worker_id="w", limit=1, lease_for=30)
+    per_stage: list[Counts] = []
+    next_job: JobMessage | None = job
+    while next_job is not None:
+        with counting(sql_backend) as stage:
+            result = await env.kernel.dispatch(JobExecute(job=next_job, worker_id="w", chain=True))
+        assert result.outcome == "completed"
+        per_stage.append(stage)
+        next_job = result.next_job
+
+    final = await env.get_run(run.run_id)
+    assert final.status is RunStatus.COMPLETED
+    print(
+        f"\n{sql_backend.name} chained: "
+        + "; ".join(
+            f"stage {i + 1}: {c.commits} tx / {c.statements} stmts" for i, c in enumerate(per_stage)
+        )
+    )
+    assert [c.commits for c in per_stage] == [2, 1, 1]
     assert all(c.statements <= 20 for c in per_stage), per_stage

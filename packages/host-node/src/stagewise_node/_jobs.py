@@ -17,7 +17,7 @@ from collections.abc import Awaitable
 from datetime import datetime, timedelta
 from typing import Protocol, runtime_checkable
 
-from stagewise import Clock, JobExecute, JobMessage, JobTransport, Kernel, LeaseLost
+from stagewise import Clock, JobExecute, JobMessage, JobRelease, JobTransport, Kernel, LeaseLost
 from stagewise_node._heartbeat import job_fields
 from stagewise_node._scheduler import Alarm, wait_event
 from stagewise_node._settings import NodeHostSettings
@@ -56,6 +56,7 @@ class JobRunner:
         self.running: dict[asyncio.Task[None], JobMessage] = {}
         self._since: dict[asyncio.Task[None], datetime] = {}
         self._slot = asyncio.Event()
+        self._stopping = asyncio.Event()
 
     def running_for(self, seconds: float) -> list[JobMessage]:
         """The jobs in flight for at least `seconds` (on the host's clock).
@@ -72,6 +73,7 @@ class JobRunner:
         self._slot.set()
 
     async def loop(self, stopping: asyncio.Event) -> None:
+        self._stopping = stopping
         lease = self._kernel.settings.lease_seconds
         failures = 0
         while not stopping.is_set():
@@ -113,15 +115,43 @@ class JobRunner:
         self._slot.set()
 
     async def _execute(self, job: JobMessage) -> None:
+        """Execute the job, then each stage the kernel hands this worker on the way
+        (eager dispatch: the next stage of the run, started in the same transaction that
+        recorded this one), in this same slot."""
+        task = asyncio.current_task()
+        next_job: JobMessage | None = job
+        while next_job is not None:
+            if task is not None and next_job is not job:
+                self.running[task] = next_job
+                self._since[task] = self._clock.now()
+                if self._stopping.is_set():  # draining: start nothing new, give it back
+                    await self._give_back(next_job)
+                    return
+            next_job = await self._execute_one(next_job)
+
+    async def _give_back(self, job: JobMessage) -> None:
+        try:
+            await self._kernel.dispatch(JobRelease(job=job, worker_id=self._worker_id))
+        except Exception as exc:  # its lease expires and the reaper retries it
+            logger.warning(
+                "could not give back %s: %s",
+                job.stage_id,
+                exc,
+                extra=job_fields(job, self._worker_id),
+            )
+
+    async def _execute_one(self, job: JobMessage) -> JobMessage | None:
         fields = job_fields(job, self._worker_id)
         counters = self._counters
         began = time.monotonic()
         try:
-            result = await self._kernel.dispatch(JobExecute(job=job, worker_id=self._worker_id))
+            result = await self._kernel.dispatch(
+                JobExecute(job=job, worker_id=self._worker_id, chain=True)
+            )
         except LeaseLost as exc:
             counters.outcome("lease_lost")
             logger.info("delivery refused: %s", exc, extra=fields)
-            return
+            return None
         except asyncio.CancelledError:
             logger.warning(
                 "stage %s of run %s (attempt %d) abandoned at the drain deadline",
@@ -145,12 +175,12 @@ class JobRunner:
                 exc_info=True,
                 extra=fields,
             )
-            return
+            return None
         elapsed = time.monotonic() - began
         if result.deferred:  # delivered before its attempt was due: given back, ran nothing
             counters.jobs_processed += 1
             logger.debug("job delivered early, due in %.2fs", result.retry_after, extra=fields)
-            return
+            return None
         counters.outcome(result.outcome)
         fields = {**fields, "outcome": result.outcome, "duration": round(elapsed, 4)}
         what = f"stage {job.stage_id} of run {job.run_id} (attempt {job.attempt})"
@@ -168,6 +198,7 @@ class JobRunner:
             logger.info("%s had already completed: duplicate delivery dropped", what, extra=fields)
         else:
             logger.info("%s %s in %.3fs", what, result.outcome, elapsed, extra=fields)
+        return result.next_job
 
     async def listen(self, transport: JobWakeups, stopping: asyncio.Event) -> None:
         """Ring the alarm whenever the transport says jobs were enqueued."""

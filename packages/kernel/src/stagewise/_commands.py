@@ -51,6 +51,10 @@ class JobExecute(_Message):
     type: Literal["job.execute"] = "job.execute"
     job: JobMessage
     worker_id: Ident
+    chain: bool = False
+    """Eager dispatch: the caller executes `JobExecuteResult.next_job` at once, so the
+    transaction that records this stage may also start a stage that it makes ready (the
+    next stage of the same run) for this worker, instead of enqueueing its job."""
 
 
 class RunTransition(_Message):
@@ -177,6 +181,11 @@ class JobExecuteResult(_Message):
     deferred: bool = False
     """For `retry`: the job arrived before its attempt was due and ran nothing; it was given
     back to the transport for `retry_after` seconds (not a failed attempt)."""
+    next_job: JobMessage | None = None
+    """With `chain`: a stage this worker now holds (RUNNING, its lease taken in the same
+    transaction that recorded this one). Execute it next with the same worker id. It never
+    went through the transport: if the worker dies first, its lease expires and
+    `lease.reapStale` retries it like any other attempt."""
 
 
 TransitionDecision = Literal["advanced", "completed", "failed", "noop"]

@@ -23,7 +23,7 @@ from stagewise._ports import (
     Transaction,
     WorkflowSource,
 )
-from stagewise._records import Delivery
+from stagewise._records import Delivery, RunRecord, StageRecord
 from stagewise._scope import Effects, RunScope
 from stagewise._settings import KernelSettings
 from stagewise._workflow import Workflow
@@ -40,6 +40,16 @@ class Inflight:
     attempt: int
     token: CancellationToken = field(default_factory=CancellationToken)
     buffer: AttemptBuffer = field(default_factory=AttemptBuffer)
+
+
+@dataclass(frozen=True, slots=True)
+class Handoff:
+    """A stage a finishing transaction started for this worker (eager dispatch): what its
+    execution needs, as committed, so that it starts without another transaction."""
+
+    worker_id: str
+    run: RunRecord
+    stages: dict[str, StageRecord]
 
 
 class Unit:
@@ -125,6 +135,8 @@ class Core:
         self.ids = ids
         self.settings = settings
         self.inflight: dict[str, Inflight] = {}
+        self.handoffs: dict[str, Handoff] = {}
+        """Stages started by eager dispatch, by job id, until their `job.execute` comes."""
         self._executor: ThreadPoolExecutor | None = None
         self._unknown_workflows: set[str] = set()
 

@@ -22,6 +22,7 @@ COMPLETED and is acked and dropped, and a COMPLETED stage never runs again.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -31,7 +32,7 @@ from pydantic import BaseModel, ValidationError
 
 from stagewise._commands import JobExecute, JobExecuteResult
 from stagewise._context import AttemptBuffer, RunStorage, StageContext
-from stagewise._core import Core, Inflight, Unit
+from stagewise._core import Core, Handoff, Inflight, Unit
 from stagewise._errors import InvalidInputError, LeaseLost, StageOutputError
 from stagewise._events import (
     EventError,
@@ -97,16 +98,26 @@ async def job_execute(core: Core, cmd: JobExecute) -> JobExecuteResult:
     workflow = core.registry.get_workflow(job.workflow_id)
     stage_def = workflow.stage(job.stage_id)
 
-    started = await _start(core, cmd)
-    if isinstance(started, JobExecuteResult):
-        return started
+    handoff = core.handoffs.pop(job.job_id, None)
+    started: _Started | JobExecuteResult
+    if handoff is not None and handoff.worker_id == cmd.worker_id:
+        # Eager dispatch: the transaction that finished the previous stage started this one
+        # for this worker (see `_hand_off`); the fence is in place, nothing to read again.
+        stages = handoff.stages
+        started = _Started(run=handoff.run, stage=stages[job.stage_id], stages=stages)
+    else:
+        started = await _start(core, cmd)
+        if isinstance(started, JobExecuteResult):
+            return started
 
     attempt = Inflight(run_id=job.run_id, stage_id=job.stage_id, attempt=job.attempt)
     core.inflight[job.job_id] = attempt
     try:
         outcome = await _run(core, job, workflow, stage_def, started, attempt)
         prepared = await store_blobs(core, job, outcome)
-        return await _finish(core, cmd, workflow, stage_def, prepared, attempt.buffer)
+        return await _finish(
+            core, cmd, workflow, stage_def, prepared, attempt.buffer, queued=handoff is None
+        )
     finally:
         core.inflight.pop(job.job_id, None)
 
@@ -146,27 +157,59 @@ async def _start(core: Core, cmd: JobExecute) -> _Started | JobExecuteResult:
         elif stage.due_at is not None and stage.due_at > now:
             retry_at = stage.due_at  # delivered before its backoff ran out
         else:
-            scope.transition_stage(
-                job.stage_id,
-                "start",
-                job_id=job.job_id,
-                worker_id=cmd.worker_id,
-                lease_expires_at=now + timedelta(seconds=core.settings.lease_seconds),
-                started_at=stage.started_at or now,
-                due_at=None,
-            )
-            scope.emit(
-                StageStarted, stage_id=job.stage_id, attempt=job.attempt, worker_id=cmd.worker_id
-            )
-            unit.effects.hint(
-                "lease.reapStale", now + timedelta(seconds=core.settings.lease_seconds)
-            )
+            _take(unit, scope, job, cmd.worker_id)
             return _Started(run=scope.run, stage=scope.stages[job.stage_id], stages=scope.stages)
     if retry_at is not None:
         await core.job_transport.retry_at(job.job_id, retry_at)
         return _result(job, "retry", retry_after=(retry_at - now).total_seconds(), deferred=True)
     assert lost is not None
     raise lost
+
+
+def _take(unit: Unit, scope: RunScope, job: JobMessage, worker_id: str) -> None:
+    """Start the job's attempt for `worker_id`: RUNNING, this job holding the lease."""
+    now = scope.now
+    lease = now + timedelta(seconds=unit.core.settings.lease_seconds)
+    stage = scope.stages[job.stage_id]
+    scope.transition_stage(
+        job.stage_id,
+        "start",
+        job_id=job.job_id,
+        worker_id=worker_id,
+        lease_expires_at=lease,
+        started_at=stage.started_at or now,
+        due_at=None,
+    )
+    scope.emit(StageStarted, stage_id=job.stage_id, attempt=job.attempt, worker_id=worker_id)
+    unit.effects.hint("lease.reapStale", lease)
+
+
+def _hand_off(unit: Unit, scope: RunScope, worker_id: str) -> JobMessage | None:
+    """Eager dispatch: of the jobs this transaction is about to enqueue for the run (the next
+    group, after a stage completed), start the first one that is due for `worker_id` instead.
+
+    It saves the next stage a dequeue, a start transaction and the wake-up latency. Its job
+    never reaches the transport; the stage row fences it like any other delivery, and if the
+    worker dies before finishing it the lease expires and the reaper retries it.
+    """
+    now = scope.now
+    jobs = unit.effects.jobs
+    for index, job in enumerate(jobs):
+        stage = scope.stages.get(job.stage_id)
+        if (
+            job.run_id != scope.run.run_id
+            or job.available_at > now
+            or stage is None
+            or stage.status is not StageStatus.PENDING
+            or stage.attempt != job.attempt
+        ):
+            continue
+        del jobs[index]
+        with contextlib.suppress(ValueError):  # no dequeue needs to wake for it
+            unit.effects.hints.remove(("job.execute", job.available_at))
+        _take(unit, scope, job, worker_id)
+        return job
+    return None
 
 
 async def _run(
@@ -283,13 +326,17 @@ async def _finish(
     stage_def: Stage,
     outcome: _Outcome,
     buffer: AttemptBuffer,
+    *,
+    queued: bool = True,
 ) -> JobExecuteResult:
     job = cmd.job
     lost: LeaseLost | None = None
+    handoff: Handoff | None = None
     async with core.unit(cmd.type) as unit:
         scope = await unit.lock_run(job.run_id)
         stage = scope.stages.get(job.stage_id) if scope is not None else None
-        unit.effects.acks.append(job.job_id)
+        if queued:  # a handed-off job never reached the transport: nothing to ack
+            unit.effects.acks.append(job.job_id)
         if scope is None or stage is None:
             lost = LeaseLost(job.run_id, job.stage_id, job.attempt, "the stage no longer exists")
         elif stage.status is StageStatus.CANCELLED or scope.run.status is RunStatus.CANCELLED:
@@ -305,9 +352,20 @@ async def _finish(
         else:
             await flush_buffer(unit, scope, job, buffer)
             result = await _record(scope, workflow, stage_def, job, outcome)
-            return result
-    assert lost is not None
-    raise lost
+            next_job = None
+            if cmd.chain and result.outcome == "completed":
+                next_job = _hand_off(unit, scope, cmd.worker_id)
+            if next_job is not None:
+                result = result.model_copy(update={"next_job": next_job})
+                handoff = Handoff(cmd.worker_id, scope.run, dict(scope.stages))
+    if handoff is None:
+        if lost is not None:
+            raise lost
+        return result
+    # Only once the transaction committed: a rolled-back hand-off must not start anything.
+    assert result.next_job is not None
+    core.handoffs[result.next_job.job_id] = handoff
+    return result
 
 
 def holds_lease(stage: StageRecord, job: JobMessage) -> bool:
