@@ -1,0 +1,265 @@
+"""The representative workflow the fault sweeps run, and a world to run it in.
+
+    fan-a | fan-b      a parallel group (fan-b is a blocking `def`, on the thread pool)
+    batch              an async-batch stage: suspends, is polled until the outside work is ready
+    flaky              fails its first attempt on purpose and is retried; output too large to
+                       keep inline (it goes to the blob store)
+    finish             reads earlier outputs and the blob, writes an artifact
+
+and a plugin (`audit`) that receives every stage.completed and run.completed event.
+
+`World` holds the stores (the "database", which outlives any process) and builds kernels on
+them; `final_state` and `check_invariants` say what must be true after recovery.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from stagewise import (
+    Event,
+    Kernel,
+    KernelSettings,
+    NotReady,
+    Ready,
+    RetryPolicy,
+    RunCreate,
+    RunStatus,
+    StageContext,
+    StageResult,
+    Suspend,
+    WorkflowBuilder,
+    WorkflowRegistry,
+    create_kernel,
+    define_async_batch_stage,
+    define_plugin,
+    define_stage,
+)
+from stagewise._ports import BlobStore, EventSink, JobTransport, Persistence
+from stagewise.testing import (
+    FakeClock,
+    FaultInjector,
+    InMemoryBlobStore,
+    InMemoryJobQueue,
+    InMemoryPersistence,
+    RecordingScheduler,
+    SequentialIds,
+)
+
+RETRY = RetryPolicy(max_attempts=4, initial_backoff=2.0, max_backoff=10.0)
+"""Every stage may lose one attempt to a crash (reaping counts as an attempt) and still
+reach the fault-free outcome; `flaky` spends one more on purpose."""
+
+SETTINGS = KernelSettings(
+    lease_seconds=10.0,
+    inline_output_bytes=64,
+    requeue_after=30.0,
+    outbox_initial_backoff=1.0,
+    outbox_max_backoff=4.0,
+    outbox_max_attempts=50,
+    sync_workers=2,
+)
+
+
+async def fan_a(ctx: StageContext) -> dict[str, Any]:
+    return {"a": ctx.input["n"] * 2}
+
+
+def fan_b(ctx: StageContext) -> dict[str, Any]:
+    return {"b": ctx.input["n"] + 1}
+
+
+OUTSIDE: Counter[str] = Counter()
+"""The outside system the batch stage waits for: a ticket is ready at its second check."""
+
+
+async def batch_execute(ctx: StageContext) -> Suspend:
+    return Suspend(state={"ticket": ctx.run_id}, poll_interval=5, max_wait=600)
+
+
+async def batch_check(state: Any, ctx: StageContext) -> Ready | NotReady:
+    OUTSIDE[state["ticket"]] += 1
+    if OUTSIDE[state["ticket"]] >= 2:
+        return Ready({"sum": ctx.require("fan-a")["a"] + ctx.require("fan-b")["b"]})
+    return NotReady(next_check_in=5)
+
+
+class FlakyError(RuntimeError):
+    pass
+
+
+async def flaky(ctx: StageContext) -> dict[str, Any]:
+    if ctx.attempt == 1:
+        raise FlakyError("the first attempt always fails")
+    return {"rows": [ctx.input["sum"]] * 40}  # well over the inline limit: a blob
+
+
+async def finish(ctx: StageContext) -> StageResult:
+    rows = ctx.input["rows"]
+    return StageResult(
+        output={"total": sum(rows), "a": ctx.require("fan-a")["a"]},
+        artifacts={"report.txt": f"{len(rows)} rows"},
+    )
+
+
+reliable = (
+    WorkflowBuilder("reliable")
+    .parallel(
+        [
+            define_stage(id="fan-a", execute=fan_a, retry=RETRY),
+            define_stage(id="fan-b", execute=fan_b, retry=RETRY),
+        ]
+    )
+    .pipe(
+        define_async_batch_stage(
+            id="batch", execute=batch_execute, check_completion=batch_check, retry=RETRY
+        )
+    )
+    .pipe(define_stage(id="flaky", execute=flaky, retry=RETRY))
+    .pipe(define_stage(id="finish", execute=finish, retry=RETRY))
+    .build()
+)
+
+REGISTRY = WorkflowRegistry([reliable])
+
+
+@dataclass
+class Delivered:
+    """What the outside world received: every event handed to the sink and the plugin."""
+
+    sink: list[Event] = field(default_factory=list)
+    audit: list[Event] = field(default_factory=list)
+
+
+class RecordingSink:
+    def __init__(self, into: list[Event]) -> None:
+        self.into = into
+
+    async def publish(self, event: Event) -> None:
+        self.into.append(event)
+
+
+@dataclass
+class World:
+    """The stores that outlive any process, and the clock."""
+
+    external_transport: bool = False
+    clock: FakeClock = field(default_factory=FakeClock)
+    persistence: InMemoryPersistence = field(default_factory=InMemoryPersistence)
+    blobs: InMemoryBlobStore = field(default_factory=InMemoryBlobStore)
+    delivered: Delivered = field(default_factory=Delivered)
+    generation: int = 0
+
+    def __post_init__(self) -> None:
+        OUTSIDE.clear()
+        self.queue = InMemoryJobQueue(
+            self.clock, None if self.external_transport else self.persistence
+        )
+
+    def kernel(
+        self, faults: FaultInjector | None = None
+    ) -> tuple[Kernel, JobTransport, RecordingScheduler]:
+        """A fresh kernel, as a newly started process builds it (its own ids and hints),
+        on the stores, through `faults` when given."""
+        self.generation += 1
+        audit = define_plugin(
+            id="audit",
+            on=["stage.completed", "run.completed"],
+            handle=self.delivered.audit.append,
+        )
+        persistence: Persistence = self.persistence
+        transport: JobTransport = self.queue
+        blobs: BlobStore = self.blobs
+        sink: EventSink = RecordingSink(self.delivered.sink)
+        if faults is not None:
+            persistence = faults.persistence(persistence)
+            transport = faults.job_transport(transport)
+            blobs = faults.blob_store(blobs)
+            sink = faults.event_sink(sink)
+            audit = faults.plugin(audit)
+        scheduler = RecordingScheduler()
+        kernel = create_kernel(
+            persistence=persistence,
+            blob_store=blobs,
+            job_transport=transport,
+            event_sink=sink,
+            scheduler=scheduler,
+            clock=self.clock,
+            registry=REGISTRY,
+            plugins=[audit],
+            ids=SequentialIds(prefix=f"g{self.generation}"),
+            settings=SETTINGS,
+        )
+        return kernel, transport, scheduler
+
+    async def create(self, kernel: Kernel, key: str, n: int) -> str:
+        result = await kernel.dispatch(
+            RunCreate(workflow_id="reliable", input={"n": n}, idempotency_key=key)
+        )
+        return result.run_id
+
+    async def settled(self) -> bool:
+        """No run active, no event undelivered, no job queued."""
+        if len(self.queue):
+            return False
+        if any(d.status != "delivered" for d in self.persistence.snapshot_deliveries()):
+            return False
+        return all(r.status.is_terminal for r in self.persistence.snapshot_runs())
+
+    # --- what must hold ----------------------------------------------------------------
+
+    async def final_state(self) -> dict[str, Any]:
+        """Everything a user can observe of the finished runs, by idempotency key: status,
+        output, each stage's status and output (ids and attempt counts aside)."""
+        state: dict[str, Any] = {}
+        for run in self.persistence.snapshot_runs():
+            output = run.output
+            if run.output_ref is not None:
+                output = json.loads(await self.blobs.get(run.output_ref))
+            stages = {}
+            for s in self.persistence.snapshot_stages(run.run_id):
+                value = s.output
+                if s.output_ref is not None:
+                    value = json.loads(await self.blobs.get(s.output_ref))
+                artifacts = {
+                    name: (await self.blobs.get(ref)).decode() for name, ref in s.artifacts.items()
+                }
+                stages[s.stage_id] = (s.status.value, value, artifacts)
+            state[run.idempotency_key or run.run_id] = (run.status.value, output, stages)
+        return state
+
+    def check_invariants(self) -> None:
+        """No stage completed twice; every event delivered at least once to the sink and to
+        the plugin, with one id per (run, seq); nothing left behind."""
+        events = self.persistence.snapshot_events()
+        by_run: dict[str, list[int]] = defaultdict(list)
+        for e in events:
+            by_run[e.run_id].append(e.seq)
+        for run in self.persistence.snapshot_runs():
+            assert by_run[run.run_id] == list(range(1, run.event_seq + 1)), "a gap in the events"
+        completed = Counter(
+            (e.run_id, e.payload["stage_id"]) for e in events if e.type == "stage.completed"
+        )
+        assert set(completed.values()) <= {1}, f"a stage completed twice: {completed}"
+
+        stored = {e.event_id: (e.run_id, e.seq) for e in events}
+        for who, got, wanted in (
+            ("sink", self.delivered.sink, set(stored)),
+            (
+                "audit",
+                self.delivered.audit,
+                {e.event_id for e in events if e.type in ("stage.completed", "run.completed")},
+            ),
+        ):
+            ids = {e.event_id for e in got}
+            assert ids == wanted, f"{who} missed {sorted(wanted - ids)} / got extra {ids - wanted}"
+            for ev in got:  # a redelivery carries the same id as the first delivery
+                assert stored[ev.event_id] == (ev.run_id, ev.seq), f"{who}: {ev.event_id} changed"
+        assert len(self.queue) == 0, f"jobs left behind: {self.queue.jobs()}"
+        undelivered = [d for d in self.persistence.snapshot_deliveries() if d.status != "delivered"]
+        assert not undelivered, f"deliveries left behind: {undelivered}"
+        for run in self.persistence.snapshot_runs():
+            assert run.status is not RunStatus.PENDING and run.status.is_terminal, run
