@@ -466,6 +466,41 @@ async def test_a_notification_wakes_an_idle_worker() -> None:
         await client.aclose()
 
 
+class _RunNotifyingQueue(_NotifyingQueue):
+    """... and a `wait_for_runs` the test rings, like PostgreSQL NOTIFY on run insert."""
+
+    def __init__(self, queue: Any) -> None:
+        super().__init__(queue)
+        self.run_created = asyncio.Event()
+
+    async def wait_for_runs(self, timeout: float) -> bool:  # noqa: ASYNC109 (as the SQL one)
+        try:
+            await asyncio.wait_for(self.run_created.wait(), timeout)
+        except TimeoutError:
+            return False
+        self.run_created.clear()
+        return True
+
+
+async def test_a_run_notification_makes_an_idle_worker_claim_at_once() -> None:
+    world = World.of([three_stages()])
+    transport = _RunNotifyingQueue(world.queue)
+    host = world.host(transport=transport)
+    client = world.kernel()  # another process: its hints never reach the host
+    await host.start()
+    await eventually(lambda: host.stats().ticks == 1)  # the first tick found nothing
+    try:
+        run_id = await world.create(client, "three", {"n": 1})
+        await asyncio.sleep(0.05)
+        assert await world.status(run_id) is RunStatus.PENDING  # nobody knows
+        transport.run_created.set()  # NOTIFY: a run was created
+        await eventually(lambda: world.finished(run_id))
+        assert await world.status(run_id) is RunStatus.COMPLETED
+    finally:
+        await stop_all(host)
+        await client.aclose()
+
+
 async def test_the_fallback_interval_finds_work_nobody_hinted() -> None:
     world = World.of([three_stages()])
     host = world.host(settings=replace(FAST, claim_interval=5, job_poll_interval=5))

@@ -211,6 +211,33 @@ async def test_wait_for_jobs_hears_enqueues_from_other_processes(pg_backend: Ada
         await other.close()
 
 
+@pytest.mark.postgres
+async def test_wait_for_runs_hears_runs_created_by_other_processes(pg_backend: Adapters) -> None:
+    assert pg_backend.sql is not None
+    transport = pg_backend.sql.job_transport
+    assert await transport.wait_for_runs(0) is False  # starts listening
+    async with pg_backend.persistence.transaction() as tx:
+        await tx.runs.insert(run("ours"))  # our own insert: no echo
+    assert await transport.wait_for_runs(0.2) is False
+    other = await SqlBackend.connect(pg_backend.url or "", clock=pg_backend.clock)
+    try:
+        waiter = asyncio.create_task(transport.wait_for_runs(10))
+        await asyncio.sleep(0.05)
+        async with other.persistence.transaction() as tx:
+            await tx.runs.insert(run("theirs"))
+        async with asyncio.timeout(5):
+            assert await waiter is True
+    finally:
+        await other.close()
+
+
+async def test_wait_for_runs_on_sqlite_only_times_out(sql_backend: Adapters) -> None:
+    assert sql_backend.sql is not None
+    if sql_backend.sql.dialect != "sqlite":
+        pytest.skip("SQLite only")
+    assert await sql_backend.sql.job_transport.wait_for_runs(0.01) is False
+
+
 async def test_save_of_a_run_that_does_not_exist_inserts_it_like_the_reference(
     sql_backend: Adapters,
 ) -> None:

@@ -50,8 +50,8 @@ from stagewise import (
     WakeCommand,
 )
 from stagewise_node._heartbeat import Heartbeater
-from stagewise_node._jobs import JobRunner, JobWakeups
-from stagewise_node._scheduler import HostScheduler
+from stagewise_node._jobs import JobRunner, JobWakeups, RunWakeups
+from stagewise_node._scheduler import HostScheduler, wait_event
 from stagewise_node._settings import NodeHostSettings
 from stagewise_node._stats import Counters, HostState, HostStats
 from stagewise_node._tick import STEPS, Ticker
@@ -170,6 +170,8 @@ class NodeHost:
         )
         if isinstance(self._transport, JobWakeups):
             self._spawn_loop("listen", self._jobs.listen(self._transport, self._stopping))
+        if isinstance(self._transport, RunWakeups):
+            self._spawn_loop("listen-runs", self._listen_runs(self._transport))
         logger.info(
             "worker %s started: %d slot(s), lease %.1fs, heartbeat every %.1fs",
             self.worker_id,
@@ -302,6 +304,26 @@ class NodeHost:
         self._counters.error(task.get_name(), exc)
         self._crashed.set()
 
+    async def _listen_runs(self, transport: RunWakeups) -> None:
+        """Claim at once when the transport says another process created a run."""
+        failures = 0
+        while not self._stopping.is_set():
+            try:
+                woke = await transport.wait_for_runs(self.settings.listen_timeout)
+            except Exception as exc:
+                failures += 1
+                logger.warning(
+                    "waiting for run notifications failed: %s: %s",
+                    type(exc).__name__,
+                    exc,
+                    extra={"worker_id": self.worker_id},
+                )
+                await wait_event(self._stopping, self._clock, min(30.0, failures))
+                continue
+            failures = 0
+            if woke:
+                self._ticker.ring("run.claimPending")
+
     # --- stopping ------------------------------------------------------------------------
 
     async def _drain(self, seconds: float) -> None:
@@ -318,10 +340,11 @@ class NodeHost:
         self._stopping.set()
         self._jobs.wake()
         self._ticker.poke()
-        listen = self._loops.pop("listen", None)
-        if listen is not None:
-            listen.cancel()
-            await asyncio.gather(listen, return_exceptions=True)
+        for name in ("listen", "listen-runs"):
+            listen = self._loops.pop(name, None)
+            if listen is not None:
+                listen.cancel()
+                await asyncio.gather(listen, return_exceptions=True)
         for name in ("jobs", "tick"):  # a tick in progress may finish
             task = self._loops.pop(name, None)
             if task is not None:

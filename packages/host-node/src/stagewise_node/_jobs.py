@@ -34,6 +34,14 @@ class JobWakeups(Protocol):
     def wait_for_jobs(self, timeout: float) -> Awaitable[bool]: ...
 
 
+@runtime_checkable
+class RunWakeups(Protocol):
+    """A transport that can say when another process created a run (stagewise_sql's hears
+    PostgreSQL NOTIFY on run insert), so the host claims it at once."""
+
+    def wait_for_runs(self, timeout: float) -> Awaitable[bool]: ...
+
+
 class JobRunner:
     """Job slots of one host."""
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import random
 import re
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from contextvars import ContextVar
@@ -199,6 +200,9 @@ class Database:
             f"stagewise_sql_{id(self)}", default=None
         )
         self._retries = max(1, retries)
+        self.token = uuid.uuid4().hex
+        """This process's NOTIFY payload: its listener ignores the echo of its own writes,
+        which already woke it in-process."""
 
     def error(self, exc: Exception) -> Exception:
         return translate(exc, url=self.url_display)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import uuid
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -31,7 +30,7 @@ from stagewise._ports import Clock, Transaction
 from stagewise._records import JobMessage
 from stagewise_sql import _rows
 from stagewise_sql._engine import Database, Link
-from stagewise_sql._persistence import SqlTransaction
+from stagewise_sql._persistence import RUNS_CHANNEL, SqlTransaction
 from stagewise_sql._schema import jobs as jobs_t
 from stagewise_sql._statements import insert_ignore, time_param
 
@@ -50,9 +49,10 @@ class SqlJobTransport:
         self._db = db
         self._clock = clock
         self._wakeup = asyncio.Event()
+        self._runs_wakeup = asyncio.Event()
         # Our NOTIFY payload: our own enqueues wake our waiters on commit already, so the
         # echo of them from the server is ignored rather than waking a waiter twice.
-        self._token = uuid.uuid4().hex
+        self._token = db.token
         self._listener: Any = None  # an asyncpg connection, on PostgreSQL once listening
         self._listen_lock = asyncio.Lock()
 
@@ -209,6 +209,21 @@ class SqlJobTransport:
         self._wakeup.clear()
         return woke
 
+    async def wait_for_runs(self, timeout: float) -> bool:  # noqa: ASYNC109 (a poll interval)
+        """Wait up to `timeout` seconds (real time) for a sign that another process created
+        a run (PostgreSQL NOTIFY on run insert); like `wait_for_jobs`, only a hint.
+
+        On SQLite nothing crosses processes: it sleeps `timeout` and returns False.
+        """
+        if self._db.dialect == "postgresql" and self._listener is None:
+            await self._listen()
+        if not self._runs_wakeup.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._runs_wakeup.wait(), timeout)
+        woke = self._runs_wakeup.is_set()
+        self._runs_wakeup.clear()
+        return woke
+
     async def _listen(self) -> None:
         async with self._listen_lock:
             if self._listener is not None:
@@ -221,6 +236,7 @@ class SqlJobTransport:
             try:
                 conn = await asyncpg.connect(**options, timeout=10)
                 await conn.add_listener(CHANNEL, self._on_notify)
+                await conn.add_listener(RUNS_CHANNEL, self._on_run_notify)
             except Exception as exc:
                 # No wake-ups: wait_for_jobs degrades to sleeping its timeout; try next time.
                 _log.warning("cannot LISTEN on %s at %s: %s", CHANNEL, self._db.url_display, exc)
@@ -232,9 +248,14 @@ class SqlJobTransport:
         if payload != self._token:
             self._wakeup.set()
 
+    def _on_run_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        if payload != self._token:
+            self._runs_wakeup.set()
+
     def _on_listener_lost(self, *_args: object) -> None:
         self._listener = None
-        self._wakeup.set()  # wake the waiter, which re-polls and listens again
+        self._wakeup.set()  # wake the waiters, which re-poll and listen again
+        self._runs_wakeup.set()
 
     async def close(self) -> None:
         listener, self._listener = self._listener, None
