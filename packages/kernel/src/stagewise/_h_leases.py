@@ -66,6 +66,7 @@ async def job_heartbeat(core: Core, cmd: JobHeartbeat) -> HeartbeatResult:
 async def job_release(core: Core, cmd: JobRelease) -> JobReleaseResult:
     job = cmd.job
     attempt = core.inflight.get(job.job_id)
+    core.handoffs.pop(job.job_id, None)  # a chained stage given back before it ran
     released = False
     async with core.unit(cmd.type) as unit:
         scope = await unit.lock_run(job.run_id)
