@@ -42,6 +42,17 @@ class RunWakeups(Protocol):
     def wait_for_runs(self, timeout: float) -> Awaitable[bool]: ...
 
 
+MAX_BACKOFF = 30.0
+"""The longest wait between two tries while the database is unreachable (unless the
+polling interval itself is longer)."""
+
+
+def backoff(interval: float, failures: int) -> float:
+    """Seconds to wait after `failures` failures in a row: the interval, doubled each time,
+    capped at `MAX_BACKOFF` (or the interval, if that is longer)."""
+    return min(interval * 2.0 ** (failures - 1), max(interval, MAX_BACKOFF))
+
+
 class JobRunner:
     """Job slots of one host."""
 
@@ -98,16 +109,25 @@ class JobRunner:
             except Exception as exc:
                 failures += 1
                 self._counters.error("dequeue", exc)
+                # The database (or queue) is down: back off instead of hammering it.
+                delay = backoff(self._settings.job_poll_interval, failures)
                 logger.warning(
-                    "dequeue failed (%d in a row): %s: %s",
+                    "dequeue failed (%d in a row), retrying in %.1fs: %s: %s",
                     failures,
+                    delay,
                     type(exc).__name__,
                     exc,
                     exc_info=failures == 1,
                     extra={"worker_id": self._worker_id},
                 )
-                await self.alarm.wait(self._settings.job_poll_interval)
+                await self.alarm.wait(delay)
                 continue
+            if failures:
+                logger.info(
+                    "dequeue works again after %d failure(s)",
+                    failures,
+                    extra={"worker_id": self._worker_id},
+                )
             failures = 0
             for job in jobs:
                 task = asyncio.create_task(self._execute(job), name=f"stagewise-job-{job.job_id}")

@@ -31,6 +31,7 @@ from stagewise import (
     StagePollSuspended,
     WakeCommand,
 )
+from stagewise_node._jobs import backoff
 from stagewise_node._scheduler import Alarm, wait_event
 from stagewise_node._settings import NodeHostSettings
 from stagewise_node._stats import Counters
@@ -56,6 +57,8 @@ class _Step:
     gap: timedelta
     """How long after a run a hint may run the step again."""
     last_run: datetime
+    failures: int = 0
+    """Failed runs in a row: the fallback interval backs off while the database is down."""
 
     def is_due(self, now: datetime) -> bool:
         if now >= self.fallback_at:
@@ -152,16 +155,29 @@ class Ticker:
                         )
                     counters.tick_errors += 1
                     counters.error(name, exc)
+                    step.failures += 1
+                    delay = backoff(step.interval, step.failures)
+                    step.fallback_at = step.last_run + timedelta(seconds=delay)
                     logger.error(
-                        "tick step %s failed: %s: %s",
+                        "tick step %s failed (%d in a row), next try in %.1fs: %s: %s",
                         name,
+                        step.failures,
+                        delay,
                         type(exc).__name__,
                         exc,
-                        exc_info=not isinstance(exc, TimeoutError),
+                        exc_info=step.failures == 1 and not isinstance(exc, TimeoutError),
                         extra={"step": name, "worker_id": self._worker_id},
                     )
                     results[name] = exc
                     continue
+                if step.failures:
+                    logger.info(
+                        "tick step %s works again after %d failure(s)",
+                        name,
+                        step.failures,
+                        extra={"step": name, "worker_id": self._worker_id},
+                    )
+                    step.failures = 0
                 results[name] = result
                 if _full(result, step.batch):
                     step.alarm.ring()  # the batch was full: there is probably more
