@@ -38,6 +38,8 @@ from stagewise.testing import (
 )
 from tests.reliability.scenario import SETTINGS, World
 
+pytestmark = pytest.mark.slow
+
 RUNS = {"order-1": 1}
 """The client's runs: idempotency key -> input."""
 
