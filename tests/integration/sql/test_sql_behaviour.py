@@ -15,6 +15,7 @@ from sqlalchemy import text
 
 from stagewise._errors import ConflictError, InvalidInputError, PersistenceError, TransientError
 from stagewise._states import StageStatus
+from stagewise.testing import FakeClock
 from stagewise_sql import DuplicateRecordError, SqlBackend, SqlSettings
 from tests.conftest import Adapters
 from tests.contract.factories import T0, at, job, run, stage
@@ -231,11 +232,29 @@ async def test_wait_for_runs_hears_runs_created_by_other_processes(pg_backend: A
         await other.close()
 
 
-async def test_wait_for_runs_on_sqlite_only_times_out(sql_backend: Adapters) -> None:
-    assert sql_backend.sql is not None
-    if sql_backend.sql.dialect != "sqlite":
-        pytest.skip("SQLite only")
-    assert await sql_backend.sql.job_transport.wait_for_runs(0.01) is False
+async def test_a_sqlite_file_wakes_waiters_on_runs_and_due_jobs_from_other_connections(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'watched.db'}"
+    clock = FakeClock(T0)
+    ours = await SqlBackend.connect(url, clock=clock)
+    other = await SqlBackend.connect(url, clock=clock)  # as another process would
+    transport = ours.job_transport
+    try:
+        assert await transport.wait_for_runs(0.05) is False
+        assert await transport.wait_for_jobs(0.05) is False
+        async with other.persistence.transaction() as tx:
+            await tx.runs.insert(run("r1"))
+        async with asyncio.timeout(5):
+            assert await transport.wait_for_runs(5) is True
+        await other.job_transport.enqueue([job("later", available=60)])
+        assert await transport.wait_for_jobs(0.2) is False  # not deliverable yet
+        await other.job_transport.enqueue([job("now")])
+        async with asyncio.timeout(5):
+            assert await transport.wait_for_jobs(5) is True
+    finally:
+        await other.close()
+        await ours.close()
 
 
 async def test_save_of_a_run_that_does_not_exist_inserts_it_like_the_reference(

@@ -20,8 +20,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 from collections.abc import AsyncIterator, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, delete, func, literal, or_, select, update
@@ -29,7 +30,7 @@ from sqlalchemy import and_, delete, func, literal, or_, select, update
 from stagewise._ports import Clock, Transaction
 from stagewise._records import JobMessage
 from stagewise_sql import _rows
-from stagewise_sql._engine import Database, Link
+from stagewise_sql._engine import Database, Link, is_memory_sqlite
 from stagewise_sql._persistence import RUNS_CHANNEL, SqlTransaction
 from stagewise_sql._schema import jobs as jobs_t
 from stagewise_sql._statements import insert_ignore, time_param
@@ -38,6 +39,21 @@ _log = logging.getLogger("stagewise_sql")
 
 CHANNEL = "stagewise_jobs"
 """The PostgreSQL NOTIFY channel that enqueues announce themselves on."""
+
+SQLITE_WATCH_INTERVAL = 0.005
+"""SQLite: how often (seconds) a waiting worker looks for commits by other processes."""
+
+_NEWEST_PENDING_RUN = "SELECT max(rowid) FROM stagewise_runs WHERE status = 'PENDING'"
+_NEWEST_DUE_JOB = (
+    "SELECT max(seq) FROM stagewise_jobs WHERE available_at <= ? "
+    "AND (lease_expires_at IS NULL OR lease_expires_at <= ?)"
+)
+
+
+def _sqlite_time(value: datetime) -> str:
+    """A time as SQLAlchemy stores it in SQLite (naive UTC text), for raw comparisons."""
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
+
 
 _ORDER = (jobs_t.c.priority.desc(), jobs_t.c.available_at, jobs_t.c.seq)
 
@@ -55,6 +71,9 @@ class SqlJobTransport:
         self._token = db.token
         self._listener: Any = None  # an asyncpg connection, on PostgreSQL once listening
         self._listen_lock = asyncio.Lock()
+        self._watcher: asyncio.Task[None] | None = None  # SQLite: see _watch_sqlite
+        self._seen_job_seq = 0  # SQLite: the newest job this process enqueued or heard of
+        self._seen_run = 0  # SQLite: the newest PENDING run (rowid) it heard of
 
     def joins(self, tx: Transaction) -> bool:
         return isinstance(tx, SqlTransaction) and tx.db is self._db
@@ -83,27 +102,33 @@ class SqlJobTransport:
         values = list(reversed(last.values()))
         if tx is not None and self.joins(tx):
             assert isinstance(tx, SqlTransaction)
-            await self._insert(tx.link, values)
-            tx.link.on_commit.append(self._wakeup.set)
+            newest = await self._insert(tx.link, values)
+            tx.link.on_commit.append(lambda: self._enqueued(newest))
             return
         async with self._db.atomic() as link:
-            await self._insert(link, values)
-            link.on_commit.append(self._wakeup.set)
+            newest = await self._insert(link, values)
+            link.on_commit.append(lambda: self._enqueued(newest))
 
-    async def _insert(self, link: Link, values: list[dict[str, Any]]) -> None:
-        stmt = insert_ignore(jobs_t, self._db.dialect).returning(jobs_t.c.job_id)
+    def _enqueued(self, newest: int) -> None:
+        """After commit: wake our own waiters, and tell the SQLite watcher these are ours."""
+        self._seen_job_seq = max(self._seen_job_seq, newest)
+        self._wakeup.set()
+
+    async def _insert(self, link: Link, values: list[dict[str, Any]]) -> int:
+        """Insert the jobs; returns the newest `seq` given to them."""
+        stmt = insert_ignore(jobs_t, self._db.dialect).returning(jobs_t.c.job_id, jobs_t.c.seq)
         if self._db.dialect == "postgresql":
             # NOTIFY rides on the insert itself (no extra round trip); PostgreSQL sends it
             # on commit, once per transaction however many rows call it.
             stmt = stmt.returning(func.pg_notify(CHANNEL, literal(self._token)))
         inserted = list(await link.execute(stmt, values))
-        if len(inserted) == len(values):
-            return
-        # Some were already queued: replace them, and give the whole batch fresh places in
-        # call order (the enqueue order is the last tie-break of dequeue order).
-        ids = [v["job_id"] for v in values]
-        await link.execute(delete(jobs_t).where(jobs_t.c.job_id.in_(ids)))
-        await link.execute(stmt, values)
+        if len(inserted) < len(values):
+            # Some were already queued: replace them, and give the whole batch fresh places
+            # in call order (the enqueue order is the last tie-break of dequeue order).
+            ids = [v["job_id"] for v in values]
+            await link.execute(delete(jobs_t).where(jobs_t.c.job_id.in_(ids)))
+            inserted = list(await link.execute(stmt, values))
+        return max((row.seq for row in inserted), default=0)
 
     async def dequeue(self, *, worker_id: str, limit: int, lease_for: float) -> list[JobMessage]:
         """Take up to `limit` available jobs, each leased to `worker_id` for `lease_for`
@@ -196,10 +221,12 @@ class SqlJobTransport:
         """Wait up to `timeout` seconds (real time) for a sign that jobs were enqueued.
 
         Returns True early when this process enqueued a job or, on PostgreSQL, when any
-        process did (NOTIFY); False when the time ran out. A sign that came while nobody
+        process did (NOTIFY; on a SQLite file, see `_watch_sqlite`); False when the time ran
+        out. A sign that came while nobody
         was waiting is kept for the next call, so none is lost between a dequeue and the
         wait. Only a hint: callers dequeue after it either way.
         """
+        self._start_listening()
         if self._db.dialect == "postgresql" and self._listener is None:
             await self._listen()
         if not self._wakeup.is_set():
@@ -211,10 +238,10 @@ class SqlJobTransport:
 
     async def wait_for_runs(self, timeout: float) -> bool:  # noqa: ASYNC109 (a poll interval)
         """Wait up to `timeout` seconds (real time) for a sign that another process created
-        a run (PostgreSQL NOTIFY on run insert); like `wait_for_jobs`, only a hint.
-
-        On SQLite nothing crosses processes: it sleeps `timeout` and returns False.
+        a run (PostgreSQL NOTIFY on run insert; on a SQLite file, the watcher described in
+        `_watch_sqlite`); like `wait_for_jobs`, only a hint.
         """
+        self._start_listening()
         if self._db.dialect == "postgresql" and self._listener is None:
             await self._listen()
         if not self._runs_wakeup.is_set():
@@ -223,6 +250,58 @@ class SqlJobTransport:
         woke = self._runs_wakeup.is_set()
         self._runs_wakeup.clear()
         return woke
+
+    def _start_listening(self) -> None:
+        if self._db.is_sqlite and self._watcher is None and self._sqlite_path() is not None:
+            self._watcher = asyncio.create_task(self._watch_sqlite(), name="stagewise-sqlite-watch")
+
+    def _sqlite_path(self) -> str | None:
+        url = self._db.engine.url
+        if is_memory_sqlite(url) or url.query.get("uri"):
+            return None  # nothing outside this process can write to it
+        return url.database
+
+    async def _watch_sqlite(self) -> None:
+        """SQLite has no NOTIFY: watch the file for commits by other connections instead.
+
+        Every `SQLITE_WATCH_INTERVAL` seconds, `PRAGMA data_version` on a connection of its
+        own says whether anyone else committed (it reads shared memory: no I/O, no lock, a
+        few microseconds, so it runs on the loop). Only then two indexed reads ask for the
+        newest PENDING run and the newest deliverable job, and wake the waiters when one is
+        newer than any this process enqueued or heard of before. So a worker process hears
+        of work another process created within a few milliseconds, without opening a write
+        transaction to find out, and is not woken again for work it already knows of.
+        """
+        path = self._sqlite_path()
+        assert path is not None
+        conn: sqlite3.Connection | None = None
+        last: int | None = None
+        while True:
+            try:
+                if conn is None:
+                    conn = sqlite3.connect(path, timeout=0.05, isolation_level=None)
+                (version,) = conn.execute("PRAGMA data_version").fetchone()
+                if version != last:
+                    last = version
+                    (run,) = conn.execute(_NEWEST_PENDING_RUN).fetchone()
+                    if run is not None and run > self._seen_run:
+                        self._seen_run = run
+                        self._runs_wakeup.set()
+                    now = _sqlite_time(self._clock.now())
+                    (seq,) = conn.execute(_NEWEST_DUE_JOB, (now, now)).fetchone()
+                    if seq is not None and seq > self._seen_job_seq:
+                        self._seen_job_seq = seq
+                        self._wakeup.set()
+            except sqlite3.Error as exc:  # a locked or recovering file: look again soon
+                _log.debug("sqlite watch: %s", exc)
+                if conn is not None:
+                    conn.close()
+                conn, last = None, None
+            except asyncio.CancelledError:
+                if conn is not None:
+                    conn.close()
+                raise
+            await asyncio.sleep(SQLITE_WATCH_INTERVAL)
 
     async def _listen(self) -> None:
         async with self._listen_lock:
@@ -258,6 +337,10 @@ class SqlJobTransport:
         self._runs_wakeup.set()
 
     async def close(self) -> None:
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
         listener, self._listener = self._listener, None
         if listener is not None:
             with contextlib.suppress(Exception):
