@@ -124,3 +124,17 @@ async def test_eager_dispatch_takes_one_transaction_per_later_stage(
     )
     assert [c.commits for c in per_stage] == [2, 1, 1]
     assert all(c.statements <= 20 for c in per_stage), per_stage
+
+
+async def test_claiming_runs_reads_nothing_again_per_run(sql_backend: Adapters) -> None:
+    """`run.claimPending` locks its runs with the claim itself and does not read them (or
+    their stages: a PENDING run has none) again one by one."""
+    env: TestEnvironment = make_env(sql_backend, [three_stages()])
+    for n in range(10):
+        await env.kernel.dispatch(RunCreate(workflow_id="three", input={"n": n}))
+    with counting(sql_backend) as claim:
+        result = await env.kernel.dispatch(RunClaimPending(limit=10))
+    assert len(result.run_ids) == 10
+    print(f"\n{sql_backend.name}: claiming 10 runs: {claim.commits} tx / {claim.statements} stmts")
+    assert claim.commits == 1
+    assert claim.statements <= 30  # two writes per run (stages, run) plus a few shared

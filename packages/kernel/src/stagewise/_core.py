@@ -77,6 +77,16 @@ class Unit:
         self.scopes[run_id] = scope
         return scope
 
+    def adopt_pending(self, run: RunRecord) -> RunScope:
+        """A scope for a run `claim_pending` just locked in this transaction, without
+        reading it again: the row is locked and current, and a PENDING run has no stage
+        rows yet (nothing moves a run back to PENDING), so there is nothing else to load."""
+        if run.run_id in self.scopes:
+            return self.scopes[run.run_id]
+        scope = RunScope(self.core, self.tx, self.effects, run, [], self.command)
+        self.scopes[run.run_id] = scope
+        return scope
+
     async def require_run(self, run_id: str) -> RunScope:
         scope = await self.lock_run(run_id)
         if scope is None:

@@ -141,8 +141,8 @@ async def run_claim_pending(core: Core, cmd: RunClaimPending) -> RunClaimPending
         claimed = await unit.tx.runs.claim_pending(cmd.limit)
         run_ids = []
         for run in claimed:
-            scope = await unit.lock_run(run.run_id)
-            if scope is None or scope.run.status is not RunStatus.PENDING:
+            scope = unit.adopt_pending(run)
+            if scope.run.status is not RunStatus.PENDING:
                 continue
             scope.transition_run("claim", started_at=core.now)
             scope.emit(RunStarted)
