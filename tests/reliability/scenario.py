@@ -19,6 +19,8 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy import Table, select
+
 from stagewise import (
     Event,
     Kernel,
@@ -27,7 +29,6 @@ from stagewise import (
     Ready,
     RetryPolicy,
     RunCreate,
-    RunStatus,
     StageContext,
     StageResult,
     Suspend,
@@ -39,6 +40,7 @@ from stagewise import (
     define_stage,
 )
 from stagewise._ports import BlobStore, EventSink, JobTransport, Persistence
+from stagewise._records import Delivery, EventRecord, JobMessage, RunRecord, StageRecord
 from stagewise.testing import (
     FakeClock,
     FaultInjector,
@@ -48,6 +50,8 @@ from stagewise.testing import (
     RecordingScheduler,
     SequentialIds,
 )
+from stagewise_sql import SqlBackend, _rows
+from stagewise_sql import _schema as schema
 
 RETRY = RetryPolicy(max_attempts=4, initial_backoff=2.0, max_backoff=10.0)
 """Every stage may lose one attempt to a crash (reaping counts as an attempt) and still
@@ -144,20 +148,43 @@ class RecordingSink:
 
 @dataclass
 class World:
-    """The stores that outlive any process, and the clock."""
+    """The stores that outlive any process (in memory), and the clock."""
 
     external_transport: bool = False
     clock: FakeClock = field(default_factory=FakeClock)
-    persistence: InMemoryPersistence = field(default_factory=InMemoryPersistence)
-    blobs: InMemoryBlobStore = field(default_factory=InMemoryBlobStore)
     delivered: Delivered = field(default_factory=Delivered)
     generation: int = 0
 
     def __post_init__(self) -> None:
         OUTSIDE.clear()
-        self.queue = InMemoryJobQueue(
-            self.clock, None if self.external_transport else self.persistence
-        )
+        memory = InMemoryPersistence()
+        self.memory = memory
+        self.persistence: Persistence = memory
+        self.blobs: BlobStore = InMemoryBlobStore()
+        self.queue: Any = InMemoryJobQueue(self.clock, None if self.external_transport else memory)
+
+    async def close(self) -> None:
+        return None
+
+    # --- reading the stores (the SQL world reads its tables) ---------------------------
+
+    async def runs(self) -> list[RunRecord]:
+        return self.memory.snapshot_runs()
+
+    async def stages(self, run_id: str) -> list[StageRecord]:
+        return self.memory.snapshot_stages(run_id)
+
+    async def events(self) -> list[EventRecord]:
+        return self.memory.snapshot_events()
+
+    async def deliveries(self) -> list[Delivery]:
+        return self.memory.snapshot_deliveries()
+
+    async def jobs(self) -> list[JobMessage]:
+        jobs: list[JobMessage] = self.queue.jobs()
+        return jobs
+
+    # --- processes -----------------------------------------------------------------------
 
     def kernel(
         self, faults: FaultInjector | None = None
@@ -203,11 +230,11 @@ class World:
 
     async def settled(self) -> bool:
         """No run active, no event undelivered, no job queued."""
-        if len(self.queue):
+        if await self.jobs():
             return False
-        if any(d.status != "delivered" for d in self.persistence.snapshot_deliveries()):
+        if any(d.status != "delivered" for d in await self.deliveries()):
             return False
-        return all(r.status.is_terminal for r in self.persistence.snapshot_runs())
+        return all(r.status.is_terminal for r in await self.runs())
 
     # --- what must hold ----------------------------------------------------------------
 
@@ -215,12 +242,12 @@ class World:
         """Everything a user can observe of the finished runs, by idempotency key: status,
         output, each stage's status and output (ids and attempt counts aside)."""
         state: dict[str, Any] = {}
-        for run in self.persistence.snapshot_runs():
+        for run in await self.runs():
             output = run.output
             if run.output_ref is not None:
                 output = json.loads(await self.blobs.get(run.output_ref))
             stages = {}
-            for s in self.persistence.snapshot_stages(run.run_id):
+            for s in await self.stages(run.run_id):
                 value = s.output
                 if s.output_ref is not None:
                     value = json.loads(await self.blobs.get(s.output_ref))
@@ -231,14 +258,15 @@ class World:
             state[run.idempotency_key or run.run_id] = (run.status.value, output, stages)
         return state
 
-    def check_invariants(self) -> None:
+    async def check_invariants(self) -> None:
         """No stage completed twice; every event delivered at least once to the sink and to
         the plugin, with one id per (run, seq); nothing left behind."""
-        events = self.persistence.snapshot_events()
+        events = await self.events()
+        runs = await self.runs()
         by_run: dict[str, list[int]] = defaultdict(list)
         for e in events:
             by_run[e.run_id].append(e.seq)
-        for run in self.persistence.snapshot_runs():
+        for run in runs:
             assert by_run[run.run_id] == list(range(1, run.event_seq + 1)), "a gap in the events"
         completed = Counter(
             (e.run_id, e.payload["stage_id"]) for e in events if e.type == "stage.completed"
@@ -258,8 +286,51 @@ class World:
             assert ids == wanted, f"{who} missed {sorted(wanted - ids)} / got extra {ids - wanted}"
             for ev in got:  # a redelivery carries the same id as the first delivery
                 assert stored[ev.event_id] == (ev.run_id, ev.seq), f"{who}: {ev.event_id} changed"
-        assert len(self.queue) == 0, f"jobs left behind: {self.queue.jobs()}"
-        undelivered = [d for d in self.persistence.snapshot_deliveries() if d.status != "delivered"]
+        jobs = await self.jobs()
+        assert not jobs, f"jobs left behind: {jobs}"
+        undelivered = [d for d in await self.deliveries() if d.status != "delivered"]
         assert not undelivered, f"deliveries left behind: {undelivered}"
-        for run in self.persistence.snapshot_runs():
-            assert run.status is not RunStatus.PENDING and run.status.is_terminal, run
+        for run in runs:
+            assert run.status.is_terminal, run
+
+
+class SqlWorld(World):
+    """The same world on a SQL database (`SqlBackend`): the job queue is its jobs table,
+    in the same database (transactions enqueue and ack)."""
+
+    backend: SqlBackend
+
+    @classmethod
+    async def open(cls, url: str) -> SqlWorld:
+        world = cls()
+        world.backend = await SqlBackend.connect(url, clock=world.clock)
+        world.persistence = world.backend.persistence
+        world.queue = world.backend.job_transport
+        world.blobs = world.backend.blob_store
+        return world
+
+    async def close(self) -> None:
+        await self.backend.close()
+
+    async def _table(self, table: Table) -> list[Any]:
+        async with self.backend.engine.connect() as conn:
+            return list(await conn.execute(select(table)))
+
+    async def runs(self) -> list[RunRecord]:
+        async with self.persistence.transaction() as tx:
+            return await tx.runs.find(limit=10_000)
+
+    async def stages(self, run_id: str) -> list[StageRecord]:
+        async with self.persistence.transaction() as tx:
+            return await tx.stages.for_run(run_id)
+
+    async def events(self) -> list[EventRecord]:
+        rows = [_rows.event_from_row(r) for r in await self._table(schema.events)]
+        return sorted(rows, key=lambda e: (e.run_id, e.seq))
+
+    async def deliveries(self) -> list[Delivery]:
+        return [_rows.delivery_from_row(r) for r in await self._table(schema.deliveries)]
+
+    async def jobs(self) -> list[JobMessage]:
+        jobs: list[JobMessage] = await self.backend.job_transport.jobs()
+        return jobs
