@@ -96,8 +96,11 @@ not_a_string = st.one_of(
     st.lists(json_leaf, max_size=3),
     st.dictionaries(text, json_leaf, max_size=3),
 )
-bad_ident = st.one_of(not_a_string, st.just(""), huge_text)
-"""Never a valid identifier: not a string, empty, or over 200 characters."""
+bad_ident = st.one_of(
+    not_a_string, st.just(""), huge_text, text.map(lambda t: f"{t[:100]}\x00{t[100:]}")
+)
+"""Never a valid identifier: not a string, empty, over 200 characters, or holding a NUL
+(which PostgreSQL cannot store)."""
 words = st.text(alphabet="abcxyzé☃ -", min_size=1, max_size=20)
 """Text that no lax parser reads as a number or a date."""
 not_a_number = st.one_of(
@@ -112,7 +115,9 @@ not_a_date = st.one_of(
 )
 """(Numbers are dates to pydantic: seconds since the epoch.)"""
 bad_limit = st.one_of(st.integers(max_value=0), st.integers(min_value=10_001), not_a_number)
-unknown_id = st.one_of(text.filter(lambda s: 0 < len(s) <= 200), st.just("ünïcødé-☃-🚀"))
+unknown_id = st.one_of(
+    text.filter(lambda s: 0 < len(s) <= 200 and "\x00" not in s), st.just("ünïcødé-☃-🚀")
+)
 deep_json = st.integers(200, 3000).map(nested)
 
 
@@ -235,6 +240,8 @@ def _semantic(command: str) -> st.SearchStrategy[dict[str, Any]]:
             unknown_id.filter(lambda w: w != "checkout").map(lambda w: {**base, "workflow_id": w}),
             json_value.map(lambda v: {**base, "input": v}),  # never an Order
             deep_json.map(lambda v: {**base, "input": {"order_id": v, "amount": 1}}),
+            text.map(lambda t: {**base, "input": {"order_id": f"o\x00{t}", "amount": 1}}),
+            json_value.map(lambda v: {**base, "workflow_id": "free", "input": [v, "\x00"]}),
             st.integers(1_500, 20_000).map(
                 lambda n: {**base, "workflow_id": "free", "input": nested(n)}
             ),

@@ -16,7 +16,11 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapte
 from stagewise._records import JobMessage
 from stagewise._states import RunStatus
 
-Ident = Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=False)]
+Ident = Annotated[
+    str,
+    # No NUL character: PostgreSQL refuses it in text, so it is refused here on every backend.
+    StringConstraints(min_length=1, max_length=200, strip_whitespace=False, pattern=r"^[^\x00]*$"),
+]
 Limit = Annotated[int, Field(ge=1, le=10_000)]
 
 

@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 from stagewise._errors import ConflictError, NotFoundError
 from stagewise._ports import BlobStore
-from stagewise._records import Json, LogRecord
+from stagewise._records import Json, LogRecord, without_nul
 
 logger = logging.getLogger("stagewise.stage")
 
@@ -172,7 +172,7 @@ class StageContext:
                 stage_id=self.stage_id,
                 attempt=self.attempt,
                 level=level_name,
-                message=str(message),
+                message=without_nul(str(message)),
                 fields={k: _jsonable(v) for k, v in fields.items()},
                 at=self._now(),
             )
@@ -180,14 +180,17 @@ class StageContext:
 
     def progress(self, percent: float, message: str | None = None) -> None:
         """Report progress (0-100). Only the latest report is kept until the next write."""
-        self._buffer.progress = (max(0.0, min(100.0, float(percent))), message)
+        text = None if message is None else without_nul(str(message))
+        self._buffer.progress = (max(0.0, min(100.0, float(percent))), text)
 
 
 def _jsonable(value: Any) -> Json:
-    if value is None or isinstance(value, str | int | float | bool):
+    if isinstance(value, str):
+        return without_nul(value)
+    if value is None or isinstance(value, int | float | bool):
         return value
     if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {without_nul(str(k)): _jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_jsonable(v) for v in value]
     if isinstance(value, BaseModel):

@@ -7,6 +7,7 @@ import contextvars
 import functools
 import inspect
 import json
+import re
 import traceback
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -18,11 +19,21 @@ from pydantic import BaseModel, ValidationError
 from stagewise._context import CancellationToken, RunCancelledError
 from stagewise._errors import InvalidInputError, StageOutputError, StageTimeoutError
 from stagewise._ports import Clock
-from stagewise._records import ErrorInfo, Json
+from stagewise._records import ErrorInfo, Json, without_nul
 from stagewise._stages import Stage, StageResult
 from stagewise._workflow import _summary
 
 _TRACEBACK_LIMIT = 8000
+_ESCAPED_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
+"""A NUL character in `json.dumps` output (escaped as `\\u0000`; not an escaped backslash
+followed by the text "u0000")."""
+
+
+def has_nul(encoded: bytes) -> bool:
+    """Whether JSON from `json.dumps` holds a NUL character, which PostgreSQL refuses in
+    text and JSON: stored data must not hold one on any backend, so that a stage that
+    produces one fails the same way everywhere, at once and with the reason."""
+    return _ESCAPED_NUL.search(encoded) is not None
 
 
 async def call_user_code(
@@ -128,11 +139,14 @@ def validate_value(stage: Stage, value: Any) -> Json:
 def ensure_json(value: Any, what: str) -> int:
     """Check that `value` is JSON-compatible; returns its encoded size in bytes."""
     try:
-        return len(json.dumps(value, separators=(",", ":"), allow_nan=False).encode())
+        encoded = json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
     except (TypeError, ValueError) as exc:
         raise StageOutputError(f"{what} is not JSON-compatible: {exc}") from None
     except RecursionError:
         raise StageOutputError(f"{what} is nested too deeply") from None
+    if has_nul(encoded):
+        raise StageOutputError(f"{what} contains a NUL character (\\u0000), which cannot be stored")
+    return len(encoded)
 
 
 def _artifact_bytes(stage: Stage, name: Any, value: Any) -> bytes:
@@ -148,9 +162,9 @@ def error_info(exc: BaseException, *, retryable: bool) -> ErrorInfo:
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     return ErrorInfo(
         type=type(exc).__qualname__,
-        message=str(exc) or type(exc).__qualname__,
+        message=without_nul(str(exc) or type(exc).__qualname__),
         retryable=retryable,
-        traceback=tb[-_TRACEBACK_LIMIT:],
+        traceback=without_nul(tb[-_TRACEBACK_LIMIT:]),
     )
 
 

@@ -49,6 +49,7 @@ from stagewise._execution import (
     call_user_code,
     ensure_json,
     error_info,
+    has_nul,
     is_retryable,
     normalize_output,
 )
@@ -306,13 +307,19 @@ async def store_blobs(core: Core, job: JobMessage, outcome: _Outcome) -> _Outcom
     """
     if not isinstance(outcome, Output):
         return outcome
+    encoded = json.dumps(outcome.value, separators=(",", ":")).encode()
+    if has_nul(encoded):  # PostgreSQL would refuse the finish transaction: fail it clearly
+        return StageOutputError(
+            f"stage {job.stage_id!r} returned output containing a NUL character (\\u0000), "
+            "which cannot be stored"
+        )
     prefix = f"runs/{job.run_id}/stages/{job.stage_id}/{job.job_id}"
     refs = {}
     for name, data in outcome.artifacts.items():
         refs[name] = f"{prefix}/artifacts/{name}"
         await core.blob_store.put(refs[name], data)
     ref = None
-    data = json.dumps(outcome.value, separators=(",", ":")).encode()
+    data = encoded
     if len(data) > core.settings.inline_output_bytes:
         ref = f"{prefix}/output.json"
         await core.blob_store.put(ref, data)

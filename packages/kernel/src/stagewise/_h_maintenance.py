@@ -135,6 +135,8 @@ async def _check(core: Core, claim: _PollClaim) -> None:
         if isinstance(answer, Ready):
             output = normalize_output(stage_def, answer.output)
             stored = await store_blobs(core, _poll_job(claim), output)
+            if isinstance(stored, BaseException):
+                raise stored
             assert isinstance(stored, Output)
             claim.outcome = stored
         elif isinstance(answer, NotReady):

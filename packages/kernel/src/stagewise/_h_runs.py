@@ -23,12 +23,14 @@ from stagewise._errors import (
     ConflictError,
     IdempotencyInProgressError,
     IdempotencyKeyReusedError,
+    InvalidConfigError,
     InvalidRunInputError,
     PayloadTooLargeError,
     RunNotFoundError,
     WorkflowNotFoundError,
 )
 from stagewise._events import RunCancelled, RunCreated, RunStarted
+from stagewise._execution import has_nul
 from stagewise._flow import advance, cancel_open_stages, fail_run, start_group
 from stagewise._ports import Transaction
 from stagewise._records import ErrorInfo, IdempotencyRecord, Json, RunRecord, StageRecord
@@ -44,6 +46,8 @@ async def run_create(core: Core, cmd: RunCreate) -> RunCreateResult:
     data = workflow.validate_input(cmd.input)
     config = workflow.resolve_config(cmd.config)
     size = _json_size(data, cmd.workflow_id)
+    if has_nul(json.dumps(config).encode()):
+        raise InvalidConfigError(cmd.workflow_id, "it contains a NUL character (\\u0000)")
     if size > core.settings.max_payload_bytes:
         raise PayloadTooLargeError("run input", size, core.settings.max_payload_bytes)
 
@@ -124,11 +128,16 @@ async def _replay(
 
 def _json_size(data: Json, workflow_id: str) -> int:
     try:
-        return len(json.dumps(data, separators=(",", ":"), allow_nan=False).encode())
+        encoded = json.dumps(data, separators=(",", ":"), allow_nan=False).encode()
     except (TypeError, ValueError) as exc:
         raise InvalidRunInputError(workflow_id, f"not JSON-compatible: {exc}", []) from None
     except RecursionError:
         raise InvalidRunInputError(workflow_id, "nested too deeply", []) from None
+    if has_nul(encoded):  # PostgreSQL refuses it: refused here on every backend alike
+        raise InvalidRunInputError(
+            workflow_id, "it contains a NUL character (\\u0000), which cannot be stored", []
+        )
+    return len(encoded)
 
 
 def _fingerprint(workflow_id: str, data: Json, config: Json, priority: int) -> str:

@@ -19,6 +19,12 @@ Json = Any
 """A JSON-compatible value (what `json.loads` returns)."""
 
 
+def without_nul(text: str) -> str:
+    """Diagnostic text (error messages, log lines) with NUL characters made visible as
+    U+FFFD: PostgreSQL refuses NUL in text, and recording a diagnosis must never fail."""
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text
+
+
 @dataclass(frozen=True, slots=True)
 class ErrorInfo:
     """A failure, as stored and reported: never an exception object."""
