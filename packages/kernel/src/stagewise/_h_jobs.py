@@ -453,6 +453,7 @@ def fail_or_retry(
     exc: BaseException,
     *,
     trigger: Literal["retry", "expire"] = "retry",
+    at_once: bool = False,
 ) -> JobExecuteResult:
     """Record a failed attempt: retry it per the stage's policy, or fail the stage (the run
     fails with it, in this same transaction)."""
@@ -462,7 +463,7 @@ def fail_or_retry(
     error = error_info(exc, retryable=retryable)
     run_id = scope.run.run_id
     if retryable and attempt < stage_def.retry.max_attempts:
-        delay = stage_def.retry.backoff(attempt, f"{scope.run.run_id}/{sid}/{attempt}")
+        delay = 0.0 if at_once else stage_def.retry.backoff(attempt, f"{run_id}/{sid}/{attempt}")
         at = now + timedelta(seconds=delay)
         scope.transition_stage(
             sid,

@@ -226,8 +226,17 @@ async def lease_reap_stale(core: Core, cmd: LeaseReapStale) -> LeaseReapResult:
                     f"worker {stage.worker_id!r} stopped heartbeating attempt {stage.attempt} "
                     f"of stage {stage.stage_id!r}"
                 )
+                # A worker taking back its own attempts after a restart: they stopped because
+                # the process died, not because the stage failed, so the retry (which still
+                # counts as an attempt) is due at once rather than after the backoff.
+                own = cmd.worker_id is not None and stage.worker_id == cmd.worker_id
                 outcome = fail_or_retry(
-                    scope, workflow.stage(stage.stage_id), stage.attempt, error, trigger="expire"
+                    scope,
+                    workflow.stage(stage.stage_id),
+                    stage.attempt,
+                    error,
+                    trigger="expire",
+                    at_once=own,
                 )
                 if outcome.outcome == "retry":
                     retried += 1
