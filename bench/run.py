@@ -11,16 +11,17 @@ Each benchmark gets a fresh database (a temporary SQLite file; on PostgreSQL a d
 created for it and dropped afterwards).
 
 Workloads (counts in --quick mode in brackets):
-  W1  2,000 [200] runs of a 3-stage workflow (each stage returns input + 1), created all at
+  W1  2,000 [100] runs of a 3-stage workflow (each stage returns input + 1), created all at
       once; wall seconds from the first create to the last completion, runs/s, stages/s.
       Variants: one worker with the default 10 slots, one with 16, two workers with 16.
   W2  200 [20] runs of the same workflow one after another, each awaited before the next;
       p50/p95/p99 of `run.create` -> COMPLETED (the kernel's created_at / finished_at).
   W3  one run with a 200-way [50-way] parallel group and a stage that sums it; wall seconds.
-  W4  200 [40] runs whose second stage sleeps 0.2 s; the worker is SIGKILLed when half the
-      runs completed and a fresh one started, with the same worker id (reclaims that id's
-      leases at once) or a new one (takes over when the leases expire). Runs completed,
-      stage bodies executed more than once, seconds from the restart until all complete.
+  W4  200 [40] runs whose second stage sleeps 0.2 s; the worker is SIGKILLed when half of
+      those sleeping stages have run, and a fresh one is started with the same worker id
+      (reclaims that id's leases at once) or a new one (takes over when the leases expire).
+      Runs completed, stage bodies executed more than once, seconds from the restart until
+      all complete.
 
 Each worker counts its commits and statements (SQLAlchemy engine events); W1 reports them
 per stage executed (dequeues, claims, outbox flushes and heartbeats included).
@@ -77,7 +78,7 @@ class Sizes:
 
 
 FULL = Sizes(w1_runs=2000, w2_runs=200, w3_fanout=200, w4_runs=200, w4_lease=5.0)
-QUICK = Sizes(w1_runs=200, w2_runs=20, w3_fanout=50, w4_runs=80, w4_lease=2.0)
+QUICK = Sizes(w1_runs=100, w2_runs=20, w3_fanout=50, w4_runs=40, w4_lease=2.0)
 
 
 # --- databases ---------------------------------------------------------------------------
@@ -131,6 +132,14 @@ class Worker:
     counts_file: Path
     log_file: Path
     started_at: float  # time.time() when it was launched
+    ready_file: Path
+
+    def ready_at(self) -> float | None:
+        """time.time() when its host had started (reclaimed its leases, loops running)."""
+        try:
+            return self.ready_file.stat().st_mtime
+        except OSError:
+            return None
 
     def counts(self) -> dict[str, Any]:
         try:
@@ -200,7 +209,7 @@ class Bench:
             "--log-level=warning",
         ]
         proc = _spawn(args, env, log)
-        worker = Worker(proc, worker_id, counts, log, started)
+        worker = Worker(proc, worker_id, counts, log, started, ready)
         self.workers.append(worker)
         if wait:
             deadline = time.monotonic() + 60
@@ -440,12 +449,15 @@ async def w4(db: str, sizes: Sizes, poll: float, variant: str) -> dict[str, Any]
         lease = sizes.w4_lease
         await b.create_many(workflow_id, runs)  # all waiting before the worker starts
         first = await b.start_worker("w4-a", concurrency=16, lease=lease, exec_log=log)
-        while (await b.status_counts(workflow_id))["COMPLETED"] < runs // 2:  # noqa: ASYNC110
+        # Mid-way: half of the slow stage's bodies have run (whatever order the worker
+        # takes the stages in, half the work is left).
+        while _slow_done(log) < runs // 2:  # noqa: ASYNC110
             await asyncio.sleep(0.005)
         first.proc.kill()
         await asyncio.to_thread(first.proc.wait, 30)
         killed_at = time.time()
         before = _executions(log)
+        slow_at_kill = _slow_done(log)
         done_at_kill = (await b.status_counts(workflow_id))["COMPLETED"]
         restart_id = "w4-a" if variant == "same-id" else "w4-b"
         second = await b.start_worker(
@@ -453,6 +465,7 @@ async def w4(db: str, sizes: Sizes, poll: float, variant: str) -> dict[str, Any]
         )
         counts = await b.wait_all_done(workflow_id, runs, within=600, every=0.01)
         _, last = await b.span(workflow_id)
+        ready_at = second.ready_at() or second.started_at
         await b.stop_workers()
     after = _executions(log)
     again = sum(1 for n in after.values() if n > 1)
@@ -465,14 +478,21 @@ async def w4(db: str, sizes: Sizes, poll: float, variant: str) -> dict[str, Any]
             "runs": runs,
             "lease_s": lease,
             "completed_at_kill": done_at_kill,
+            "slow_done_at_kill": slow_at_kill,
             "completed": counts["COMPLETED"],
             "failed": counts["FAILED"],
             "stages_executed_more_than_once": again,
             "finished_bodies_executed_again": finished_before,
             "recovery_s": round(last.timestamp() - second.started_at, 3),
+            "startup_s": round(ready_at - second.started_at, 3),
             "kill_to_restart_s": round(second.started_at - killed_at, 3),
         }
     )
+
+
+def _slow_done(log: Path) -> int:
+    """How many bodies of the slow stage `b` ran to their end."""
+    return sum(1 for (_, stage_id) in _executions(log) if stage_id == "b")
 
 
 def _executions(log: Path) -> Counter[tuple[str, str]]:

@@ -1,0 +1,36 @@
+"""The benchmark runner works: `bench/run.py --quick` on SQLite prints one JSON result per
+workload and variant, and every run it started completed. No figure is checked (benchmarks
+report times; tests never assert them)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_the_quick_benchmark_runs_every_workload_to_completion_on_sqlite() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "run.py"), "--db", "sqlite", "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+    seen = {(r["workload"], r["variant"]) for r in results}
+    assert {w for w, _ in seen} == {"W1", "W2", "W3", "W4"}, seen
+    assert len(seen) == 7  # W1 x 3, W2, W3, W4 x 2
+    for r in results:
+        assert r["db"] == "sqlite"
+        assert r["completed"] == r["runs"], r
+        assert r["failed"] == 0, r
+    assert (ROOT / "bench" / "results" / "latest.md").is_file()
