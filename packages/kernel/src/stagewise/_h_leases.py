@@ -5,10 +5,11 @@ from __future__ import annotations
 import contextlib
 from datetime import timedelta
 
+from stagewise._attempt import flush_buffer
 from stagewise._commands import HeartbeatResult, JobHeartbeat, JobRelease, JobReleaseResult
 from stagewise._core import Core
 from stagewise._errors import LeaseLost, StagewiseError
-from stagewise._h_jobs import flush_buffer, holds_lease
+from stagewise._h_jobs import holds_lease
 from stagewise._states import RunStatus, StageStatus
 
 

@@ -13,6 +13,7 @@ from collections import defaultdict
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
+from stagewise._attempt import build_context, flush_buffer, store_blobs
 from stagewise._commands import (
     LeaseReapResult,
     LeaseReapStale,
@@ -33,13 +34,7 @@ from stagewise._errors import (
 from stagewise._events import EVENT_ADAPTER, EventError, StageFailed
 from stagewise._execution import Output, call_user_code, error_info, normalize_output
 from stagewise._flow import fail_run
-from stagewise._h_jobs import (
-    build_context,
-    complete_stage,
-    fail_or_retry,
-    flush_buffer,
-    store_blobs,
-)
+from stagewise._h_jobs import complete_stage, fail_or_retry
 from stagewise._plugins import SINK_CONSUMER
 from stagewise._records import ClaimedDelivery, Delivery, JobMessage, RunRecord, StageRecord
 from stagewise._stages import NotReady, Ready, to_seconds
