@@ -134,3 +134,32 @@ async def test_a_heartbeat_extends_the_lease_and_writes_progress() -> None:
         "stage.completed",
         "run.completed",
     ]
+
+
+async def test_cancelling_a_worker_while_it_builds_the_context_is_not_a_failed_attempt(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A task cancelled (a drain, a shutdown) before user code starts propagates the
+    cancellation: no failed attempt is recorded; the lease is left to be released or reaped."""
+    import stagewise._h_jobs as jobs
+
+    building = asyncio.Event()
+
+    async def blocked_build(*args: object, **kwargs: object) -> None:
+        building.set()
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(jobs, "build_context", blocked_build)
+    env = TestEnvironment([stalling_workflow([1])])
+    run_id = await env.create_run("stall")
+    await env.kernel.dispatch(RunClaimPending())
+    (job,) = await env.queue.dequeue(worker_id="w1", limit=1, lease_for=30)
+    task = asyncio.ensure_future(env.kernel.dispatch(JobExecute(job=job, worker_id="w1")))
+    await asyncio.wait_for(building.wait(), 5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    stage = (await env.stages(run_id))["s"]
+    assert stage.status is StageStatus.RUNNING  # still held: released or reaped later
+    assert stage.error is None
+    assert "stage.retrying" not in env.sink.types(run_id)

@@ -220,7 +220,7 @@ async def _run(
     """Build the context and run `execute`; every failure becomes the outcome."""
     try:
         ctx = await build_context(core, workflow, stage_def, started.run, started.stages, attempt)
-    except BaseException as exc:
+    except Exception as exc:  # bad input is an outcome; cancellation propagates
         return exc
     try:
         returned = await call_user_code(
