@@ -163,3 +163,14 @@ async def test_cancelling_a_worker_while_it_builds_the_context_is_not_a_failed_a
     assert stage.status is StageStatus.RUNNING  # still held: released or reaped later
     assert stage.error is None
     assert "stage.retrying" not in env.sink.types(run_id)
+
+
+async def test_a_fake_clock_sleep_counts_from_the_call_not_from_the_first_await() -> None:
+    from stagewise.testing import FakeClock
+
+    clock = FakeClock()
+    start = clock.now()
+    sleeper = asyncio.ensure_future(clock.sleep(60))  # not yet running
+    clock.advance(60)  # the clock moves before the sleeper first runs
+    await asyncio.wait_for(sleeper, 1)
+    assert clock.now() - start == timedelta(seconds=60)

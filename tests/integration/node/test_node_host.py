@@ -11,6 +11,7 @@ import asyncio
 import threading
 from collections import Counter
 from dataclasses import replace
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -202,15 +203,29 @@ async def test_a_suspended_stage_is_polled_when_due() -> None:
     await host.start()
     try:
         run_id = await world.create(host.kernel, "batch")
-        await eventually(lambda: host.stats().jobs_succeeded == 1)  # suspended
+        await eventually(lambda: due_in(world, run_id, 60))  # suspended, first check in 60 s
         world.clock.advance(60)
-        await eventually(lambda: checks == 1)
+        # The first check said NotReady(120): wait until that is recorded, not merely asked,
+        # before moving the clock (else the reschedule counts from the later time).
+        await eventually(lambda: due_in(world, run_id, 120))
+        assert checks == 1
         world.clock.advance(120)
         await eventually(lambda: world.finished(run_id))
         assert (await world.run(run_id)).output == 7
         assert checks == 2
     finally:
         await stop_all(host)
+
+
+async def due_in(world: World, run_id: str, seconds: float) -> bool:
+    """The suspended stage of the run is next due `seconds` from now (its poll is recorded)."""
+    stage = (await world.stages(run_id)).get("x")
+    return (
+        stage is not None
+        and stage.status is StageStatus.SUSPENDED
+        and not (stage.job_id or "").startswith("poll:")  # no poller holds it
+        and stage.due_at == world.clock.now() + timedelta(seconds=seconds)
+    )
 
 
 async def test_a_run_cancelled_elsewhere_cancels_its_stage_at_the_next_heartbeat() -> None:

@@ -25,7 +25,7 @@ them on every adapter):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import TYPE_CHECKING, Literal, Protocol
@@ -293,7 +293,10 @@ class Clock(Protocol):
         """The current time, timezone-aware."""
         ...
 
-    async def sleep(self, seconds: float) -> None: ...
+    def sleep(self, seconds: float) -> Awaitable[None]:
+        """Wait `seconds` from the moment of the call (not from when the awaitable is
+        first awaited). An `async def sleep` satisfies this."""
+        ...
 
 
 class IdGenerator(Protocol):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
 
 DEFAULT_START = datetime(2026, 1, 1, tzinfo=UTC)
@@ -27,15 +28,16 @@ class FakeClock:
     def now(self) -> datetime:
         return self._now
 
-    async def sleep(self, seconds: float) -> None:
+    def sleep(self, seconds: float) -> Awaitable[None]:
+        """Wait until the clock passes `seconds` after now — the time of this call, so a
+        clock advanced before the awaitable first runs cannot stretch the wait."""
         if seconds <= 0:
-            await asyncio.sleep(0)
-            return
+            return asyncio.sleep(0)
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(
             self._sleepers, (self._now + timedelta(seconds=seconds), next(self._counter), future)
         )
-        await future
+        return future
 
     def advance(self, delta: float | timedelta) -> datetime:
         """Move time forward and wake every sleeper whose deadline has come."""
