@@ -32,6 +32,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from _pg import pg_admin
 from pydantic import BaseModel
 
 from stagewise import (
@@ -164,25 +165,6 @@ async def two_processes(url: str, runs: int) -> list[float]:
             worker.wait(30)
             await kernel.aclose()
             await backend.close()
-
-
-async def pg_admin(server: str, sql: str) -> None:
-    import asyncpg  # type: ignore[import-untyped]
-    from sqlalchemy import make_url
-
-    u = make_url(server)
-    conn = await asyncpg.connect(
-        host=u.host,
-        port=u.port or 5432,
-        user=u.username,
-        password=u.password,
-        database=u.database or "postgres",
-        timeout=5,
-    )
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
 
 
 def report(name: str, figures: list[float]) -> None:

@@ -54,6 +54,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from _pg import pg_admin
 from sqlalchemy import func, select
 
 from stagewise import RunCreate, WorkflowRegistry
@@ -84,25 +85,6 @@ QUICK = Sizes(w1_runs=100, w2_runs=20, w3_fanout=50, w4_runs=40, w4_lease=2.0)
 # --- databases ---------------------------------------------------------------------------
 
 
-async def _pg_admin(server: str, sql: str) -> None:
-    import asyncpg  # type: ignore[import-untyped]
-    from sqlalchemy import make_url
-
-    u = make_url(server)
-    conn = await asyncpg.connect(
-        host=u.host,
-        port=u.port or 5432,
-        user=u.username,
-        password=u.password,
-        database=u.database or "postgres",
-        timeout=5,
-    )
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
 @contextlib.asynccontextmanager
 async def fresh_database(kind: str) -> AsyncIterator[str]:
     """A URL of an empty database of `kind`, removed afterwards."""
@@ -114,12 +96,12 @@ async def fresh_database(kind: str) -> AsyncIterator[str]:
 
     server = os.environ.get("STAGEWISE_BENCH_DATABASE_URL", PG_DEFAULT)
     name = f"stagewise_bench_{uuid.uuid4().hex[:10]}"
-    await _pg_admin(server, f'CREATE DATABASE "{name}"')
+    await pg_admin(server, f'CREATE DATABASE "{name}"')
     try:
         url = make_url(server).set(drivername="postgresql+asyncpg", database=name)
         yield url.render_as_string(hide_password=False)
     finally:
-        await _pg_admin(server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await pg_admin(server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 # --- worker processes --------------------------------------------------------------------
