@@ -452,12 +452,17 @@ class _NotifyingQueue:
         return getattr(self._queue, name)
 
     async def wait_for_jobs(self, timeout: float) -> bool:  # noqa: ASYNC109 (as the SQL one)
-        try:
-            await asyncio.wait_for(self.notified.wait(), timeout)
-        except TimeoutError:
-            return False
-        self.notified.clear()
-        return True
+        return await _rung(self.notified, timeout)
+
+
+async def _rung(event: asyncio.Event, timeout: float) -> bool:  # noqa: ASYNC109
+    """Wait up to `timeout` for `event` (a simulated NOTIFY); consume it if it came."""
+    try:
+        await asyncio.wait_for(event.wait(), timeout)
+    except TimeoutError:
+        return False
+    event.clear()
+    return True
 
 
 async def test_a_notification_wakes_an_idle_worker() -> None:
@@ -489,12 +494,7 @@ class _RunNotifyingQueue(_NotifyingQueue):
         self.run_created = asyncio.Event()
 
     async def wait_for_runs(self, timeout: float) -> bool:  # noqa: ASYNC109 (as the SQL one)
-        try:
-            await asyncio.wait_for(self.run_created.wait(), timeout)
-        except TimeoutError:
-            return False
-        self.run_created.clear()
-        return True
+        return await _rung(self.run_created, timeout)
 
 
 async def test_a_run_notification_makes_an_idle_worker_claim_at_once() -> None:

@@ -26,9 +26,7 @@ from stagewise._events import Event
 from stagewise._ports import Transaction, WakeCommand
 from stagewise._records import EventRecord, JobMessage, RunRecord, StageRecord
 from stagewise._states import (
-    RunStatus,
     RunTrigger,
-    StageStatus,
     StageTrigger,
     next_run_status,
     next_stage_status,
@@ -182,11 +180,3 @@ class RunScope:
         self._dirty.clear()
         self._deleted.clear()
         self._run_dirty = False
-
-
-def is_terminal_run(run: RunRecord) -> bool:
-    return run.status in (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED)
-
-
-def open_stages(scope: RunScope) -> list[StageRecord]:
-    return [s for s in scope.stages.values() if not StageStatus(s.status).is_terminal]

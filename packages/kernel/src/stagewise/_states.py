@@ -137,8 +137,3 @@ def next_stage_status(
         return STAGE_TRANSITIONS[(current, trigger)]
     except KeyError:
         raise InvalidTransitionError("stage", stage_key, current.value, command) from None
-
-
-def stage_can(current: StageStatus, trigger: StageTrigger) -> bool:
-    """Whether the table allows `trigger` from `current` (for handlers choosing a path)."""
-    return (current, trigger) in STAGE_TRANSITIONS
