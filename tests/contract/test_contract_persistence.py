@@ -176,6 +176,28 @@ async def test_lock_reads_the_run_and_reports_a_missing_one_as_none(backend: Ada
         assert await tx.runs.lock("nope", skip_locked=True) is None
 
 
+async def test_lock_many_returns_the_runs_that_exist_in_id_order(backend: Adapters) -> None:
+    await insert_runs(backend, run("r2"), run("r1"), run("r3"))
+
+    async with backend.persistence.transaction() as tx:
+        got = await tx.runs.lock_many(["r3", "nope", "r1", "r3"])
+        assert await tx.runs.lock_many([]) == []
+
+    assert got == [run("r1"), run("r3")]
+
+
+async def test_save_many_writes_every_field_of_each_run(backend: Adapters) -> None:
+    await insert_runs(backend, run("r1"), run("r2"))
+    done = replace(run("r1"), status=RunStatus.COMPLETED, output={"n": 1}, event_seq=3)
+    moved = replace(run("r2"), status=RunStatus.RUNNING, current_group=2, started_at=at(1))
+
+    async with backend.persistence.transaction() as tx:
+        await tx.runs.save_many([done, moved])
+        await tx.runs.save_many([])
+    async with backend.persistence.transaction() as tx:
+        assert await tx.runs.lock_many(["r1", "r2"]) == [done, moved]
+
+
 async def test_claim_pending_takes_highest_priority_then_oldest(backend: Adapters) -> None:
     await insert_runs(
         backend,
@@ -255,6 +277,25 @@ async def test_stages_come_back_in_group_then_byte_wise_id_order(backend: Adapte
         assert await tx.stages.for_run("nope") == []
 
     assert got == ["z-first", *sorted(ids)]
+
+
+async def test_for_runs_reads_the_stages_of_several_runs_in_run_then_group_order(
+    backend: Adapters,
+) -> None:
+    await insert_stages(
+        backend,
+        stage("r2", "b", group=1),
+        stage("r2", "a", group=1),
+        stage("r2", "z", group=0),
+        stage("r1", "x"),
+        stage("r3", "other"),
+    )
+
+    async with backend.persistence.transaction() as tx:
+        got = [(s.run_id, s.stage_id) for s in await tx.stages.for_runs(["r2", "r1", "nope"])]
+        assert await tx.stages.for_runs([]) == []
+
+    assert got == [("r1", "x"), ("r2", "z"), ("r2", "a"), ("r2", "b")]
 
 
 async def test_a_stage_comes_back_field_for_field_and_save_many_rewrites_it(

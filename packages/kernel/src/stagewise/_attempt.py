@@ -9,13 +9,13 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from stagewise._context import AttemptBuffer, RunStorage, StageContext
+from stagewise._context import RunStorage, StageContext
 from stagewise._core import Core, Inflight, Unit
 from stagewise._errors import InvalidInputError, StageOutputError
 from stagewise._events import StageProgress
 from stagewise._execution import Output, has_nul
 from stagewise._flow import group_output, load_outputs
-from stagewise._records import JobMessage, Json, RunRecord, StageRecord
+from stagewise._records import JobMessage, Json, LogRecord, RunRecord, StageRecord
 from stagewise._scope import RunScope
 from stagewise._stages import Stage
 from stagewise._workflow import Workflow, _summary
@@ -93,9 +93,14 @@ async def store_blobs(core: Core, job: JobMessage, outcome: Output) -> Output | 
     return replace(outcome, ref=ref, artifact_refs=refs)
 
 
-async def flush_buffer(unit: Unit, scope: RunScope, job: JobMessage, buffer: AttemptBuffer) -> None:
-    """Write the logs and latest progress an attempt reported since the last write."""
-    logs, progress = buffer.drain()
+Reports = tuple[list[LogRecord], tuple[float, str | None] | None]
+"""What `AttemptBuffer.drain()` hands over: logs, and the latest progress if any."""
+
+
+async def flush_buffer(unit: Unit, scope: RunScope, job: JobMessage, reports: Reports) -> None:
+    """Write the logs and latest progress an attempt reported (drained from its buffer
+    before the transaction, so that a step tried twice writes them once)."""
+    logs, progress = reports
     if logs:
         await unit.tx.logs.append(logs)
     if progress is not None:

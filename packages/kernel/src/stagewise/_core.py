@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -11,6 +11,7 @@ from datetime import datetime
 
 from stagewise._context import AttemptBuffer, CancellationToken
 from stagewise._errors import RunNotFoundError, WorkflowNotFoundError
+from stagewise._group import GroupCommit
 from stagewise._plugins import SINK_CONSUMER, PluginRunner
 from stagewise._ports import (
     BlobStore,
@@ -24,7 +25,7 @@ from stagewise._ports import (
     WorkflowSource,
 )
 from stagewise._records import Delivery, RunRecord, StageRecord
-from stagewise._scope import Effects, RunScope
+from stagewise._scope import Effects, RunScope, flush_scopes
 from stagewise._settings import KernelSettings
 from stagewise._workflow import Workflow
 
@@ -66,16 +67,37 @@ class Unit:
     async def lock_run(self, run_id: str, *, skip_locked: bool = False) -> RunScope | None:
         """Lock the run and load its stages; None if it does not exist (or is locked and
         `skip_locked`). Locks are taken in the order asked: callers that lock several runs
-        sort their ids first, so two transactions never wait on each other in a cycle."""
+        one by one sort their ids first, so two transactions never wait on each other in a
+        cycle."""
         if run_id in self.scopes:
             return self.scopes[run_id]
-        run = await self.tx.runs.lock(run_id, skip_locked=skip_locked)
+        if not skip_locked:
+            await self.lock_runs([run_id])
+            return self.scopes.get(run_id)
+        run = await self.tx.runs.lock(run_id, skip_locked=True)
         if run is None:
             return None
         stages = await self.tx.stages.for_run(run_id)
         scope = RunScope(self.core, self.tx, self.effects, run, stages, self.command)
         self.scopes[run_id] = scope
         return scope
+
+    async def lock_runs(self, run_ids: Sequence[str]) -> None:
+        """Lock the runs (in id order) and load their stages: two statements for the whole
+        set. A run that does not exist gets no scope. Call it before locking anything else
+        in the unit, so that the id order holds across everything the unit locks."""
+        wanted = [r for r in run_ids if r not in self.scopes]
+        if not wanted:
+            return
+        runs = await self.tx.runs.lock_many(wanted)
+        stages: dict[str, list[StageRecord]] = {r.run_id: [] for r in runs}
+        if runs:
+            for stage in await self.tx.stages.for_runs(list(stages)):
+                stages[stage.run_id].append(stage)
+        for run in runs:
+            self.scopes[run.run_id] = RunScope(
+                self.core, self.tx, self.effects, run, stages[run.run_id], self.command
+            )
 
     def adopt_pending(self, run: RunRecord) -> RunScope:
         """A scope for a run `claim_pending` just locked in this transaction, without
@@ -95,8 +117,7 @@ class Unit:
 
     async def write(self) -> None:
         """Write everything inside the transaction (rows, outbox, joined transport ops)."""
-        for scope in self.scopes.values():
-            await scope.flush()
+        await flush_scopes(self.tx, self.scopes.values())
         effects = self.effects
         if effects.events:
             runner = self.core.plugins
@@ -147,6 +168,7 @@ class Core:
         self.inflight: dict[str, Inflight] = {}
         self.handoffs: dict[str, Handoff] = {}
         """Stages started by eager dispatch, by job id, until their `job.execute` comes."""
+        self.group = GroupCommit(self)
         self._executor: ThreadPoolExecutor | None = None
         self._unknown_workflows: set[str] = set()
 

@@ -50,6 +50,7 @@ from stagewise._execution import (
     normalize_output,
 )
 from stagewise._flow import advance, fail_run
+from stagewise._group import Step
 from stagewise._records import JobMessage, Json, RunRecord, StageRecord
 from stagewise._scope import RunScope
 from stagewise._stages import Stage, Suspend, to_seconds
@@ -96,16 +97,23 @@ async def job_execute(core: Core, cmd: JobExecute) -> JobExecuteResult:
     stage_def = workflow.stage(job.stage_id)
 
     handoff = core.handoffs.pop(job.job_id, None)
-    started: _Started | JobExecuteResult
+    started: _Started
     if handoff is not None and handoff.worker_id == cmd.worker_id:
         # Eager dispatch: the transaction that finished the previous stage started this one
         # for this worker (see `_hand_off`); the fence is in place, nothing to read again.
         stages = handoff.stages
         started = _Started(run=handoff.run, stage=stages[job.stage_id], stages=stages)
     else:
-        started = await _start(core, cmd)
-        if isinstance(started, JobExecuteResult):
-            return started
+        answer = await core.group.run(cmd.type, job.run_id, _starter(cmd))
+        if isinstance(answer, LeaseLost):
+            raise answer
+        if isinstance(answer, _Early):
+            await core.job_transport.retry_at(job.job_id, answer.due_at)
+            retry_after = (answer.due_at - core.now).total_seconds()
+            return _result(job, "retry", retry_after=retry_after, deferred=True)
+        if isinstance(answer, JobExecuteResult):
+            return answer
+        started = answer
 
     attempt = Inflight(run_id=job.run_id, stage_id=job.stage_id, attempt=job.attempt)
     core.inflight[job.job_id] = attempt
@@ -119,25 +127,30 @@ async def job_execute(core: Core, cmd: JobExecute) -> JobExecuteResult:
         core.inflight.pop(job.job_id, None)
 
 
-async def _start(core: Core, cmd: JobExecute) -> _Started | JobExecuteResult:
+@dataclass(frozen=True, slots=True)
+class _Early:
+    """Delivered before its attempt was due (a retry's backoff): give it back until then."""
+
+    due_at: datetime
+
+
+def _starter(cmd: JobExecute) -> Step[_Started | JobExecuteResult | LeaseLost | _Early]:
+    """The start step: fence the delivery against the stage row and take the stage."""
     job = cmd.job
-    now = core.now
-    lost: LeaseLost | None = None
-    retry_at: datetime | None = None
-    async with core.unit(cmd.type) as unit:
-        scope = await unit.lock_run(job.run_id)
+
+    async def start(unit: Unit, scope: RunScope | None) -> Any:
         stage = scope.stages.get(job.stage_id) if scope is not None else None
         if scope is None or stage is None:
             unit.effects.acks.append(job.job_id)
             what = "the run does not exist" if scope is None else "the stage does not exist"
-            lost = LeaseLost(job.run_id, job.stage_id, job.attempt, what)
-        elif scope.run.status is RunStatus.CANCELLED or stage.status is StageStatus.CANCELLED:
+            return LeaseLost(job.run_id, job.stage_id, job.attempt, what)
+        if scope.run.status is RunStatus.CANCELLED or stage.status is StageStatus.CANCELLED:
             unit.effects.acks.append(job.job_id)
             return _result(job, "cancelled", error="the run was cancelled")
-        elif stage.status is StageStatus.COMPLETED:
+        if stage.status is StageStatus.COMPLETED:
             unit.effects.acks.append(job.job_id)
             return _result(job, "completed", replayed=True)
-        elif (
+        if (
             stage.attempt != job.attempt
             or stage.status not in (StageStatus.PENDING, StageStatus.RETRYING)
             or scope.run.status is not RunStatus.RUNNING
@@ -145,22 +158,20 @@ async def _start(core: Core, cmd: JobExecute) -> _Started | JobExecuteResult:
             # A stale or duplicate delivery: someone else holds (or held) this attempt.
             if stage.job_id != job.job_id:
                 unit.effects.acks.append(job.job_id)
-            lost = LeaseLost(
+            return LeaseLost(
                 job.run_id,
                 job.stage_id,
                 job.attempt,
                 f"the stage is {stage.status.value} at attempt {stage.attempt}",
             )
-        elif stage.due_at is not None and stage.due_at > now:
-            retry_at = stage.due_at  # delivered before its backoff ran out
-        else:
-            _take(unit, scope, job, cmd.worker_id)
-            return _Started(run=scope.run, stage=scope.stages[job.stage_id], stages=scope.stages)
-    if retry_at is not None:
-        await core.job_transport.retry_at(job.job_id, retry_at)
-        return _result(job, "retry", retry_after=(retry_at - now).total_seconds(), deferred=True)
-    assert lost is not None
-    raise lost
+        if stage.due_at is not None and stage.due_at > scope.now:
+            return _Early(stage.due_at)
+        _take(unit, scope, job, cmd.worker_id)
+        # A copy: later steps of the same group change the scope's stages.
+        stages = dict(scope.stages)
+        return _Started(run=scope.run, stage=stages[job.stage_id], stages=stages)
+
+    return start
 
 
 def _take(unit: Unit, scope: RunScope, job: JobMessage, worker_id: str) -> None:
@@ -259,41 +270,43 @@ async def _finish(
     queued: bool = True,
 ) -> JobExecuteResult:
     job = cmd.job
-    lost: LeaseLost | None = None
-    handoff: Handoff | None = None
-    async with core.unit(cmd.type) as unit:
-        scope = await unit.lock_run(job.run_id)
+    reports = buffer.drain()
+
+    async def finish(
+        unit: Unit, scope: RunScope | None
+    ) -> tuple[JobExecuteResult, Handoff | None] | LeaseLost:
         stage = scope.stages.get(job.stage_id) if scope is not None else None
         if queued:  # a handed-off job never reached the transport: nothing to ack
             unit.effects.acks.append(job.job_id)
         if scope is None or stage is None:
-            lost = LeaseLost(job.run_id, job.stage_id, job.attempt, "the stage no longer exists")
-        elif stage.status is StageStatus.CANCELLED or scope.run.status is RunStatus.CANCELLED:
-            return _result(job, "cancelled", error="the run was cancelled; the result is dropped")
-        elif not holds_lease(stage, job):
-            lost = LeaseLost(
+            return LeaseLost(job.run_id, job.stage_id, job.attempt, "the stage no longer exists")
+        if stage.status is StageStatus.CANCELLED or scope.run.status is RunStatus.CANCELLED:
+            dropped = "the run was cancelled; the result is dropped"
+            return _result(job, "cancelled", error=dropped), None
+        if not holds_lease(stage, job):
+            return LeaseLost(
                 job.run_id,
                 job.stage_id,
                 job.attempt,
                 f"the stage is {stage.status.value} at attempt {stage.attempt} "
                 f"held by {stage.job_id!r}",
             )
-        else:
-            await flush_buffer(unit, scope, job, buffer)
-            result = await _record(scope, workflow, stage_def, job, outcome)
-            next_job = None
-            if cmd.chain and result.outcome == "completed":
-                next_job = _hand_off(unit, scope, cmd.worker_id)
+        await flush_buffer(unit, scope, job, reports)
+        result = await _record(scope, workflow, stage_def, job, outcome)
+        if cmd.chain and result.outcome == "completed":
+            next_job = _hand_off(unit, scope, cmd.worker_id)
             if next_job is not None:
                 result = result.model_copy(update={"next_job": next_job})
-                handoff = Handoff(cmd.worker_id, scope.run, dict(scope.stages))
-    if handoff is None:
-        if lost is not None:
-            raise lost
-        return result
-    # Only once the transaction committed: a rolled-back hand-off must not start anything.
-    assert result.next_job is not None
-    core.handoffs[result.next_job.job_id] = handoff
+                return result, Handoff(cmd.worker_id, scope.run, dict(scope.stages))
+        return result, None
+
+    answer = await core.group.run(cmd.type, job.run_id, finish)
+    if isinstance(answer, LeaseLost):
+        raise answer
+    result, handoff = answer
+    if result.next_job is not None and handoff is not None:
+        # Only once the transaction committed: a rolled-back hand-off must not start anything.
+        core.handoffs[result.next_job.job_id] = handoff
     return result
 
 

@@ -51,7 +51,7 @@ async def job_heartbeat(core: Core, cmd: JobHeartbeat) -> HeartbeatResult:
             cancelled = False
             scope.update_stage(job.stage_id, lease_expires_at=expires)
             if attempt is not None:
-                await flush_buffer(unit, scope, job, attempt.buffer)
+                await flush_buffer(unit, scope, job, attempt.buffer.drain())
             unit.effects.hint("lease.reapStale", expires)
     if (cancelled or lost is not None) and attempt is not None:
         attempt.token._cancel()
@@ -74,7 +74,7 @@ async def job_release(core: Core, cmd: JobRelease) -> JobReleaseResult:
         stage = scope.stages.get(job.stage_id) if scope is not None else None
         if scope is not None and stage is not None and holds_lease(stage, job):
             if attempt is not None:
-                await flush_buffer(unit, scope, job, attempt.buffer)
+                await flush_buffer(unit, scope, job, attempt.buffer.drain())
             now = core.now
             scope.transition_stage(
                 job.stage_id,

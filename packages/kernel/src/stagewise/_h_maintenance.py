@@ -171,7 +171,7 @@ async def _apply_check(core: Core, unit: Unit, claim: _PollClaim) -> str:
         return "rescheduled"  # cancelled or taken over meanwhile: nothing to record
     now = core.now
     if claim.attempt is not None:
-        await flush_buffer(unit, scope, _poll_job(claim), claim.attempt.buffer)
+        await flush_buffer(unit, scope, _poll_job(claim), claim.attempt.buffer.drain())
     workflow = core.registry.get_workflow(scope.run.workflow_id)
     outcome = claim.outcome
     if isinstance(outcome, Output):

@@ -61,8 +61,18 @@ class RunStore(Protocol):
         """Read the run and hold an exclusive lock on it until the transaction ends."""
         ...
 
+    async def lock_many(self, run_ids: Sequence[str]) -> list[RunRecord]:
+        """Lock every run of `run_ids` that exists, in run_id order, and return them in that
+        order: one round trip for a batch, and two transactions locking overlapping sets
+        never wait on each other in a cycle."""
+        ...
+
     async def save(self, run: RunRecord) -> None:
         """Write every field of the run (an upsert)."""
+        ...
+
+    async def save_many(self, runs: Sequence[RunRecord]) -> None:
+        """`save` for several runs, in one statement where the database allows."""
         ...
 
     async def claim_pending(self, limit: int) -> list[RunRecord]:
@@ -93,6 +103,10 @@ class StageStore(Protocol):
 
     async def for_run(self, run_id: str) -> list[StageRecord]:
         """Every stage row of the run, in (group_index, stage_id) order."""
+        ...
+
+    async def for_runs(self, run_ids: Sequence[str]) -> list[StageRecord]:
+        """Every stage row of the runs, in (run_id, group_index, stage_id) order."""
         ...
 
     async def save_many(self, stages: Sequence[StageRecord]) -> None:

@@ -18,6 +18,7 @@ of a change that might still roll back, and a transport never gets a ghost job.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -163,20 +164,42 @@ class RunScope:
         self.effects.hint("job.execute", available_at)
         return job
 
-    async def flush(self) -> None:
-        """Write the run and stage rows this scope changed (deletes first, so a stage
-        deleted and added again in one transaction is replaced)."""
-        stages = self.tx.stages
-        if self._deleted:
-            await stages.delete(self.run.run_id, sorted(self._deleted))
-        if self._new:
-            await stages.insert_many(list(self._new.values()))
+    def take_changes(
+        self,
+    ) -> tuple[list[str], list[StageRecord], list[StageRecord], RunRecord | None]:
+        """What this scope changed since the last call — deleted stage ids, new stage rows,
+        changed stage rows, the run if changed — and forget it (it is being written)."""
+        deleted = sorted(self._deleted)
+        new = list(self._new.values())
         dirty = [self.stages[k] for k in sorted(self._dirty)]
-        if dirty:
-            await stages.save_many(dirty)
-        if self._run_dirty:
-            await self.tx.runs.save(self.run)
+        run = self.run if self._run_dirty else None
         self._new.clear()
         self._dirty.clear()
         self._deleted.clear()
         self._run_dirty = False
+        return deleted, new, dirty, run
+
+
+async def flush_scopes(tx: Transaction, scopes: Iterable[RunScope]) -> None:
+    """Write the run and stage rows the scopes changed: one statement per kind of change for
+    all of them (deletes first, so a stage deleted and added again in one transaction is
+    replaced)."""
+    new: list[StageRecord] = []
+    dirty: list[StageRecord] = []
+    runs: list[RunRecord] = []
+    for scope in scopes:
+        deleted, added, changed, run = scope.take_changes()
+        if deleted:
+            await tx.stages.delete(scope.run.run_id, deleted)
+        new += added
+        dirty += changed
+        if run is not None:
+            runs.append(run)
+    if new:
+        await tx.stages.insert_many(new)
+    if dirty:
+        await tx.stages.save_many(dirty)
+    if len(runs) == 1:
+        await tx.runs.save(runs[0])
+    elif runs:
+        await tx.runs.save_many(runs)

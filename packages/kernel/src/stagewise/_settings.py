@@ -25,9 +25,15 @@ class KernelSettings:
     ago than this without starting is enqueued again (the first delivery may be lost)."""
     idempotency_ttl: float = 7 * 24 * 3600.0
     """How long a completed idempotency record replays its result."""
+    group_commit: int = 64
+    """Most attempts one transaction starts or records together: `job.execute` calls that
+    reach the database while another one's transaction is open wait for it and then share
+    the next one (group commit). 1 turns grouping off."""
 
     def __post_init__(self) -> None:
         if self.lease_seconds <= 0 or self.requeue_after <= 0:
             raise ValueError("lease_seconds and requeue_after must be positive")
-        if self.sync_workers < 1 or self.outbox_max_attempts < 1:
-            raise ValueError("sync_workers and outbox_max_attempts must be at least 1")
+        if self.sync_workers < 1 or self.outbox_max_attempts < 1 or self.group_commit < 1:
+            raise ValueError(
+                "sync_workers, outbox_max_attempts and group_commit must be at least 1"
+            )

@@ -12,8 +12,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
+from functools import cache
+from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, func, literal, or_, select
+from sqlalchemy import Text, and_, any_, bindparam, delete, func, literal, or_, select
+from sqlalchemy.dialects import postgresql
 
 from stagewise._records import IdempotencyRecord, LogRecord, RunRecord, StageRecord
 from stagewise._states import RunStatus, StageStatus
@@ -64,6 +67,30 @@ _RUN_LOCK = _RUN_BY_ID.with_for_update()
 _RUN_LOCK_SKIP = _RUN_BY_ID.with_for_update(skip_locked=True)
 
 
+def _among(column: Any, dialect: str) -> Any:
+    """`column` is one of the `ids` parameter: `= ANY($1)` with one array parameter on
+    PostgreSQL (one statement text, and so one prepared statement, whatever the count);
+    an expanding `IN (...)` on SQLite."""
+    if dialect == "postgresql":
+        return column == any_(bindparam("ids", type_=postgresql.ARRAY(Text)))
+    return column.in_(bindparam("ids", expanding=True))
+
+
+@cache
+def _runs_lock_many(dialect: str) -> Any:
+    stmt = select(runs).where(_among(runs.c.run_id, dialect)).order_by(runs.c.run_id)
+    return stmt.with_for_update()
+
+
+@cache
+def _stages_of_runs(dialect: str) -> Any:
+    return (
+        select(stages_t)
+        .where(_among(stages_t.c.run_id, dialect))
+        .order_by(stages_t.c.run_id, stages_t.c.group_index, stages_t.c.stage_id)
+    )
+
+
 RUNS_CHANNEL = "stagewise_runs"
 """The PostgreSQL NOTIFY channel that new runs announce themselves on, so that an idle
 worker claims them at once instead of at its next claim interval."""
@@ -86,8 +113,21 @@ class SqlRunStore(Store):
         row = (await self._link.execute(stmt, {"run_id": run_id})).first()
         return None if row is None else _rows.run_from_row(row)
 
+    async def lock_many(self, run_ids: Sequence[str]) -> list[RunRecord]:
+        if not run_ids:
+            return []
+        result = await self._link.execute(
+            _runs_lock_many(self._dialect), {"ids": sorted(set(run_ids))}
+        )
+        return [_rows.run_from_row(row) for row in result]
+
     async def save(self, run: RunRecord) -> None:
         await self._link.execute(upsert(runs, self._dialect), _rows.run_values(run))
+
+    async def save_many(self, runs_: Sequence[RunRecord]) -> None:
+        if runs_:
+            values = [_rows.run_values(r) for r in runs_]
+            await self._link.execute(upsert(runs, self._dialect), values)
 
     async def claim_pending(self, limit: int) -> list[RunRecord]:
         stmt = (
@@ -134,6 +174,14 @@ class SqlStageStore(Store):
 
     async def for_run(self, run_id: str) -> list[StageRecord]:
         result = await self._link.execute(_STAGES_OF_RUN, {"run_id": run_id})
+        return [_rows.stage_from_row(row) for row in result]
+
+    async def for_runs(self, run_ids: Sequence[str]) -> list[StageRecord]:
+        if not run_ids:
+            return []
+        result = await self._link.execute(
+            _stages_of_runs(self._dialect), {"ids": sorted(set(run_ids))}
+        )
         return [_rows.stage_from_row(row) for row in result]
 
     async def save_many(self, stages: Sequence[StageRecord]) -> None:

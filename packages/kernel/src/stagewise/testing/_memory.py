@@ -134,8 +134,17 @@ class _Runs(_Store):
     async def lock(self, run_id: str, *, skip_locked: bool = False) -> RunRecord | None:
         return self._tx.read("runs").get(run_id)
 
+    async def lock_many(self, run_ids: Sequence[str]) -> list[RunRecord]:
+        table = self._tx.read("runs")
+        return [table[r] for r in sorted(set(run_ids)) if r in table]
+
     async def save(self, run: RunRecord) -> None:
         self._tx.write("runs")[run.run_id] = run
+
+    async def save_many(self, runs: Sequence[RunRecord]) -> None:
+        table = self._tx.write("runs")
+        for run in runs:
+            table[run.run_id] = run
 
     async def claim_pending(self, limit: int) -> list[RunRecord]:
         pending = [r for r in self._tx.read("runs").values() if r.status is RunStatus.PENDING]
@@ -172,6 +181,12 @@ class _Stages(_Store):
     async def for_run(self, run_id: str) -> list[StageRecord]:
         rows = [s for s in self._tx.read("stages").values() if s.run_id == run_id]
         rows.sort(key=lambda s: (s.group_index, s.stage_id))
+        return rows
+
+    async def for_runs(self, run_ids: Sequence[str]) -> list[StageRecord]:
+        wanted = set(run_ids)
+        rows = [s for s in self._tx.read("stages").values() if s.run_id in wanted]
+        rows.sort(key=lambda s: (s.run_id, s.group_index, s.stage_id))
         return rows
 
     async def save_many(self, stages: Sequence[StageRecord]) -> None:

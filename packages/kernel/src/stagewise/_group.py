@@ -1,0 +1,141 @@
+"""Group commit: concurrent steps of one command share one transaction.
+
+Theory of operation
+-------------------
+A worker with many slots finishes (and starts) attempts of many runs at nearly the same
+moment. Each in its own transaction costs a BEGIN, a lock, a read, a write per table and a
+COMMIT; the database and the driver's per-statement overhead, not the work, set the pace.
+
+`GroupCommit.run(command, run_id, step)` queues a *step*: a function of (unit, scope) that
+does one attempt's work on its locked run and returns its answer. While no transaction of
+that command is open, the queue is flushed at once, so a lone step waits for nothing. While
+one is open, steps queue up and the next flush takes them all (up to
+`KernelSettings.group_commit`): one transaction locks every run they touch in id order (one
+statement), reads all their stages (one more), applies the steps one after another (steps of
+the same run share its scope, in queue order), and writes what they changed with one
+statement per table. Each caller gets its own step's answer once the transaction committed.
+
+A step must not raise for an outcome it expects (a stale delivery, a cancelled run): it
+returns it, and the caller raises after commit. When a step raises anyway, or the grouped
+transaction fails, nothing of it committed; each step of the group is then tried again in a
+transaction of its own, so one bad step costs the others a retry, not their answer.
+
+A caller cancelled while its step is queued drops the step. Once its transaction has begun,
+the step commits or not with the group, and the answer is dropped: the work it recorded
+stands, as after a crash at that point (a stage it started for this worker is retried when
+its lease expires).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from stagewise._scope import RunScope
+
+if TYPE_CHECKING:
+    from stagewise._core import Core, Unit
+
+T = TypeVar("T")
+Step = Callable[["Unit", RunScope | None], Awaitable[T]]
+
+logger = logging.getLogger("stagewise.kernel")
+
+
+@dataclass(slots=True)
+class _Member:
+    run_id: str
+    step: Step[Any]
+    future: asyncio.Future[Any]
+
+
+class GroupCommit:
+    """Queues and flushes steps; one flusher task per command while there is work."""
+
+    def __init__(self, core: Core) -> None:
+        self._core = core
+        self._queues: dict[str, list[_Member]] = {}
+        self._flushers: dict[str, asyncio.Task[None]] = {}
+
+    async def run(self, command: str, run_id: str, step: Step[T]) -> T:
+        """Run `step` on the locked run `run_id` (its scope is None when the run does not
+        exist) in a transaction of `command`, grouped with concurrent steps of the same
+        command; return its answer once committed."""
+        if self._core.settings.group_commit == 1:
+            return await self._alone(command, run_id, step)
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queues.setdefault(command, []).append(_Member(run_id, step, future))
+        if command not in self._flushers:
+            self._flushers[command] = asyncio.create_task(
+                self._flush(command), name=f"stagewise-group-{command}"
+            )
+        return await future
+
+    async def _flush(self, command: str) -> None:
+        queue = self._queues[command]
+        limit = self._core.settings.group_commit
+        try:
+            while queue:
+                batch = [m for m in queue[:limit] if not m.future.done()]
+                del queue[:limit]
+                if len(batch) == 1:
+                    await self._settle(command, batch[0])
+                elif batch:
+                    await self._together(command, batch)
+        except BaseException as exc:  # cancelled (shutdown), or a simulated crash
+            for member in queue:
+                _fail(member, exc)
+            queue.clear()
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+        finally:
+            del self._flushers[command]
+
+    async def _together(self, command: str, batch: list[_Member]) -> None:
+        answers: list[Any] = []
+        try:
+            async with self._core.unit(command) as unit:
+                await unit.lock_runs([m.run_id for m in batch])
+                for member in batch:
+                    answers.append(await member.step(unit, unit.scopes.get(member.run_id)))
+        except Exception as exc:
+            logger.debug("a group of %d failed (%s); each goes alone", len(batch), exc)
+            for member in batch:
+                await self._settle(command, member)
+            return
+        except BaseException as exc:
+            for member in batch:
+                _fail(member, exc)
+            raise
+        for member, answer in zip(batch, answers, strict=True):
+            if not member.future.done():
+                member.future.set_result(answer)
+
+    async def _settle(self, command: str, member: _Member) -> None:
+        try:
+            answer = await self._alone(command, member.run_id, member.step)
+        except Exception as exc:
+            _fail(member, exc)
+        except BaseException as exc:
+            _fail(member, exc)
+            raise
+        else:
+            if not member.future.done():
+                member.future.set_result(answer)
+
+    async def _alone(self, command: str, run_id: str, step: Step[T]) -> T:
+        async with self._core.unit(command) as unit:
+            answer = await step(unit, await unit.lock_run(run_id))
+        return answer
+
+
+def _fail(member: _Member, exc: BaseException) -> None:
+    if member.future.done():
+        return
+    if isinstance(exc, asyncio.CancelledError):
+        member.future.cancel()
+    else:
+        member.future.set_exception(exc)
