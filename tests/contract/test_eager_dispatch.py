@@ -126,3 +126,57 @@ async def test_a_hand_off_is_only_taken_by_the_worker_it_was_made_for(
     assert result.next_job is not None
     with pytest.raises(LeaseLost):
         await env.kernel.dispatch(JobExecute(job=result.next_job, worker_id="other"))
+
+
+# --- at claim time -----------------------------------------------------------------------
+
+
+async def test_a_claim_with_take_starts_first_stages_for_the_worker(backend: Adapters) -> None:
+    env = make_env(backend, [three_stages()])
+    runs = [
+        await env.kernel.dispatch(RunCreate(workflow_id="three", input={"n": n})) for n in range(3)
+    ]
+    claimed = await env.kernel.dispatch(RunClaimPending(limit=3, worker_id="w", take=2))
+
+    assert len(claimed.run_ids) == 3
+    assert len(claimed.started_jobs) == 2
+    assert claimed.jobs_enqueued == 1  # the third run's first job went to the transport
+    assert await queued_jobs(env) == 1
+    for job in claimed.started_jobs:
+        stage = (await env.stages(job.run_id))[job.stage_id]
+        assert (stage.status, stage.worker_id, stage.job_id) == (
+            StageStatus.RUNNING,
+            "w",
+            job.job_id,
+        )
+
+    for job in claimed.started_jobs:
+        next_job: JobMessage | None = job
+        while next_job is not None:
+            result = await env.kernel.dispatch(JobExecute(job=next_job, worker_id="w", chain=True))
+            assert result.outcome == "completed"
+            next_job = result.next_job
+    await env.run_until_idle()
+    for run, n in zip(runs, range(3), strict=True):
+        final = await env.get_run(run.run_id)
+        assert (final.status, final.output) == (RunStatus.COMPLETED, {"n": n + 3})
+        types = [e.type for e in env.sink.of_run(run.run_id)]
+        assert types[:3] == ["run.created", "run.started", "stage.started"]
+
+
+async def test_a_stage_started_at_claim_whose_worker_died_is_reaped(backend: Adapters) -> None:
+    env = make_env(backend, [three_stages()], settings=KernelSettings(lease_seconds=30))
+    run = await env.kernel.dispatch(RunCreate(workflow_id="three", input={"n": 0}))
+    claimed = await env.kernel.dispatch(RunClaimPending(worker_id="w", take=5))
+    assert len(claimed.started_jobs) == 1  # ... and the worker dies before running it
+
+    env.clock.advance(timedelta(seconds=31))
+    assert (await env.kernel.dispatch(LeaseReapStale())).retried == 1
+    await env.run_until_idle()
+    final = await env.get_run(run.run_id)
+    assert (final.status, final.output) == (RunStatus.COMPLETED, {"n": 3})
+
+
+def test_take_without_a_worker_id_is_refused() -> None:
+    with pytest.raises(ValueError, match="worker_id"):
+        RunClaimPending(take=1)

@@ -101,11 +101,11 @@ class NodeHost:
         self._heartbeater = Heartbeater(
             kernel, self._clock, self.settings.heartbeat_every(self._lease), self.worker_id
         )
-        self._ticker = Ticker(kernel, self._clock, self.settings, self.worker_id)
         self._counters = Counters()
         self._jobs = JobRunner(
             kernel, job_transport, self._clock, self.settings, self.worker_id, self._counters
         )
+        self._ticker = Ticker(kernel, self._clock, self.settings, self.worker_id, self._jobs)
         self._running = self._jobs.running
         self._stopping = asyncio.Event()
         self._beats_stop = asyncio.Event()

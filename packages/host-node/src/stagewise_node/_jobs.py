@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from datetime import datetime, timedelta
 from typing import Protocol, runtime_checkable
 
@@ -86,6 +86,18 @@ class JobRunner:
         before = self._clock.now() - timedelta(seconds=seconds)
         return [job for task, job in self.running.items() if self._since[task] <= before]
 
+    def free(self) -> int:
+        """Job slots free now (none while stopping: a draining host starts nothing)."""
+        if self._stopping.is_set():
+            return 0
+        return max(0, self._settings.concurrency - len(self.running))
+
+    def adopt(self, jobs: Sequence[JobMessage]) -> None:
+        """Execute jobs whose stages were already started for this worker (a claim's eager
+        dispatch), each in a slot of its own."""
+        for job in jobs:
+            self._spawn(job)
+
     def wake(self) -> None:
         """Look for jobs now (and stop waiting for a slot, when stopping)."""
         self.alarm.ring()
@@ -130,12 +142,15 @@ class JobRunner:
                 )
             failures = 0
             for job in jobs:
-                task = asyncio.create_task(self._execute(job), name=f"stagewise-job-{job.job_id}")
-                self.running[task] = job
-                self._since[task] = self._clock.now()
-                task.add_done_callback(self._done)
+                self._spawn(job)
             if len(jobs) < free:
                 await self.alarm.wait(self._settings.job_poll_interval)
+
+    def _spawn(self, job: JobMessage) -> None:
+        task = asyncio.create_task(self._execute(job), name=f"stagewise-job-{job.job_id}")
+        self.running[task] = job
+        self._since[task] = self._clock.now()
+        task.add_done_callback(self._done)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self.running.pop(task, None)

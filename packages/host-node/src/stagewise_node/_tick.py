@@ -16,10 +16,12 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Protocol
 
 from stagewise import (
     Clock,
     CommandResult,
+    JobMessage,
     Kernel,
     LeaseReapResult,
     LeaseReapStale,
@@ -72,13 +74,31 @@ class _Step:
         return min(max(hinted, self.last_run + self.gap), self.fallback_at)
 
 
+class Slots(Protocol):
+    """Where claimed runs' first stages go when the claim starts them for this host."""
+
+    def free(self) -> int:
+        """Job slots free now."""
+        ...
+
+    def adopt(self, jobs: Sequence[JobMessage]) -> None:
+        """Execute jobs whose stages were started for this worker."""
+        ...
+
+
 class Ticker:
     """Runs the orchestration steps of one host."""
 
     def __init__(
-        self, kernel: Kernel, clock: Clock, settings: NodeHostSettings, worker_id: str
+        self,
+        kernel: Kernel,
+        clock: Clock,
+        settings: NodeHostSettings,
+        worker_id: str,
+        slots: Slots | None = None,
     ) -> None:
         self._kernel = kernel
+        self._slots = slots
         self._clock = clock
         self._settings = settings
         self._worker_id = worker_id
@@ -189,12 +209,22 @@ class Ticker:
     def _command(self, name: WakeCommand, batch: int) -> Callable[[], Awaitable[CommandResult]]:
         kernel, worker = self._kernel, self._worker_id
         if name == "run.claimPending":
-            return lambda: kernel.dispatch(RunClaimPending(limit=batch))
+            return lambda: self._claim(batch)
         if name == "stage.pollSuspended":
             return lambda: kernel.dispatch(StagePollSuspended(limit=batch, poller_id=worker))
         if name == "lease.reapStale":
             return lambda: kernel.dispatch(LeaseReapStale(limit=batch))
         return lambda: kernel.dispatch(OutboxFlush(limit=batch, flusher_id=worker))
+
+    async def _claim(self, batch: int) -> RunClaimPendingResult:
+        """Claim runs; start as many of their first stages here as there are free slots
+        (eager dispatch: no dequeue, no start transaction for them)."""
+        take = self._slots.free() if self._slots is not None else 0
+        command = RunClaimPending(limit=batch, worker_id=self._worker_id, take=take)
+        result = await self._kernel.dispatch(command)
+        if result.started_jobs and self._slots is not None:
+            self._slots.adopt(result.started_jobs)
+        return result
 
 
 def _full(result: CommandResult, batch: int) -> bool:

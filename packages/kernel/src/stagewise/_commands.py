@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, model_validator
 
 from stagewise._records import JobMessage
 from stagewise._states import RunStatus
@@ -47,6 +47,18 @@ class RunClaimPending(_Message):
 
     type: Literal["run.claimPending"] = "run.claimPending"
     limit: Limit = 10
+    worker_id: Ident | None = None
+    take: int = Field(default=0, ge=0, le=10_000)
+    """Eager dispatch at claim time: start up to `take` of the claimed runs' first stages
+    for `worker_id` in the claiming transaction instead of enqueueing their jobs. They come
+    back in `RunClaimPendingResult.started_jobs`; execute each with
+    `JobExecute(job=..., worker_id=worker_id, chain=True)`."""
+
+    @model_validator(mode="after")
+    def _take_needs_a_worker(self) -> RunClaimPending:
+        if self.take and self.worker_id is None:
+            raise ValueError("take needs the worker_id the stages are started for")
+        return self
 
 
 class JobExecute(_Message):
@@ -167,6 +179,10 @@ class RunCreateResult(_Message):
 class RunClaimPendingResult(_Message):
     run_ids: list[str]
     jobs_enqueued: int
+    started_jobs: list[JobMessage] = []
+    """With `take`: stages started for the worker (RUNNING, lease taken), as with
+    `JobExecuteResult.next_job`; if the worker dies first, their leases expire and
+    `lease.reapStale` retries them."""
 
 
 JobOutcome = Literal["completed", "suspended", "retry", "failed", "cancelled", "lease_lost"]

@@ -100,7 +100,7 @@ async def job_execute(core: Core, cmd: JobExecute) -> JobExecuteResult:
     started: _Started
     if handoff is not None and handoff.worker_id == cmd.worker_id:
         # Eager dispatch: the transaction that finished the previous stage started this one
-        # for this worker (see `_hand_off`); the fence is in place, nothing to read again.
+        # for this worker (see `hand_off`); the fence is in place, nothing to read again.
         stages = handoff.stages
         started = _Started(run=handoff.run, stage=stages[job.stage_id], stages=stages)
     else:
@@ -192,9 +192,10 @@ def _take(unit: Unit, scope: RunScope, job: JobMessage, worker_id: str) -> None:
     unit.effects.hint("lease.reapStale", lease)
 
 
-def _hand_off(unit: Unit, scope: RunScope, worker_id: str) -> JobMessage | None:
+def hand_off(unit: Unit, scope: RunScope, worker_id: str) -> JobMessage | None:
     """Eager dispatch: of the jobs this transaction is about to enqueue for the run (the next
-    group, after a stage completed), start the first one that is due for `worker_id` instead.
+    group after a stage completed, or the first when the run is claimed), start the first
+    one that is due for `worker_id` instead.
 
     It saves the next stage a dequeue, a start transaction and the wake-up latency. Its job
     never reaches the transport; the stage row fences it like any other delivery, and if the
@@ -294,7 +295,7 @@ async def _finish(
         await flush_buffer(unit, scope, job, reports)
         result = await _record(scope, workflow, stage_def, job, outcome)
         if cmd.chain and result.outcome == "completed":
-            next_job = _hand_off(unit, scope, cmd.worker_id)
+            next_job = hand_off(unit, scope, cmd.worker_id)
             if next_job is not None:
                 result = result.model_copy(update={"next_job": next_job})
                 return result, Handoff(cmd.worker_id, scope.run, dict(scope.stages))

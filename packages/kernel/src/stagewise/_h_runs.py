@@ -18,7 +18,7 @@ from stagewise._commands import (
     RunTransition,
     RunTransitionResult,
 )
-from stagewise._core import Core
+from stagewise._core import Core, Handoff
 from stagewise._errors import (
     ConflictError,
     IdempotencyInProgressError,
@@ -32,8 +32,16 @@ from stagewise._errors import (
 from stagewise._events import RunCancelled, RunCreated, RunStarted
 from stagewise._execution import has_nul
 from stagewise._flow import advance, cancel_open_stages, fail_run, start_group
+from stagewise._h_jobs import hand_off
 from stagewise._ports import Transaction
-from stagewise._records import ErrorInfo, IdempotencyRecord, Json, RunRecord, StageRecord
+from stagewise._records import (
+    ErrorInfo,
+    IdempotencyRecord,
+    JobMessage,
+    Json,
+    RunRecord,
+    StageRecord,
+)
 from stagewise._states import RunStatus, StageStatus
 
 _IDEMPOTENCY_SCOPE = "run.create"
@@ -146,6 +154,7 @@ def _fingerprint(workflow_id: str, data: Json, config: Json, priority: int) -> s
 
 
 async def run_claim_pending(core: Core, cmd: RunClaimPending) -> RunClaimPendingResult:
+    started: list[tuple[JobMessage, Handoff]] = []
     async with core.unit(cmd.type) as unit:
         claimed = await unit.tx.runs.claim_pending(cmd.limit)
         run_ids = []
@@ -163,8 +172,17 @@ async def run_claim_pending(core: Core, cmd: RunClaimPending) -> RunClaimPending
                 continue
             start_group(scope, workflow, 0)
             run_ids.append(run.run_id)
+            if len(started) < cmd.take and cmd.worker_id is not None:
+                job = hand_off(unit, scope, cmd.worker_id)
+                if job is not None:
+                    started.append((job, Handoff(cmd.worker_id, scope.run, dict(scope.stages))))
         jobs = len(unit.effects.jobs)
-    return RunClaimPendingResult(run_ids=run_ids, jobs_enqueued=jobs)
+    # Only once committed (as in job.execute): a rolled-back claim starts nothing.
+    for job, handoff in started:
+        core.handoffs[job.job_id] = handoff
+    return RunClaimPendingResult(
+        run_ids=run_ids, jobs_enqueued=jobs, started_jobs=[job for job, _ in started]
+    )
 
 
 async def run_transition(core: Core, cmd: RunTransition) -> RunTransitionResult:
