@@ -1,0 +1,107 @@
+"""`runs.lock_many` on PostgreSQL: overlapping sets in any order never deadlock, and the
+locks hold until commit."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import replace
+
+import pytest
+from sqlalchemy import text
+
+from stagewise_sql import SqlBackend, SqlSettings
+from tests.conftest import Adapters
+from tests.contract.factories import run
+
+pytestmark = pytest.mark.postgres
+
+RUN_IDS = [f"r{i}" for i in range(6)]
+
+
+@pytest.fixture
+async def lockers(pg_backend: Adapters) -> AsyncIterator[list[SqlBackend]]:
+    """Four more backends on the same database, one connection each, and the runs to lock."""
+    assert pg_backend.url is not None
+    async with pg_backend.persistence.transaction() as tx:
+        for run_id in RUN_IDS:
+            await tx.runs.insert(run(run_id))
+    settings = SqlSettings(pool_size=1)
+    backends = [
+        await SqlBackend.connect(pg_backend.url, clock=pg_backend.clock, settings=settings)
+        for _ in range(4)
+    ]
+    try:
+        yield backends
+    finally:
+        for b in backends:
+            await b.close()
+
+
+async def waiting_on_a_lock(backend: SqlBackend) -> int:
+    """How many connections to this database wait for a lock right now."""
+    async with backend.engine.connect() as conn:
+        result = await conn.execute(
+            text(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+        )
+        return int(result.scalar_one())
+
+
+async def until_blocked_or(done: asyncio.Event, observer: SqlBackend) -> None:
+    """Until some connection waits for a lock, or `done` is set (nobody had to wait)."""
+    for _ in range(1000):
+        if done.is_set() or await waiting_on_a_lock(observer):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the second locker neither waited nor got its locks")
+
+
+async def test_overlapping_lock_many_in_any_order_never_deadlocks_nor_loses_an_update(
+    lockers: list[SqlBackend],
+) -> None:
+    locked: Counter[str] = Counter()
+
+    async def locker(n: int, backend: SqlBackend) -> None:
+        rng = random.Random(n)
+        for _ in range(25):
+            wanted = rng.sample(RUN_IDS, 4)  # overlapping sets, each in its own order
+            async with backend.persistence.transaction() as tx:
+                runs = await tx.runs.lock_many(wanted)
+                await asyncio.sleep(0)  # let the others queue up on these rows
+                await tx.runs.save_many([replace(r, event_seq=r.event_seq + 1) for r in runs])
+            locked.update(wanted)
+
+    async with asyncio.timeout(60):
+        await asyncio.gather(*(locker(n, b) for n, b in enumerate(lockers)))
+
+    async with lockers[0].persistence.transaction() as tx:
+        runs = await tx.runs.lock_many(RUN_IDS)
+    assert {r.run_id: r.event_seq for r in runs} == {r: locked[r] for r in RUN_IDS}
+
+
+async def test_lock_many_holds_its_locks_until_commit(lockers: list[SqlBackend]) -> None:
+    first, second, observer = lockers[:3]
+    committing = asyncio.Event()
+    second_locked = asyncio.Event()
+    committed_before_second_locked: list[bool] = []
+
+    async def lock_after_first(run_ids: list[str]) -> None:
+        async with second.persistence.transaction() as tx:
+            await tx.runs.lock_many(run_ids)
+            committed_before_second_locked.append(committing.is_set())
+            second_locked.set()
+
+    async with first.persistence.transaction() as tx:
+        await tx.runs.lock_many(["r1", "r2", "r3"])
+        waiter = asyncio.create_task(lock_after_first(["r4", "r3", "r0"]))
+        await until_blocked_or(second_locked, observer)
+        committing.set()
+    async with asyncio.timeout(10):
+        await waiter
+
+    assert committed_before_second_locked == [True]
