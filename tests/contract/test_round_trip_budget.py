@@ -1,5 +1,5 @@
 """The hot path's database budget (DESIGN.md): at most two transactions per stage
-(claim+start, finish+advance) and one per run creation.
+(claim+start, finish+advance) and one per run creation; with eager dispatch, one per stage.
 
 Counted deterministically with SQLAlchemy engine events on the real SQLite and PostgreSQL
 adapters: commits, and statements sent to the database. The figures are printed so a change
@@ -124,6 +124,33 @@ async def test_eager_dispatch_takes_one_transaction_per_later_stage(
     )
     assert [c.commits for c in per_stage] == [2, 1, 1]
     assert all(c.statements <= 20 for c in per_stage), per_stage
+    # lock, read stages, one write each for stages, run, events, deliveries (+ SQLite BEGIN)
+    assert all(c.statements <= 7 for c in per_stage[1:]), per_stage
+
+
+async def test_a_run_started_at_claim_takes_one_transaction_per_stage(
+    sql_backend: Adapters,
+) -> None:
+    """With the claim's eager dispatch (`take`, the node host) the first stage needs no
+    dequeue and no start transaction either: claim, then one transaction per stage."""
+    env: TestEnvironment = make_env(sql_backend, [three_stages()])
+    run = await env.kernel.dispatch(RunCreate(workflow_id="three", input={"n": 0}))
+    with counting(sql_backend) as claim:
+        claimed = await env.kernel.dispatch(RunClaimPending(worker_id="w", take=1))
+    (job,) = claimed.started_jobs
+    per_stage: list[Counts] = []
+    next_job: JobMessage | None = job
+    while next_job is not None:
+        with counting(sql_backend) as stage:
+            result = await env.kernel.dispatch(JobExecute(job=next_job, worker_id="w", chain=True))
+        per_stage.append(stage)
+        next_job = result.next_job
+
+    assert (await env.get_run(run.run_id)).status is RunStatus.COMPLETED
+    print(f"\n{sql_backend.name} started at claim: claim {claim.statements} stmts; {per_stage}")
+    assert claim.commits == 1
+    assert [c.commits for c in per_stage] == [1, 1, 1]
+    assert all(c.statements <= 7 for c in per_stage), per_stage
 
 
 async def test_claiming_runs_reads_nothing_again_per_run(sql_backend: Adapters) -> None:
@@ -137,4 +164,5 @@ async def test_claiming_runs_reads_nothing_again_per_run(sql_backend: Adapters) 
     assert len(result.run_ids) == 10
     print(f"\n{sql_backend.name}: claiming 10 runs: {claim.commits} tx / {claim.statements} stmts")
     assert claim.commits == 1
-    assert claim.statements <= 30  # two writes per run (stages, run) plus a few shared
+    # the claim, then one write per table for all ten: stages, runs, events, deliveries, jobs
+    assert claim.statements <= 8

@@ -100,9 +100,10 @@ class Unit:
             )
 
     def adopt_pending(self, run: RunRecord) -> RunScope:
-        """A scope for a run `claim_pending` just locked in this transaction, without
-        reading it again: the row is locked and current, and a PENDING run has no stage
-        rows yet (nothing moves a run back to PENDING), so there is nothing else to load."""
+        """A scope for a run this transaction just inserted, or that `claim_pending` just
+        locked, without reading it again: the row is locked and current, and a PENDING run
+        has no stage rows yet (nothing moves a run back to PENDING), so there is nothing
+        else to load."""
         if run.run_id in self.scopes:
             return self.scopes[run.run_id]
         scope = RunScope(self.core, self.tx, self.effects, run, [], self.command)

@@ -95,7 +95,7 @@ async def run_create(core: Core, cmd: RunCreate) -> RunCreateResult:
                 # Another transaction took the key between our read and our insert; it has
                 # committed by now (the insert waited for it). Roll back and replay theirs.
                 raise _KeyTaken()
-        scope = await unit.require_run(run_id)
+        scope = unit.adopt_pending(run)
         scope.emit(RunCreated, priority=cmd.priority)
         unit.effects.hint("run.claimPending", now)
     return RunCreateResult(run_id=run_id, status=RunStatus.PENDING, created=True)

@@ -181,9 +181,9 @@ class RunScope:
 
 
 async def flush_scopes(tx: Transaction, scopes: Iterable[RunScope]) -> None:
-    """Write the run and stage rows the scopes changed: one statement per kind of change for
-    all of them (deletes first, so a stage deleted and added again in one transaction is
-    replaced)."""
+    """Write the run and stage rows the scopes changed, for all of them at once: one upsert
+    of stage rows, one of runs (deletes first, so a stage deleted and added again in one
+    transaction is replaced)."""
     new: list[StageRecord] = []
     dirty: list[StageRecord] = []
     runs: list[RunRecord] = []
@@ -195,10 +195,10 @@ async def flush_scopes(tx: Transaction, scopes: Iterable[RunScope]) -> None:
         dirty += changed
         if run is not None:
             runs.append(run)
-    if new:
-        await tx.stages.insert_many(new)
-    if dirty:
-        await tx.stages.save_many(dirty)
+    if new or dirty:
+        # One upsert for both: a new row cannot exist already (the run is locked, and
+        # deletes went first), so it is inserted.
+        await tx.stages.save_many(new + dirty)
     if len(runs) == 1:
         await tx.runs.save(runs[0])
     elif runs:
