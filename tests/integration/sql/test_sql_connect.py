@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -246,3 +248,31 @@ async def test_a_schema_managed_by_the_applications_own_alembic_is_used(tmp_path
     async with await SqlBackend.connect(sqlite_url(tmp_path), migrate=False) as backend:
         assert await backend.schema_revision() is None
         await backend.blob_store.put("k", b"v")
+
+
+def test_the_quick_schema_check_knows_the_newest_migration() -> None:
+    # `_migrate.HEAD` lets a start skip importing Alembic; it must name the real head.
+    from stagewise_sql import _migrate
+
+    assert head_revision() == _migrate.HEAD
+
+
+def test_opening_a_current_database_does_not_import_alembic(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    code = (
+        "import asyncio, sys\n"
+        "from stagewise_sql import SqlBackend\n"
+        "async def main():\n"
+        f"    b = await SqlBackend.connect({url!r}, migrate=False)\n"
+        "    await b.close()\n"
+        "asyncio.run(main())\n"
+        "print('alembic' in sys.modules)\n"
+    )
+    asyncio.run(_migrated(url))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+async def _migrated(url: str) -> None:
+    backend = await SqlBackend.connect(url)
+    await backend.close()

@@ -9,12 +9,14 @@ they are in DDL.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from alembic.autogenerate.api import AutogenContext
 from sqlalchemy.dialects.postgresql import JSONB
 
 from stagewise_sql._schema import UtcDateTime
+
+if TYPE_CHECKING:
+    from alembic.autogenerate.api import AutogenContext
 
 
 def render_item(type_: str, obj: Any, autogen_context: AutogenContext) -> str | Literal[False]:

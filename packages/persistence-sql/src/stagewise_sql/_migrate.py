@@ -17,24 +17,34 @@ from __future__ import annotations
 
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, inspect, text
+from sqlalchemy import Connection, column, inspect, select, table, text
 
 from stagewise._errors import SchemaVersionError
 from stagewise_sql._engine import Database
 from stagewise_sql._errors import UPGRADE_HINT, SchemaMissingError
 from stagewise_sql._schema import TABLES, VERSION_TABLE
 
+if TYPE_CHECKING:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+# Alembic is imported only when a migration is needed or asked about: importing it takes
+# longer than the rest of a worker's start-up, and a start that finds the schema current
+# (the usual one) checks the version row with a plain SELECT.
+
 MIGRATIONS = Path(__file__).parent / "migrations"
+HEAD = "0001"
+"""The newest revision in `migrations/versions` (a test keeps the two in step)."""
+_VERSION = table(VERSION_TABLE, column("version_num"))
 _LOCK_KEY = 0x5354_4147_4557  # "STAGEW": the advisory lock that serializes upgrades
 
 
 def alembic_config() -> Config:
     """An Alembic `Config` for our migrations (for `alembic.command` calls)."""
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     return config
@@ -42,6 +52,8 @@ def alembic_config() -> Config:
 
 @cache
 def _scripts() -> ScriptDirectory:
+    from alembic.script import ScriptDirectory
+
     return ScriptDirectory.from_config(alembic_config())
 
 
@@ -58,6 +70,8 @@ def _known_revisions() -> frozenset[str]:
 
 
 def _current(connection: Connection) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
     context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
     return context.get_current_revision()
 
@@ -99,6 +113,8 @@ def _upgrade(connection: Connection, *, url: str) -> None:
         connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
     # Checked again under the lock: another process may have migrated meanwhile.
     if _check(connection, migrate=True, url=url):
+        from alembic import command
+
         config = alembic_config()
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
@@ -114,12 +130,25 @@ async def ensure_schema(db: Database, *, migrate: bool) -> None:
         DatabaseUnavailableError: the database cannot be reached.
     """
     url = db.url_display
+    if await _at_head(db):
+        return
     # A read first: most starts find the schema current and take no lock at all.
     async with db.single(write=False) as link:
         needed = await link.run_sync(lambda c: _check(c, migrate=migrate, url=url))
     if needed:
         async with db.transaction() as link:
             await link.run_sync(lambda c: _upgrade(c, url=url))
+
+
+async def _at_head(db: Database) -> bool:
+    """The quick check: the version row says `HEAD`. Anything else (no version table, an
+    older or newer revision, an error) goes to the full check, which explains it."""
+    try:
+        async with db.single(write=False) as link:
+            rows = (await link.execute(select(_VERSION.c.version_num))).all()
+    except Exception:
+        return False
+    return [row[0] for row in rows] == [HEAD]
 
 
 async def current_revision(db: Database) -> str | None:
