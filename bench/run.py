@@ -423,14 +423,14 @@ async def w3(db: str, sizes: Sizes, poll: float) -> dict[str, Any]:
     )
 
 
-async def w4(db: str, sizes: Sizes, poll: float, variant: str) -> dict[str, Any]:
+async def w4(db: str, sizes: Sizes, poll: float, variant: str, slots: int) -> dict[str, Any]:
     runs = sizes.w4_runs
     workflow_id = "bench-recovery"
     async with bench(db, poll) as b:
         log = b.tmp / "executions.log"
         lease = sizes.w4_lease
         await b.create_many(workflow_id, runs)  # all waiting before the worker starts
-        first = await b.start_worker("w4-a", concurrency=16, lease=lease, exec_log=log)
+        first = await b.start_worker("w4-a", concurrency=slots, lease=lease, exec_log=log)
         # Mid-way: half of the slow stage's bodies have run (whatever order the worker
         # takes the stages in, half the work is left).
         while _slow_done(log) < runs // 2:  # noqa: ASYNC110
@@ -443,7 +443,7 @@ async def w4(db: str, sizes: Sizes, poll: float, variant: str) -> dict[str, Any]
         done_at_kill = (await b.status_counts(workflow_id))["COMPLETED"]
         restart_id = "w4-a" if variant == "same-id" else "w4-b"
         second = await b.start_worker(
-            restart_id, concurrency=16, lease=lease, exec_log=log, wait=False
+            restart_id, concurrency=slots, lease=lease, exec_log=log, wait=False
         )
         counts = await b.wait_all_done(workflow_id, runs, within=600, every=0.01)
         _, last = await b.span(workflow_id)
@@ -455,7 +455,7 @@ async def w4(db: str, sizes: Sizes, poll: float, variant: str) -> dict[str, Any]
     return emit(
         {
             "workload": "W4",
-            "variant": variant,
+            "variant": f"{variant}, 1x{slots}",
             "db": db,
             "runs": runs,
             "lease_s": lease,
@@ -544,6 +544,11 @@ async def main() -> None:
         "--w1-variants", default="c10,c16,2proc", help="W1 variants: c10, c16, 2proc"
     )
     parser.add_argument("--w2-runs", type=int, help="override W2's run count")
+    parser.add_argument(
+        "--w4-slots",
+        default="16",
+        help="W4 job slots, comma-separated for several (its stages mostly sleep)",
+    )
     args = parser.parse_args()
     sizes = QUICK if args.quick else FULL
     if args.w2_runs:
@@ -562,8 +567,9 @@ async def main() -> None:
             if "W3" in chosen:
                 results.append(await w3(db, sizes, poll))
             if "W4" in chosen:
-                for variant in ("same-id", "new-id"):
-                    results.append(await w4(db, sizes, poll, variant))
+                for slots in (int(n) for n in args.w4_slots.split(",")):
+                    for variant in ("same-id", "new-id"):
+                        results.append(await w4(db, sizes, poll, variant, slots))
     path = write_markdown(results, args)
     print(f"wrote {path}", file=sys.stderr)
 

@@ -208,3 +208,15 @@ def test_stagewise_demo_runs_the_example_to_completion(tmp_path: Path) -> None:
         assert "Traceback" not in done.stderr
     assert list(tmp_path.glob("stagewise-demo-*/demo.db"))
     assert RunStatus.COMPLETED.value in out
+
+
+def test_the_cli_runs_on_uvloop_unless_told_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
+    from stagewise_node.cli._output import LOOP_ENV, run_async
+
+    async def loop_type() -> str:
+        return type(asyncio.get_running_loop()).__module__
+
+    monkeypatch.delenv(LOOP_ENV, raising=False)
+    assert run_async(loop_type()).startswith("uvloop")
+    monkeypatch.setenv(LOOP_ENV, "asyncio")
+    assert run_async(loop_type()).startswith("asyncio")

@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 import traceback
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
 
@@ -50,11 +50,28 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
+LOOP_ENV = "STAGEWISE_EVENT_LOOP"
+
+
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop where it is installed (a dependency except on Windows): the
+    worker spends a fifth of its time in the event loop itself, and uvloop's is several
+    times cheaper. `STAGEWISE_EVENT_LOOP=asyncio` keeps the standard one."""
+    if os.environ.get(LOOP_ENV, "").lower() == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
 def run_async(main: Coroutine[Any, Any, T]) -> T:
     """Run a command's coroutine; any stagewise or usage error becomes one line on stderr
     and exit code 1 (set STAGEWISE_DEBUG=1 to see tracebacks)."""
     try:
-        return asyncio.run(main)
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
+            return runner.run(main)
     except typer.Exit:
         raise
     except (CliError, StagewiseError) as exc:
