@@ -13,6 +13,7 @@ from stagewise import (
     JobExecute,
     KernelSettings,
     RunClaimPending,
+    RunCreate,
     RunStatus,
     StageContext,
     StageStatus,
@@ -265,3 +266,31 @@ async def test_group_commit_caps_how_many_steps_share_a_transaction(
     await asyncio.gather(*(group.run(CMD, r, note) for r in run_ids))
 
     assert sorted(Counter(id(u) for u in units).values(), reverse=True) == sizes
+
+
+async def test_concurrent_run_creations_share_a_transaction() -> None:
+    env, counting = counted_env()
+
+    created = await asyncio.gather(
+        *(env.kernel.dispatch(RunCreate(workflow_id="fan", input={"n": n})) for n in range(8))
+    )
+
+    assert counting.begun < 8
+    assert len({c.run_id for c in created}) == 8
+    for n, c in enumerate(created):
+        run = await env.get_run(c.run_id)
+        assert (run.status, run.input, run.event_seq) == (RunStatus.PENDING, {"n": n}, 1)
+
+
+async def test_concurrent_creations_with_one_idempotency_key_make_one_run() -> None:
+    env, _ = counted_env()
+
+    created = await asyncio.gather(
+        *(
+            env.kernel.dispatch(RunCreate(workflow_id="fan", input={"n": 1}, idempotency_key="k"))
+            for _ in range(4)
+        )
+    )
+
+    assert len({c.run_id for c in created}) == 1
+    assert sorted(c.created for c in created) == [False, False, False, True]

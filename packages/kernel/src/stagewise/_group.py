@@ -47,7 +47,7 @@ logger = logging.getLogger("stagewise.kernel")
 
 @dataclass(slots=True)
 class _Member:
-    run_id: str
+    run_id: str | None
     step: Step[Any]
     future: asyncio.Future[Any]
 
@@ -60,10 +60,11 @@ class GroupCommit:
         self._queues: dict[str, list[_Member]] = {}
         self._flushers: dict[str, asyncio.Task[None]] = {}
 
-    async def run(self, command: str, run_id: str, step: Step[T]) -> T:
+    async def run(self, command: str, run_id: str | None, step: Step[T]) -> T:
         """Run `step` on the locked run `run_id` (its scope is None when the run does not
-        exist) in a transaction of `command`, grouped with concurrent steps of the same
-        command; return its answer once committed."""
+        exist, or `run_id` is None: a step that locks no run) in a transaction of
+        `command`, grouped with concurrent steps of the same command; return its answer
+        once committed."""
         if self._core.settings.group_commit == 1:
             return await self._alone(command, run_id, step)
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
@@ -98,9 +99,10 @@ class GroupCommit:
         answers: list[Any] = []
         try:
             async with self._core.unit(command) as unit:
-                await unit.lock_runs([m.run_id for m in batch])
+                await unit.lock_runs([m.run_id for m in batch if m.run_id is not None])
                 for member in batch:
-                    answers.append(await member.step(unit, unit.scopes.get(member.run_id)))
+                    scope = None if member.run_id is None else unit.scopes.get(member.run_id)
+                    answers.append(await member.step(unit, scope))
         except Exception as exc:
             logger.debug("a group of %d failed (%s); each goes alone", len(batch), exc)
             for member in batch:
@@ -126,9 +128,10 @@ class GroupCommit:
             if not member.future.done():
                 member.future.set_result(answer)
 
-    async def _alone(self, command: str, run_id: str, step: Step[T]) -> T:
+    async def _alone(self, command: str, run_id: str | None, step: Step[T]) -> T:
         async with self._core.unit(command) as unit:
-            answer = await step(unit, await unit.lock_run(run_id))
+            scope = None if run_id is None else await unit.lock_run(run_id)
+            answer = await step(unit, scope)
         return answer
 
 

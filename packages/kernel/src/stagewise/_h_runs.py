@@ -18,7 +18,7 @@ from stagewise._commands import (
     RunTransition,
     RunTransitionResult,
 )
-from stagewise._core import Core, Handoff
+from stagewise._core import Core, Handoff, Unit
 from stagewise._errors import (
     ConflictError,
     IdempotencyInProgressError,
@@ -42,6 +42,7 @@ from stagewise._records import (
     RunRecord,
     StageRecord,
 )
+from stagewise._scope import RunScope
 from stagewise._states import RunStatus, StageStatus
 
 _IDEMPOTENCY_SCOPE = "run.create"
@@ -61,7 +62,8 @@ async def run_create(core: Core, cmd: RunCreate) -> RunCreateResult:
 
     now = core.now
     fingerprint = _fingerprint(cmd.workflow_id, data, config, cmd.priority)
-    async with core.unit(cmd.type) as unit:
+
+    async def create(unit: Unit, _: RunScope | None) -> RunCreateResult:
         key = cmd.idempotency_key
         if key is not None:
             existing = await unit.tx.idempotency.get(_IDEMPOTENCY_SCOPE, key)
@@ -98,7 +100,10 @@ async def run_create(core: Core, cmd: RunCreate) -> RunCreateResult:
         scope = unit.adopt_pending(run)
         scope.emit(RunCreated, priority=cmd.priority)
         unit.effects.hint("run.claimPending", now)
-    return RunCreateResult(run_id=run_id, status=RunStatus.PENDING, created=True)
+        return RunCreateResult(run_id=run_id, status=RunStatus.PENDING, created=True)
+
+    # Concurrent creations in this process share a transaction (a new run locks nothing).
+    return await core.group.run(cmd.type, None, create)
 
 
 class _KeyTaken(Exception):
