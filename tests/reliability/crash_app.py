@@ -7,7 +7,7 @@ root puts thin hooks around the SQL adapters. `$RELIABILITY_CRASH_PHASE` names t
 process kills itself with `os._exit(9)` (no cleanup, no drain: as good as SIGKILL):
 
     claim-run             right after the commit of a `run.claimPending` that started a run
-                          (the run is RUNNING and its first jobs are queued)
+                          (the run is RUNNING, its first stage started for this worker)
     claim-job             right after a dequeue that took jobs (leased to us, none started)
     stage                 inside stage `b`'s own code
     record-before-commit  in the transaction that records stage `b`'s result, before commit

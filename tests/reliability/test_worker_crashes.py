@@ -16,7 +16,7 @@ from collections import Counter
 
 import pytest
 
-from stagewise import RunCreate, RunStatus, StageStatus
+from stagewise import RunClaimPending, RunCreate, RunStatus, StageStatus
 from tests.integration.node.processes import Client
 from tests.reliability.conftest import CrashWorkers
 from tests.reliability.crash_app import read_sink
@@ -43,10 +43,17 @@ async def _events(client: Client, run_id: str) -> list[tuple[int, str, str]]:
 async def test_a_worker_killed_in_any_phase_loses_nothing(
     phase: str, crash_workers: CrashWorkers, crash_client: Client
 ) -> None:
-    doomed = crash_workers.spawn_app("doomed", phase=phase)
-    await crash_workers.ready(doomed)
-    result = await crash_client.kernel.dispatch(RunCreate(workflow_id="steps", input={"n": 0}))
-    run_id = result.run_id
+    kernel = crash_client.kernel
+    if phase == "claim-job":
+        # A worker starts the first stages of the runs it claims itself (no queue): to die
+        # holding queued jobs it must find a run already claimed, as `stagewise run` does.
+        run_id = (await kernel.dispatch(RunCreate(workflow_id="steps", input={"n": 0}))).run_id
+        await kernel.dispatch(RunClaimPending(limit=1))
+        doomed = crash_workers.spawn_app("doomed", phase=phase)
+    else:
+        doomed = crash_workers.spawn_app("doomed", phase=phase)
+        await crash_workers.ready(doomed)
+        run_id = (await kernel.dispatch(RunCreate(workflow_id="steps", input={"n": 0}))).run_id
 
     assert await doomed.exit_code(within=30) == 9, doomed.text()
     assert "dying at" in doomed.text()
