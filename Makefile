@@ -17,8 +17,10 @@ lint: sync
 	$(UV) run --no-sync mypy
 	$(UV) run --no-sync lint-imports
 
+# --compile-bytecode: processes start without compiling every module first (a worker's start
+# is mostly imports; PYTHONDONTWRITEBYTECODE would otherwise make every start pay for it).
 sync: $(UV)
-	$(UV) sync --all-packages --quiet
+	$(UV) sync --all-packages --quiet --compile-bytecode
 
 $(CURDIR)/.tools/bin/uv:
 	@echo "uv not found: installing it into .tools/"
