@@ -15,6 +15,11 @@ Theory of operation
    buffered logs and progress, events, the next group's jobs and the ack of this job commit
    together, and the run advances in the same transaction.
 
+Both are steps of the kernel's group commit (`_group.py`): concurrent starts and finishes of
+one process share a transaction, each still fenced on its own stage row. Expected outcomes
+(`LeaseLost`, `cancelled`) are returned by the step and raised only after commit, since the
+ack of a dropped delivery must commit too.
+
 Duplicate deliveries are harmless because the fence in (1) only lets a stage start from
 PENDING/RETRYING for its current attempt: a second copy of the same job finds it RUNNING or
 COMPLETED and is acked and dropped, and a COMPLETED stage never runs again.
@@ -25,7 +30,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 
 from stagewise._attempt import build_context, flush_buffer, store_blobs
 from stagewise._commands import JobExecute, JobExecuteResult
@@ -33,11 +38,6 @@ from stagewise._context import AttemptBuffer
 from stagewise._core import Core, Handoff, Inflight, Unit
 from stagewise._errors import LeaseLost, StageOutputError
 from stagewise._events import (
-    EventError,
-    RunSuspended,
-    StageCompleted,
-    StageFailed,
-    StageRetrying,
     StageStarted,
     StageSuspended,
 )
@@ -45,12 +45,10 @@ from stagewise._execution import (
     Output,
     call_user_code,
     ensure_json,
-    error_info,
-    is_retryable,
     normalize_output,
 )
-from stagewise._flow import advance, fail_run
 from stagewise._group import Step
+from stagewise._outcomes import attempt_result, complete_stage, fail_or_retry, note_suspension
 from stagewise._records import JobMessage, Json, RunRecord, StageRecord
 from stagewise._scope import RunScope
 from stagewise._stages import Stage, Suspend, to_seconds
@@ -77,18 +75,6 @@ _Outcome = Output | _Suspended | BaseException
 
 def _result(job: JobMessage, outcome: str, **kw: Any) -> JobExecuteResult:
     return attempt_result(job.run_id, job.stage_id, job.attempt, outcome, **kw)
-
-
-def attempt_result(
-    run_id: str, stage_id: str, attempt: int, outcome: str, **kw: Any
-) -> JobExecuteResult:
-    return JobExecuteResult(
-        outcome=outcome,
-        run_id=run_id,
-        stage_id=stage_id,
-        attempt=attempt,
-        **kw,
-    )
 
 
 async def job_execute(core: Core, cmd: JobExecute) -> JobExecuteResult:
@@ -138,7 +124,9 @@ def _starter(cmd: JobExecute) -> Step[_Started | JobExecuteResult | LeaseLost | 
     """The start step: fence the delivery against the stage row and take the stage."""
     job = cmd.job
 
-    async def start(unit: Unit, scope: RunScope | None) -> Any:
+    async def start(
+        unit: Unit, scope: RunScope | None
+    ) -> _Started | JobExecuteResult | LeaseLost | _Early:
         stage = scope.stages.get(job.stage_id) if scope is not None else None
         if scope is None or stage is None:
             unit.effects.acks.append(job.job_id)
@@ -355,81 +343,3 @@ async def _record(
         return _result(job, "suspended")
 
     return fail_or_retry(scope, stage_def, job.attempt, outcome)
-
-
-async def complete_stage(
-    scope: RunScope,
-    workflow: Workflow,
-    stage_id: str,
-    trigger: Literal["complete", "resume"],
-    outcome: Output,
-) -> None:
-    """Record a stage's output (inline, or the blob key it was stored under), emit
-    stage.completed and advance the run, in the caller's transaction."""
-    stage = scope.transition_stage(
-        stage_id,
-        trigger,
-        output=outcome.value if outcome.ref is None else None,
-        output_ref=outcome.ref,
-        metrics=outcome.metrics,
-        artifacts=outcome.artifact_refs,
-        lease_expires_at=None,
-        due_at=None,
-        error=None,
-        finished_at=scope.now,
-    )
-    scope.emit(StageCompleted, stage_id=stage_id, attempt=stage.attempt, metrics=outcome.metrics)
-    await advance(scope, workflow)
-
-
-def fail_or_retry(
-    scope: RunScope,
-    stage_def: Stage,
-    attempt: int,
-    exc: BaseException,
-    *,
-    trigger: Literal["retry", "expire"] = "retry",
-    at_once: bool = False,
-) -> JobExecuteResult:
-    """Record a failed attempt: retry it per the stage's policy, or fail the stage (the run
-    fails with it, in this same transaction)."""
-    now = scope.now
-    sid = stage_def.id
-    retryable = is_retryable(stage_def, exc)
-    error = error_info(exc, retryable=retryable)
-    run_id = scope.run.run_id
-    if retryable and attempt < stage_def.retry.max_attempts:
-        delay = 0.0 if at_once else stage_def.retry.backoff(attempt, f"{run_id}/{sid}/{attempt}")
-        at = now + timedelta(seconds=delay)
-        scope.transition_stage(
-            sid,
-            trigger,
-            attempt=attempt + 1,
-            error=error,
-            due_at=at,
-            enqueued_at=now,
-            lease_expires_at=None,
-        )
-        scope.emit(
-            StageRetrying,
-            stage_id=sid,
-            attempt=attempt,
-            next_attempt=attempt + 1,
-            retry_at=at,
-            error=EventError.of(error),
-        )
-        scope.enqueue(sid, attempt + 1, at)
-        return attempt_result(run_id, sid, attempt, "retry", error=error.message, retry_after=delay)
-    scope.transition_stage(sid, "fail", error=error, lease_expires_at=None, finished_at=now)
-    scope.emit(StageFailed, stage_id=sid, attempt=attempt, error=EventError.of(error))
-    if scope.run.status is RunStatus.RUNNING:
-        fail_run(scope, error, sid)
-    return attempt_result(run_id, sid, attempt, "failed", error=error.message)
-
-
-def note_suspension(scope: RunScope) -> None:
-    """Emit RunSuspended when every unfinished stage of the current group is waiting."""
-    group = scope.group(scope.run.current_group)
-    open_ = [s for s in group if not s.status.is_terminal]
-    if open_ and all(s.status is StageStatus.SUSPENDED for s in open_):
-        scope.emit(RunSuspended, stage_ids=[s.stage_id for s in open_])

@@ -34,7 +34,7 @@ from stagewise._errors import (
 from stagewise._events import EVENT_ADAPTER, EventError, StageFailed
 from stagewise._execution import Output, call_user_code, error_info, normalize_output
 from stagewise._flow import fail_run
-from stagewise._h_jobs import complete_stage, fail_or_retry
+from stagewise._outcomes import complete_stage, fail_or_retry
 from stagewise._plugins import SINK_CONSUMER
 from stagewise._records import ClaimedDelivery, Delivery, JobMessage, RunRecord, StageRecord
 from stagewise._stages import NotReady, Ready, to_seconds
