@@ -22,6 +22,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from sqlalchemy import URL, delete, make_url
 
 from stagewise._ports import BlobStore, JobTransport, Persistence
 from stagewise.testing import FakeClock, InMemoryBlobStore, InMemoryJobQueue, InMemoryPersistence
-from stagewise_sql import SqlBackend, metadata
+from stagewise_sql import SqlBackend, SqlSettings, metadata
 
 DEFAULT_PG_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
 BACKENDS = ("memory", "sqlite", "postgres")
@@ -128,6 +129,23 @@ def pg_module_url() -> Iterator[str]:
         yield url
     finally:
         drop_pg_database(url)
+
+
+@asynccontextmanager
+async def extra_backends(adapters: Adapters, count: int) -> AsyncIterator[list[SqlBackend]]:
+    """`count` more backends on the adapters' database, one engine and one connection each:
+    as many separate processes would be."""
+    assert adapters.url is not None
+    settings = SqlSettings(pool_size=1)
+    backends = [
+        await SqlBackend.connect(adapters.url, clock=adapters.clock, settings=settings)
+        for _ in range(count)
+    ]
+    try:
+        yield backends
+    finally:
+        for b in backends:
+            await b.close()
 
 
 async def empty_tables(backend: SqlBackend) -> None:

@@ -10,25 +10,16 @@ from dataclasses import replace
 import pytest
 
 from stagewise._states import RunStatus
-from stagewise_sql import SqlBackend, SqlSettings
-from tests.conftest import Adapters
+from stagewise_sql import SqlBackend
+from tests.conftest import Adapters, extra_backends
 from tests.contract.factories import at, delivery, events_of, idem, job, run
 
 
 @pytest.fixture
 async def others(sql_backend: Adapters) -> AsyncIterator[list[SqlBackend]]:
     """Eight more backends on the same database: eight engines, eight connections."""
-    assert sql_backend.url is not None
-    settings = SqlSettings(pool_size=1)
-    backends = [
-        await SqlBackend.connect(sql_backend.url, clock=sql_backend.clock, settings=settings)
-        for _ in range(8)
-    ]
-    try:
+    async with extra_backends(sql_backend, 8) as backends:
         yield backends
-    finally:
-        for b in backends:
-            await b.close()
 
 
 async def test_eight_dequeuers_never_take_a_job_twice_nor_lose_one(

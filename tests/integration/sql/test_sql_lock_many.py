@@ -12,8 +12,8 @@ from dataclasses import replace
 import pytest
 from sqlalchemy import text
 
-from stagewise_sql import SqlBackend, SqlSettings
-from tests.conftest import Adapters
+from stagewise_sql import SqlBackend
+from tests.conftest import Adapters, extra_backends
 from tests.contract.factories import run
 
 pytestmark = pytest.mark.postgres
@@ -24,20 +24,11 @@ RUN_IDS = [f"r{i}" for i in range(6)]
 @pytest.fixture
 async def lockers(pg_backend: Adapters) -> AsyncIterator[list[SqlBackend]]:
     """Four more backends on the same database, one connection each, and the runs to lock."""
-    assert pg_backend.url is not None
     async with pg_backend.persistence.transaction() as tx:
         for run_id in RUN_IDS:
             await tx.runs.insert(run(run_id))
-    settings = SqlSettings(pool_size=1)
-    backends = [
-        await SqlBackend.connect(pg_backend.url, clock=pg_backend.clock, settings=settings)
-        for _ in range(4)
-    ]
-    try:
+    async with extra_backends(pg_backend, 4) as backends:
         yield backends
-    finally:
-        for b in backends:
-            await b.close()
 
 
 async def waiting_on_a_lock(backend: SqlBackend) -> int:
