@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
+
+from stagewise._errors import DuplicateRecordError
 from stagewise._records import ClaimedDelivery, Delivery, EventRecord
 from stagewise._states import RunStatus
 from tests.conftest import Adapters
@@ -51,6 +54,35 @@ async def test_events_come_back_in_seq_order_after_a_given_seq(backend: Adapters
     assert [e.seq for e in after] == [2, 3]
     assert none == []
     assert_aware(*(e.occurred_at for e in every))
+
+
+async def test_append_stores_every_field_and_refuses_an_event_id_twice(
+    backend: Adapters,
+) -> None:
+    ev = replace(event("r1", 1), payload={"text": 'é \\ "quoted"', "n": [1, None, {"x": 2.5}]})
+    dead = delivery(
+        ev,
+        "plugin:a",
+        status="dead",
+        attempts=3,
+        next_attempt_at=at(9),
+        claimed_by="c9",
+        claimed_until=at(10),
+        last_error="gave up",
+    )
+    await append(backend, [ev], [delivery(ev), dead])
+
+    async with backend.persistence.transaction() as tx:
+        assert await tx.outbox.events("r1") == [ev]
+        [got] = await tx.outbox.dead()
+    assert got.delivery == dead
+    assert got.event == ev
+    assert_aware(got.delivery.next_attempt_at, got.delivery.claimed_until)
+
+    with pytest.raises(DuplicateRecordError):
+        await append(backend, [ev], [delivery(ev, "plugin:b")])
+    async with backend.persistence.transaction() as tx:
+        assert len(await tx.outbox.events("r1")) == 1
 
 
 # --- claims ------------------------------------------------------------------------------

@@ -59,6 +59,15 @@ metadata = MetaData(naming_convention=NAMING_CONVENTION)
 """The stagewise schema, for `target_metadata` in a user's own Alembic environment."""
 
 
+def utc(value: datetime | None) -> datetime | None:
+    """`value` in UTC (None stays None). Raises `InvalidInputError` for a naive datetime."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        raise InvalidInputError(f"naive datetime {value.isoformat()} (times must be aware)")
+    return value if value.tzinfo is UTC else value.astimezone(UTC)
+
+
 class UtcDateTime(TypeDecorator[datetime]):
     """A timezone-aware datetime, stored in UTC and always returned timezone-aware."""
 
@@ -66,12 +75,9 @@ class UtcDateTime(TypeDecorator[datetime]):
     cache_ok = True
 
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        value = utc(value)
         if value is None:
             return None
-        if value.tzinfo is None:
-            raise InvalidInputError(f"naive datetime {value.isoformat()} (times must be aware)")
-        if value.tzinfo is not UTC:
-            value = value.astimezone(UTC)
         # SQLite stores text without an offset; every value is UTC, so it compares right.
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 

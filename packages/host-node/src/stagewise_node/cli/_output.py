@@ -54,9 +54,10 @@ LOOP_ENV = "STAGEWISE_EVENT_LOOP"
 
 
 def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop's event loop where it is installed (a dependency except on Windows): the
-    worker spends a fifth of its time in the event loop itself, and uvloop's is several
-    times cheaper. `STAGEWISE_EVENT_LOOP=asyncio` keeps the standard one."""
+    """uvloop's event loop where it is installed (a dependency except on Windows): a worker
+    is mostly waiting on database round trips, and uvloop's I/O path shortens each (in
+    `bench/`, a 3-stage run's latency through a worker fell from ~42 to ~24 ms).
+    `STAGEWISE_EVENT_LOOP=asyncio` keeps the standard loop."""
     if os.environ.get(LOOP_ENV, "").lower() == "asyncio":
         return None
     try:
