@@ -51,7 +51,7 @@ from stagewise import (
 )
 from stagewise_node._heartbeat import Heartbeater
 from stagewise_node._jobs import JobRunner, JobWakeups, RunWakeups
-from stagewise_node._scheduler import HostScheduler, wait_event
+from stagewise_node._scheduler import HostScheduler, listen
 from stagewise_node._settings import NodeHostSettings
 from stagewise_node._stats import Counters, HostState, HostStats
 from stagewise_node._tick import STEPS, Ticker
@@ -306,23 +306,15 @@ class NodeHost:
 
     async def _listen_runs(self, transport: RunWakeups) -> None:
         """Claim at once when the transport says another process created a run."""
-        failures = 0
-        while not self._stopping.is_set():
-            try:
-                woke = await transport.wait_for_runs(self.settings.listen_timeout)
-            except Exception as exc:
-                failures += 1
-                logger.warning(
-                    "waiting for run notifications failed: %s: %s",
-                    type(exc).__name__,
-                    exc,
-                    extra={"worker_id": self.worker_id},
-                )
-                await wait_event(self._stopping, self._clock, min(30.0, failures))
-                continue
-            failures = 0
-            if woke:
-                self._ticker.ring("run.claimPending")
+        await listen(
+            transport.wait_for_runs,
+            lambda: self._ticker.ring("run.claimPending"),
+            what="run",
+            stopping=self._stopping,
+            clock=self._clock,
+            renew_every=self.settings.listen_timeout,
+            worker_id=self.worker_id,
+        )
 
     # --- stopping ------------------------------------------------------------------------
 

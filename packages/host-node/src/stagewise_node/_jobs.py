@@ -19,7 +19,7 @@ from typing import Protocol, runtime_checkable
 
 from stagewise import Clock, JobExecute, JobMessage, JobRelease, JobTransport, Kernel, LeaseLost
 from stagewise_node._heartbeat import job_fields
-from stagewise_node._scheduler import Alarm, wait_event
+from stagewise_node._scheduler import Alarm, listen, wait_event
 from stagewise_node._settings import NodeHostSettings
 from stagewise_node._stats import Counters
 
@@ -245,20 +245,12 @@ class JobRunner:
 
     async def listen(self, transport: JobWakeups, stopping: asyncio.Event) -> None:
         """Ring the alarm whenever the transport says jobs were enqueued."""
-        failures = 0
-        while not stopping.is_set():
-            try:
-                woke = await transport.wait_for_jobs(self._settings.listen_timeout)
-            except Exception as exc:
-                failures += 1
-                logger.warning(
-                    "waiting for job notifications failed: %s: %s",
-                    type(exc).__name__,
-                    exc,
-                    extra={"worker_id": self._worker_id},
-                )
-                await wait_event(stopping, self._clock, min(30.0, failures))
-                continue
-            failures = 0
-            if woke:
-                self.alarm.ring()
+        await listen(
+            transport.wait_for_jobs,
+            self.alarm.ring,
+            what="job",
+            stopping=stopping,
+            clock=self._clock,
+            renew_every=self._settings.listen_timeout,
+            worker_id=self._worker_id,
+        )

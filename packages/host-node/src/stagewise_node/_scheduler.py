@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 
 from stagewise import Clock, WakeCommand
@@ -43,6 +43,39 @@ async def wait_event(event: asyncio.Event, clock: Clock, seconds: float) -> bool
         sleeper.cancel()
         await asyncio.gather(waiter, sleeper, return_exceptions=True)
     return event.is_set()
+
+
+async def listen(
+    wait: Callable[[float], Awaitable[bool]],
+    ring: Callable[[], None],
+    *,
+    what: str,
+    stopping: asyncio.Event,
+    clock: Clock,
+    renew_every: float,
+    worker_id: str,
+) -> None:
+    """Until `stopping`: wait for a notification (`wait(renew_every)` says whether one came)
+    and `ring` when it did. A failed wait is logged and retried after a growing pause (up
+    to 30 s), so a lost database does not spin the loop."""
+    failures = 0
+    while not stopping.is_set():
+        try:
+            woke = await wait(renew_every)
+        except Exception as exc:
+            failures += 1
+            logger.warning(
+                "waiting for %s notifications failed: %s: %s",
+                what,
+                type(exc).__name__,
+                exc,
+                extra={"worker_id": worker_id},
+            )
+            await wait_event(stopping, clock, min(30.0, failures))
+            continue
+        failures = 0
+        if woke:
+            ring()
 
 
 class Alarm:

@@ -199,7 +199,5 @@ async def flush_scopes(tx: Transaction, scopes: Iterable[RunScope]) -> None:
         # One upsert for both: a new row cannot exist already (the run is locked, and
         # deletes went first), so it is inserted.
         await tx.stages.save_many(new + dirty)
-    if len(runs) == 1:
-        await tx.runs.save(runs[0])
-    elif runs:
+    if runs:
         await tx.runs.save_many(runs)
