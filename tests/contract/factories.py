@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
+from stagewise import JobExecute
 from stagewise._records import (
     Delivery,
     ErrorInfo,
@@ -17,6 +18,7 @@ from stagewise._records import (
     StageRecord,
 )
 from stagewise._states import RunStatus, StageStatus
+from stagewise.testing import TestEnvironment
 from stagewise.testing._clock import DEFAULT_START
 
 T0 = DEFAULT_START
@@ -147,3 +149,17 @@ def assert_aware(*values: datetime | None) -> None:
     for value in values:
         assert value is None or value.tzinfo is not None, f"naive datetime {value!r}"
         assert value is None or value.utcoffset() == timedelta(0)
+
+
+async def execute_chain(env: TestEnvironment, job: JobMessage, worker_id: str = "w") -> list[str]:
+    """Execute `job` and every stage handed on to the worker after it; the stage ids run."""
+    ran: list[str] = []
+    next_job: JobMessage | None = job
+    while next_job is not None:
+        result = await env.kernel.dispatch(
+            JobExecute(job=next_job, worker_id=worker_id, chain=True)
+        )
+        assert result.outcome == "completed"
+        ran.append(result.stage_id)
+        next_job = result.next_job
+    return ran

@@ -5,6 +5,7 @@ worker's lease, and a worker that dies before running it is reaped like any othe
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 import pytest
@@ -21,6 +22,7 @@ from stagewise import (
     StageStatus,
 )
 from tests.conftest import Adapters
+from tests.contract.factories import execute_chain
 from tests.contract.test_kernel_scenarios import make_env, queued_jobs
 from tests.contract.test_round_trip_budget import three_stages
 from tests.unit.workflows import four_groups
@@ -151,11 +153,7 @@ async def test_a_claim_with_take_starts_first_stages_for_the_worker(backend: Ada
         )
 
     for job in claimed.started_jobs:
-        next_job: JobMessage | None = job
-        while next_job is not None:
-            result = await env.kernel.dispatch(JobExecute(job=next_job, worker_id="w", chain=True))
-            assert result.outcome == "completed"
-            next_job = result.next_job
+        await execute_chain(env, job)
     await env.run_until_idle()
     for run, n in zip(runs, range(3), strict=True):
         final = await env.get_run(run.run_id)
@@ -175,6 +173,38 @@ async def test_a_stage_started_at_claim_whose_worker_died_is_reaped(backend: Ada
     await env.run_until_idle()
     final = await env.get_run(run.run_id)
     assert (final.status, final.output) == (RunStatus.COMPLETED, {"n": 3})
+
+
+# --- at creation ---------------------------------------------------------------------------
+
+
+async def test_a_run_created_for_a_worker_completes_from_its_started_stage(
+    backend: Adapters,
+) -> None:
+    env = make_env(backend, [three_stages()])
+    created = await env.kernel.dispatch(
+        RunCreate(workflow_id="three", input={"n": 0}, worker_id="w", idempotency_key="k")
+    )
+    assert (created.status, created.created) == (RunStatus.RUNNING, True)
+    (job,) = created.started_jobs
+    stage = (await env.stages(created.run_id))["a"]
+    assert (stage.status, stage.worker_id, stage.job_id) == (StageStatus.RUNNING, "w", job.job_id)
+    assert await queued_jobs(env) == 0
+    replay = await env.kernel.dispatch(
+        RunCreate(workflow_id="three", input={"n": 0}, worker_id="w", idempotency_key="k")
+    )
+    assert (replay.run_id, replay.created, replay.started_jobs) == (created.run_id, False, [])
+
+    waiter = asyncio.ensure_future(env.kernel.wait_for_run(created.run_id, poll_interval=3600))
+    assert await execute_chain(env, job) == ["a", "b", "c"]
+    final = await asyncio.wait_for(waiter, timeout=5)
+    assert (final.status, final.output) == (RunStatus.COMPLETED, {"n": 3})
+    assert final == await env.kernel.get_run(created.run_id)
+    await env.run_until_idle()
+    types = [e.type for e in env.sink.of_run(created.run_id)]
+    assert types[:3] == ["run.created", "run.started", "stage.started"]
+    assert types.count("stage.started") == 3
+    assert types[-1] == "run.completed"
 
 
 def test_take_without_a_worker_id_is_refused() -> None:

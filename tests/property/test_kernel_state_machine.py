@@ -157,7 +157,7 @@ class KernelMachine(RuleBasedStateMachine):
 
     @initialize(workflow=st.sampled_from(["chain", "fan"]))
     def first_run(self, workflow: str) -> None:
-        self.create(workflow, True, None)
+        self.create(workflow, True, None, False)
         self.claim(1)
         self.dequeue(3)
 
@@ -165,14 +165,21 @@ class KernelMachine(RuleBasedStateMachine):
         workflow=st.sampled_from(["chain", "fan"]),
         flaky=st.booleans(),
         key=st.one_of(st.none(), st.sampled_from(["k1", "k2"])),
+        start_here=st.booleans(),
     )
-    def create(self, workflow: str, flaky: bool, key: str | None) -> None:
-        command = RunCreate(workflow_id=workflow, input={"flaky": flaky}, idempotency_key=key)
+    def create(self, workflow: str, flaky: bool, key: str | None, start_here: bool) -> None:
+        command = RunCreate(
+            workflow_id=workflow,
+            input={"flaky": flaky},
+            idempotency_key=key,
+            worker_id="m" if start_here else None,  # start at creation, for this worker
+        )
         try:
             result = self.run(self.env.kernel.dispatch(command))
         except IdempotencyKeyReusedError:  # the same key with different input is refused
             assert key is not None
             return
+        self.in_hand += result.started_jobs
         if result.run_id not in self.run_ids:
             self.run_ids.append(result.run_id)
 

@@ -42,10 +42,10 @@ from stagewise import (
     Clock,
     CommandResult,
     JobMessage,
-    JobRelease,
     JobTransport,
     Kernel,
-    LeaseReapStale,
+    RunCreate,
+    RunCreateResult,
     SystemClock,
     WakeCommand,
 )
@@ -255,6 +255,21 @@ class NodeHost:
         if self._crash is not None:
             raise self._crash
 
+    # --- in-process runs -----------------------------------------------------------------
+
+    async def submit(self, command: RunCreate) -> RunCreateResult:
+        """Create a run and, while this host runs and has a free slot, start it here in the
+        creating transaction (`RunCreate.worker_id` set to this host's id): its first stage
+        runs in that slot at once, with no claim, queue or wake-up in between. Otherwise
+        the run is created PENDING for a claim, as by `kernel.dispatch`. A worker id set by
+        the caller is kept, and the stage started for it is the caller's to execute. Await
+        the run's end with `host.kernel.wait_for_run(run_id)`.
+
+        Raises:
+            StagewiseError: whatever `run.create` refuses (unknown workflow, bad input...).
+        """
+        return await self._jobs.submit(command, serving=self._state == "running")
+
     async def tick(self) -> dict[WakeCommand, CommandResult | Exception]:
         """Run every orchestration step once now (never while another tick runs)."""
         return await self._ticker.tick(self._counters, STEPS)
@@ -396,43 +411,13 @@ class NodeHost:
             await asyncio.gather(force, return_exceptions=True)
 
     async def _give_back(self, jobs: list[JobMessage]) -> None:
-        """Release attempts still running at the drain deadline: another worker takes the
-        same attempt at once, and it does not count against the stage's retry policy."""
+        """Release the attempts still running at the drain deadline (`JobRunner.give_back`);
+        one that cannot be released is freed by `_release_own`, spending the attempt."""
         for job in jobs:
-            try:
-                await self.kernel.dispatch(JobRelease(job=job, worker_id=self.worker_id))
-            except Exception as exc:  # _release_own still frees it, spending the attempt
-                logger.warning(
-                    "could not release %s: %s",
-                    job.stage_id,
-                    exc,
-                    extra={
-                        "worker_id": self.worker_id,
-                        "run_id": job.run_id,
-                        "stage_id": job.stage_id,
-                        "attempt": job.attempt,
-                    },
-                )
+            await self._jobs.give_back(job)
 
     async def _release_own(self, when: str) -> None:
-        """Retry every attempt this worker id holds and give back its deliveries."""
-        batch = self.settings.reap_batch
-        while True:
-            result = await self.kernel.dispatch(
-                LeaseReapStale(limit=batch, worker_id=self.worker_id)
-            )
-            if result.retried or result.failed or result.released_jobs:
-                logger.info(
-                    "released this worker's leases %s: %d attempt(s) retried, %d failed, "
-                    "%d delivery(ies) given back",
-                    when,
-                    result.retried,
-                    result.failed,
-                    result.released_jobs,
-                    extra={"worker_id": self.worker_id},
-                )
-            if result.retried + result.failed < batch:
-                return
+        await self._jobs.release_own(when)
 
     def _detach(self) -> None:
         if self._scheduler is not None:

@@ -17,7 +17,18 @@ from collections.abc import Awaitable, Sequence
 from datetime import datetime, timedelta
 from typing import Protocol, runtime_checkable
 
-from stagewise import Clock, JobExecute, JobMessage, JobRelease, JobTransport, Kernel, LeaseLost
+from stagewise import (
+    Clock,
+    JobExecute,
+    JobMessage,
+    JobRelease,
+    JobTransport,
+    Kernel,
+    LeaseLost,
+    LeaseReapStale,
+    RunCreate,
+    RunCreateResult,
+)
 from stagewise_node._heartbeat import job_fields
 from stagewise_node._scheduler import Alarm, listen, wait_event
 from stagewise_node._settings import NodeHostSettings
@@ -76,6 +87,8 @@ class JobRunner:
         self._since: dict[asyncio.Task[None], datetime] = {}
         self._slot = asyncio.Event()
         self._stopping = asyncio.Event()
+        self._reserved = 0
+        """Slots held for submissions whose creating transaction has not committed yet."""
 
     def running_for(self, seconds: float) -> list[JobMessage]:
         """The jobs in flight for at least `seconds` (on the host's clock).
@@ -90,13 +103,31 @@ class JobRunner:
         """Job slots free now (none while stopping: a draining host starts nothing)."""
         if self._stopping.is_set():
             return 0
-        return max(0, self._settings.concurrency - len(self.running))
+        return max(0, self._settings.concurrency - len(self.running) - self._reserved)
 
     def adopt(self, jobs: Sequence[JobMessage]) -> None:
-        """Execute jobs whose stages were already started for this worker (a claim's eager
-        dispatch), each in a slot of its own."""
+        """Execute jobs whose stages were already started for this worker (eager dispatch
+        at claim or creation), each in a slot of its own."""
         for job in jobs:
             self._spawn(job)
+
+    async def submit(self, command: RunCreate, *, serving: bool) -> RunCreateResult:
+        """Create a run; while `serving` with a free slot (and no worker id set by the
+        caller), start its first stage for this worker in the creating transaction and run
+        it in that slot. The slot is held until the creation commits, so concurrent
+        submissions never take more slots than are free."""
+        if not serving or command.worker_id is not None or self.free() <= 0:
+            return await self._kernel.dispatch(command)
+        self._reserved += 1
+        try:
+            result = await self._kernel.dispatch(
+                command.model_copy(update={"worker_id": self._worker_id})
+            )
+            self.adopt(result.started_jobs)
+        finally:
+            self._reserved -= 1
+            self._slot.set()  # the job loop may have waited for this slot
+        return result
 
     def wake(self) -> None:
         """Look for jobs now (and stop waiting for a slot, when stopping)."""
@@ -109,7 +140,7 @@ class JobRunner:
         failures = 0
         while not stopping.is_set():
             self._slot.clear()
-            free = self._settings.concurrency - len(self.running)
+            free = self._settings.concurrency - len(self.running) - self._reserved
             if free <= 0:
                 await wait_event(self._slot, self._clock, self._settings.job_poll_interval)
                 continue
@@ -168,20 +199,43 @@ class JobRunner:
                 self.running[task] = next_job
                 self._since[task] = self._clock.now()
                 if self._stopping.is_set():  # draining: start nothing new, give it back
-                    await self._give_back(next_job)
+                    await self.give_back(next_job)
                     return
             next_job = await self._execute_one(next_job)
 
-    async def _give_back(self, job: JobMessage) -> None:
+    async def give_back(self, job: JobMessage) -> None:
+        """Release an attempt this worker holds but will not finish: another worker takes
+        the same attempt at once, and it does not count against the stage's retry policy."""
         try:
             await self._kernel.dispatch(JobRelease(job=job, worker_id=self._worker_id))
-        except Exception as exc:  # its lease expires and the reaper retries it
+        except Exception as exc:  # reaping this worker's leases (or their expiry) frees it
             logger.warning(
                 "could not give back %s: %s",
                 job.stage_id,
                 exc,
                 extra=job_fields(job, self._worker_id),
             )
+
+    async def release_own(self, when: str) -> None:
+        """Retry every attempt this worker id holds and give back its deliveries (on start,
+        after a crash; on stop, after the drain)."""
+        batch = self._settings.reap_batch
+        while True:
+            result = await self._kernel.dispatch(
+                LeaseReapStale(limit=batch, worker_id=self._worker_id)
+            )
+            if result.retried or result.failed or result.released_jobs:
+                logger.info(
+                    "released this worker's leases %s: %d attempt(s) retried, %d failed, "
+                    "%d delivery(ies) given back",
+                    when,
+                    result.retried,
+                    result.failed,
+                    result.released_jobs,
+                    extra={"worker_id": self._worker_id},
+                )
+            if result.retried + result.failed < batch:
+                return
 
     async def _execute_one(self, job: JobMessage) -> JobMessage | None:
         fields = job_fields(job, self._worker_id)

@@ -40,6 +40,13 @@ class RunCreate(_Message):
     config: dict[Ident, dict[str, Any]] | None = None
     idempotency_key: Ident | None = None
     priority: Annotated[int, Field(ge=-1_000_000, le=1_000_000)] = 0
+    worker_id: Ident | None = None
+    """Start at creation (an in-process host): the creating transaction also claims the run
+    (RUNNING, its first group's stages created) and starts the first due stage of that group
+    for `worker_id` instead of enqueueing its job; the group's other stages are enqueued.
+    The stage comes back in `RunCreateResult.started_jobs`; execute it with
+    `JobExecute(job=..., worker_id=worker_id, chain=True)`. An idempotent replay starts
+    nothing."""
 
 
 class RunClaimPending(_Message):
@@ -172,8 +179,14 @@ COMMAND_ADAPTER: TypeAdapter[Command] = TypeAdapter(Command)
 class RunCreateResult(_Message):
     run_id: str
     status: RunStatus
+    """PENDING, or RUNNING when started at creation (`RunCreate.worker_id`); for a replay,
+    the run's status now."""
     created: bool
     """False when an idempotency key replayed an earlier creation."""
+    started_jobs: list[JobMessage] = []
+    """With `worker_id`: the stage started for the worker (RUNNING, lease taken), as with
+    `RunClaimPendingResult.started_jobs`; if the worker dies first, its lease expires and
+    `lease.reapStale` retries it."""
 
 
 class RunClaimPendingResult(_Message):

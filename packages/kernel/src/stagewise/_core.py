@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -24,9 +24,10 @@ from stagewise._ports import (
     Transaction,
     WorkflowSource,
 )
-from stagewise._records import Delivery, RunRecord, StageRecord
+from stagewise._records import Delivery, JobMessage, RunRecord, StageRecord
 from stagewise._scope import Effects, RunScope, flush_scopes
 from stagewise._settings import KernelSettings
+from stagewise._waiters import RunWaiters
 from stagewise._workflow import Workflow
 
 logger = logging.getLogger("stagewise.kernel")
@@ -45,9 +46,11 @@ class Inflight:
 
 @dataclass(frozen=True, slots=True)
 class Handoff:
-    """A stage a finishing transaction started for this worker (eager dispatch): what its
-    execution needs, as committed, so that it starts without another transaction."""
+    """A stage a transaction started for this worker (eager dispatch: at creation, at claim,
+    or when the previous stage finished): its job and what its execution needs, as
+    committed, so that it starts without another transaction."""
 
+    job: JobMessage
     worker_id: str
     run: RunRecord
     stages: dict[str, StageRecord]
@@ -169,6 +172,8 @@ class Core:
         self.inflight: dict[str, Inflight] = {}
         self.handoffs: dict[str, Handoff] = {}
         """Stages started by eager dispatch, by job id, until their `job.execute` comes."""
+        self.run_waiters = RunWaiters()
+        """`Kernel.wait_for_run` callers, resolved after the commit that ends their run."""
         self.group = GroupCommit(self)
         self._executor: ThreadPoolExecutor | None = None
         self._unknown_workflows: set[str] = set()
@@ -189,6 +194,15 @@ class Core:
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
+
+    def hand_over(self, handoffs: Iterable[Handoff]) -> list[JobMessage]:
+        """Make stages started for a worker executable without a start transaction; their
+        jobs. Only once their transaction committed: a rolled-back hand-off starts nothing."""
+        jobs = []
+        for handoff in handoffs:
+            self.handoffs[handoff.job.job_id] = handoff
+            jobs.append(handoff.job)
+        return jobs
 
     def find_workflow(self, workflow_id: str) -> Workflow | None:
         """The workflow, or None (logged) when this process does not know it: maintenance
@@ -237,6 +251,7 @@ class Core:
             for attempt in self.inflight.values():
                 if attempt.run_id == run_id:
                     attempt.token._cancel()
+        self.run_waiters.resolve(scope.run for scope in unit.scopes.values())
         for key in effects.blob_deletes:
             try:
                 await self.blob_store.delete(key)

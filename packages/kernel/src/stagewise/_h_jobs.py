@@ -180,10 +180,11 @@ def _take(unit: Unit, scope: RunScope, job: JobMessage, worker_id: str) -> None:
     unit.effects.hint("lease.reapStale", lease)
 
 
-def hand_off(unit: Unit, scope: RunScope, worker_id: str) -> JobMessage | None:
+def hand_off(unit: Unit, scope: RunScope, worker_id: str) -> Handoff | None:
     """Eager dispatch: of the jobs this transaction is about to enqueue for the run (the next
-    group after a stage completed, or the first when the run is claimed), start the first
-    one that is due for `worker_id` instead.
+    group after a stage completed, or the first when the run is claimed or created for a
+    worker), start the first one that is due for `worker_id` instead. The caller hands it
+    over (`Core.hand_over`) once the transaction committed.
 
     It saves the next stage a dequeue, a start transaction and the wake-up latency. Its job
     never reaches the transport; the stage row fences it like any other delivery, and if the
@@ -205,7 +206,8 @@ def hand_off(unit: Unit, scope: RunScope, worker_id: str) -> JobMessage | None:
         with contextlib.suppress(ValueError):  # no dequeue needs to wake for it
             unit.effects.hints.remove(("job.execute", job.available_at))
         _take(unit, scope, job, worker_id)
-        return job
+        # A copy of the stages: later steps of the same group change the scope's.
+        return Handoff(job, worker_id, scope.run, dict(scope.stages))
     return None
 
 
@@ -283,19 +285,17 @@ async def _finish(
         await flush_buffer(unit, scope, job, reports)
         result = await _record(scope, workflow, stage_def, job, outcome)
         if cmd.chain and result.outcome == "completed":
-            next_job = hand_off(unit, scope, cmd.worker_id)
-            if next_job is not None:
-                result = result.model_copy(update={"next_job": next_job})
-                return result, Handoff(cmd.worker_id, scope.run, dict(scope.stages))
+            handoff = hand_off(unit, scope, cmd.worker_id)
+            if handoff is not None:
+                return result.model_copy(update={"next_job": handoff.job}), handoff
         return result, None
 
     answer = await core.group.run(cmd.type, job.run_id, finish)
     if isinstance(answer, LeaseLost):
         raise answer
     result, handoff = answer
-    if result.next_job is not None and handoff is not None:
-        # Only once the transaction committed: a rolled-back hand-off must not start anything.
-        core.handoffs[result.next_job.job_id] = handoff
+    if handoff is not None:
+        core.hand_over([handoff])  # only now that the transaction committed
     return result
 
 

@@ -37,7 +37,6 @@ from stagewise._ports import Transaction
 from stagewise._records import (
     ErrorInfo,
     IdempotencyRecord,
-    JobMessage,
     Json,
     RunRecord,
     StageRecord,
@@ -63,13 +62,13 @@ async def run_create(core: Core, cmd: RunCreate) -> RunCreateResult:
     now = core.now
     fingerprint = _fingerprint(cmd.workflow_id, data, config, cmd.priority)
 
-    async def create(unit: Unit, _: RunScope | None) -> RunCreateResult:
+    async def create(unit: Unit, _: RunScope | None) -> tuple[RunCreateResult, Handoff | None]:
         key = cmd.idempotency_key
         if key is not None:
             existing = await unit.tx.idempotency.get(_IDEMPOTENCY_SCOPE, key)
             replay = await _replay(core, unit.tx, existing, key, fingerprint)
             if replay is not None:
-                return replay
+                return replay, None  # it started (or will start) elsewhere: nothing here
         run_id = core.ids.new_id()
         run = RunRecord(
             run_id=run_id,
@@ -99,11 +98,22 @@ async def run_create(core: Core, cmd: RunCreate) -> RunCreateResult:
                 raise _KeyTaken()
         scope = unit.adopt_pending(run)
         scope.emit(RunCreated, priority=cmd.priority)
-        unit.effects.hint("run.claimPending", now)
-        return RunCreateResult(run_id=run_id, status=RunStatus.PENDING, created=True)
+        handoff = None
+        if cmd.worker_id is None:
+            unit.effects.hint("run.claimPending", now)
+        elif claim_run(unit, run) is not None:
+            # Start at creation: the claim and the first stage's start ride along, so an
+            # in-process host runs it without a NOTIFY, a claim or a start transaction.
+            handoff = hand_off(unit, scope, cmd.worker_id)
+        result = RunCreateResult(run_id=run_id, status=scope.run.status, created=True)
+        return result, handoff
 
     # Concurrent creations in this process share a transaction (a new run locks nothing).
-    return await core.group.run(cmd.type, None, create)
+    result, handoff = await core.group.run(cmd.type, None, create)
+    if handoff is None:
+        return result
+    # Only once committed (as in run.claimPending): a rolled-back creation starts nothing.
+    return result.model_copy(update={"started_jobs": core.hand_over([handoff])})
 
 
 class _KeyTaken(Exception):
@@ -158,35 +168,43 @@ def _fingerprint(workflow_id: str, data: Json, config: Json, priority: int) -> s
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def claim_run(unit: Unit, run: RunRecord) -> RunScope | None:
+    """Start a PENDING run this transaction holds (just claimed, or just created): RUNNING,
+    `RunStarted`, its first group's stages created and their jobs enqueued. None when it
+    did not start: it was no longer PENDING, or its workflow is unknown here (then it fails
+    with the reason: nothing could ever run it from there)."""
+    scope = unit.adopt_pending(run)
+    if scope.run.status is not RunStatus.PENDING:
+        return None
+    scope.transition_run("claim", started_at=scope.now)
+    scope.emit(RunStarted)
+    try:
+        workflow = unit.core.registry.get_workflow(run.workflow_id)
+    except WorkflowNotFoundError as exc:
+        fail_run(scope, ErrorInfo(type(exc).__name__, exc.message, False), None)
+        return None
+    start_group(scope, workflow, 0)
+    return scope
+
+
 async def run_claim_pending(core: Core, cmd: RunClaimPending) -> RunClaimPendingResult:
-    started: list[tuple[JobMessage, Handoff]] = []
+    started: list[Handoff] = []
     async with core.unit(cmd.type) as unit:
         claimed = await unit.tx.runs.claim_pending(cmd.limit)
         run_ids = []
         for run in claimed:
-            scope = unit.adopt_pending(run)
-            if scope.run.status is not RunStatus.PENDING:
+            scope = claim_run(unit, run)
+            if scope is None:
                 continue
-            scope.transition_run("claim", started_at=core.now)
-            scope.emit(RunStarted)
-            try:
-                workflow = core.registry.get_workflow(run.workflow_id)
-            except WorkflowNotFoundError as exc:
-                # Nothing silent: a run nobody can execute fails with the reason.
-                fail_run(scope, ErrorInfo(type(exc).__name__, exc.message, False), None)
-                continue
-            start_group(scope, workflow, 0)
             run_ids.append(run.run_id)
             if len(started) < cmd.take and cmd.worker_id is not None:
-                job = hand_off(unit, scope, cmd.worker_id)
-                if job is not None:
-                    started.append((job, Handoff(cmd.worker_id, scope.run, dict(scope.stages))))
+                handoff = hand_off(unit, scope, cmd.worker_id)
+                if handoff is not None:
+                    started.append(handoff)
         jobs = len(unit.effects.jobs)
     # Only once committed (as in job.execute): a rolled-back claim starts nothing.
-    for job, handoff in started:
-        core.handoffs[job.job_id] = handoff
     return RunClaimPendingResult(
-        run_ids=run_ids, jobs_enqueued=jobs, started_jobs=[job for job, _ in started]
+        run_ids=run_ids, jobs_enqueued=jobs, started_jobs=core.hand_over(started)
     )
 
 

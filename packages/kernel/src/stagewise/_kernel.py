@@ -64,7 +64,9 @@ from stagewise._ports import (
     Scheduler,
     WorkflowSource,
 )
+from stagewise._records import RunRecord
 from stagewise._settings import KernelSettings
+from stagewise._waiters import read_run, wait_for_run
 from stagewise._workflow import _summary
 
 Handler = Callable[[Core, Any], Awaitable[CommandResult]]
@@ -155,6 +157,31 @@ class Kernel:
         if handler is None:
             raise InvalidCommandError(f"{type(command).__name__} is not a stagewise command")
         return await handler(self._core, command)
+
+    async def get_run(self, run_id: str) -> RunRecord | None:
+        """The run as stored now, or None when there is no such run (a read in a short
+        transaction of its own)."""
+        return await read_run(self._core.persistence, run_id)
+
+    async def wait_for_run(
+        self,
+        run_id: str,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 (the kernel's clock, not the loop's)
+        poll_interval: float = 1.0,
+    ) -> RunRecord:
+        """Wait until the run is COMPLETED, FAILED or CANCELLED and return it.
+
+        A transaction of this process that ends the run resolves the wait at once; a run
+        that another process ends is found by reading it every `poll_interval` seconds.
+        Both intervals are on the kernel's clock.
+
+        Raises:
+            RunNotFoundError: there is no such run.
+            TimeoutError: the run had not ended after `timeout` seconds.
+            ValueError: `poll_interval` is not positive.
+        """
+        return await wait_for_run(self._core, run_id, timeout=timeout, poll_interval=poll_interval)
 
     async def aclose(self) -> None:
         """Release the kernel's thread pool (for sync stages)."""

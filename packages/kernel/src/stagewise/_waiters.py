@@ -1,0 +1,110 @@
+"""Waiting for a run to end (`Kernel.wait_for_run`).
+
+Theory of operation
+-------------------
+Every transaction of this process that ends a run (a stage's finish, a cancel, the reaper,
+a claim failing an unknown workflow...) holds that run's scope, and `Core.after_commit` hands
+the committed runs to `RunWaiters.resolve`: a waiter for a run that is now terminal gets the
+run at once, with no polling latency. A run that another process ends is never in our
+scopes, so a waiter also reads the run every `poll_interval` seconds.
+
+The waiter registers *before* its first read: a commit between the read and the wait then
+resolves the future it is about to wait on, instead of being missed until the next poll.
+Waits go through the injected `Clock` (a `FakeClock` drives polls and timeouts in tests),
+and a waiter that ends in any way (resolved, timed out, cancelled, run not found) removes
+its future.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Iterable
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from stagewise._errors import RunNotFoundError
+from stagewise._ports import Persistence
+from stagewise._records import RunRecord
+
+if TYPE_CHECKING:
+    from stagewise._core import Core
+
+
+class RunWaiters:
+    """Futures waiting for runs to end, by run id."""
+
+    def __init__(self) -> None:
+        self.waiting: dict[str, set[asyncio.Future[RunRecord]]] = {}
+
+    def add(self, run_id: str) -> asyncio.Future[RunRecord]:
+        future: asyncio.Future[RunRecord] = asyncio.get_running_loop().create_future()
+        self.waiting.setdefault(run_id, set()).add(future)
+        return future
+
+    def remove(self, run_id: str, future: asyncio.Future[RunRecord]) -> None:
+        future.cancel()  # does nothing once resolved
+        futures = self.waiting.get(run_id)
+        if futures is not None:
+            futures.discard(future)
+            if not futures:
+                del self.waiting[run_id]
+
+    def resolve(self, runs: Iterable[RunRecord]) -> None:
+        """After a commit: the runs its transaction held, as committed."""
+        if not self.waiting:
+            return
+        for run in runs:
+            if run.status.is_terminal:
+                for future in self.waiting.pop(run.run_id, ()):
+                    if not future.done():
+                        future.set_result(run)
+
+
+async def read_run(persistence: Persistence, run_id: str) -> RunRecord | None:
+    async with persistence.transaction() as tx:
+        return await tx.runs.get(run_id)
+
+
+async def wait_for_run(
+    core: Core,
+    run_id: str,
+    *,
+    timeout: float | None,  # noqa: ASYNC109 (the kernel's clock, not the loop's)
+    poll_interval: float,
+) -> RunRecord:
+    """The run once it is terminal (see the module's comment)."""
+    if poll_interval <= 0:
+        raise ValueError("poll_interval must be positive")
+    clock = core.clock
+    deadline = None if timeout is None else clock.now() + timedelta(seconds=max(0.0, timeout))
+    ended = core.run_waiters.add(run_id)
+    try:
+        while True:
+            run = await read_run(core.persistence, run_id)
+            if run is None:
+                raise RunNotFoundError(run_id)
+            if run.status.is_terminal:
+                return run
+            delay = poll_interval
+            if deadline is not None:
+                left = (deadline - clock.now()).total_seconds()
+                if left <= 0:
+                    raise TimeoutError(
+                        f"run {run_id!r} is still {run.status.value} after {timeout}s"
+                    )
+                delay = min(delay, left)  # one last read at the deadline
+            if await _ended_within(ended, clock.sleep(delay)):
+                return ended.result()
+    finally:
+        core.run_waiters.remove(run_id, ended)
+
+
+async def _ended_within(ended: asyncio.Future[RunRecord], sleep: Awaitable[None]) -> bool:
+    sleeper = asyncio.ensure_future(sleep)
+    either: set[asyncio.Future[Any]] = {ended, sleeper}
+    try:
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        sleeper.cancel()
+        await asyncio.gather(sleeper, return_exceptions=True)
+    return ended.done()
