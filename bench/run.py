@@ -147,6 +147,7 @@ class Bench:
     backend: Any = None
     kernel: Any = None
     workers: list[Worker] = field(default_factory=list)
+    hosts: list[Any] = field(default_factory=list)
 
     async def open(self) -> None:
         from stagewise_node.cli._compose import build_kernel, connect
@@ -154,7 +155,33 @@ class Bench:
         self.backend = await connect(self.url)
         self.kernel = build_kernel(self.backend, WorkflowRegistry(workflows))
 
+    async def start_local_host(self, worker_id: str, *, concurrency: int) -> Any:
+        """A node host in this process, on the client's backend (an application embedding
+        stagewise); stopped by `close`."""
+        from stagewise import KernelSettings
+        from stagewise_node import NodeHostSettings
+        from stagewise_node.cli._compose import build_host
+
+        settings = NodeHostSettings(
+            concurrency=concurrency,
+            job_poll_interval=self.poll_interval,
+            claim_interval=self.poll_interval,
+        )
+        host = build_host(
+            self.backend,
+            WorkflowRegistry(workflows),
+            worker_id=worker_id,
+            settings=settings,
+            kernel_settings=KernelSettings(),
+        )
+        await host.start()
+        self.hosts.append(host)
+        return host
+
     async def close(self) -> None:
+        for host in self.hosts:
+            await host.stop(5)
+            await host.kernel.aclose()
         for w in self.workers:
             if w.proc.poll() is None:
                 w.proc.kill()
@@ -355,20 +382,35 @@ async def w1(db: str, sizes: Sizes, poll: float, variant: str) -> dict[str, Any]
     )
 
 
-async def w2(db: str, sizes: Sizes, poll: float) -> dict[str, Any]:
+async def w2(db: str, sizes: Sizes, poll: float, variant: str) -> dict[str, Any]:
+    """`worker`: the runs go to a separate worker process (the client creates, the worker
+    claims on the NOTIFY); `inproc`: this process embeds a node host and creates each run
+    with `NodeHost.submit`, which starts it on that host in the creating transaction, then
+    awaits it with `Kernel.wait_for_run` - the peer's in-process configuration, through the
+    same jobs, leases and outbox."""
     runs = sizes.w2_runs
     async with bench(db, poll) as b:
-        await b.start_worker("w2", concurrency=10)
+        if variant == "worker":
+            await b.start_worker("w2", concurrency=10)
+
+            async def one(i: int) -> None:
+                await b.create("bench-three", i)
+                await b.wait_all_done("bench-three", i + 1, within=60, every=0.002)
+        else:
+            host = await b.start_local_host("w2-local", concurrency=10)
+
+            async def one(i: int) -> None:
+                created = await host.submit(RunCreate(workflow_id="bench-three", input={"n": i}))
+                await host.kernel.wait_for_run(created.run_id, timeout=60)
+
         for i in range(3):  # warm-up, not counted
-            await b.create("bench-three", i)
-        await b.wait_all_done("bench-three", 3, within=60, every=0.005)
+            await one(i)
         await asyncio.sleep(0.2)
         from stagewise_sql._schema import runs as runs_t
 
         warm = {r[0] for r in await b.query(select(runs_t.c.run_id))}
         for i in range(runs):
-            await b.create("bench-three", i)
-            await b.wait_all_done("bench-three", 3 + i + 1, within=60, every=0.002)
+            await one(3 + i)
         figures = sorted(
             ms for run_id, ms in await _latencies_by_run(b, "bench-three") if run_id not in warm
         )
@@ -378,7 +420,7 @@ async def w2(db: str, sizes: Sizes, poll: float) -> dict[str, Any]:
     return emit(
         {
             "workload": "W2",
-            "variant": "1x10",
+            "variant": "1x10" if variant == "worker" else "in-process 1x10",
             "db": db,
             "runs": runs,
             "completed": counts["COMPLETED"] - 3,
@@ -545,6 +587,9 @@ async def main() -> None:
     )
     parser.add_argument("--w2-runs", type=int, help="override W2's run count")
     parser.add_argument(
+        "--w2-variants", default="worker,inproc", help="W2 variants: worker, inproc"
+    )
+    parser.add_argument(
         "--w4-slots",
         default="16",
         help="W4 job slots, comma-separated for several (its stages mostly sleep)",
@@ -563,7 +608,8 @@ async def main() -> None:
                 for variant in args.w1_variants.split(","):
                     results.append(await w1(db, sizes, poll, variant.strip()))
             if "W2" in chosen:
-                results.append(await w2(db, sizes, poll))
+                for variant in args.w2_variants.split(","):
+                    results.append(await w2(db, sizes, poll, variant.strip()))
             if "W3" in chosen:
                 results.append(await w3(db, sizes, poll))
             if "W4" in chosen:

@@ -1,9 +1,10 @@
 """The hot path's database budget (DESIGN.md): at most two transactions per stage
 (claim+start, finish+advance) and one per run creation; with eager dispatch, one per stage.
 
-Counted deterministically with SQLAlchemy engine events on the real SQLite and PostgreSQL
-adapters: commits, and statements sent to the database. The figures are printed so a change
-in the statement count shows up in the test log; the assertions hold the transaction budget
+Counted deterministically on the real SQLite and PostgreSQL adapters (`stagewise_sql._counting`:
+SQLAlchemy engine events, and asyncpg's query loggers for what PostgreSQL's hot path sends
+on the driver): commits, and statements sent to the database. The figures are printed so a
+change in the statement count shows up in the test log; the assertions hold the transaction budget
 and a ceiling on statements that catches per-row round trips creeping in.
 
 Not counted here: the transport's dequeue, which hands a worker up to N jobs in one
@@ -14,42 +15,35 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-
-from sqlalchemy import event
 
 from stagewise import JobExecute, JobMessage, RunClaimPending, RunCreate, RunStatus
 from stagewise.testing import TestEnvironment
+from stagewise_sql._counting import Counts
+from stagewise_sql._counting import counting as count_statements
 from tests.conftest import Adapters
 from tests.contract.test_kernel_scenarios import make_env
 from tests.unit.workflows import Num
 
 
-@dataclass
-class Counts:
-    commits: int = 0
-    statements: int = 0
-
-
 @contextmanager
 def counting(backend: Adapters) -> Iterator[Counts]:
     assert backend.sql is not None
-    engine = backend.sql.engine.sync_engine
-    counts = Counts()
-
-    def on_commit(conn: object) -> None:
-        counts.commits += 1
-
-    def on_statement(*args: object) -> None:
-        counts.statements += 1
-
-    event.listen(engine, "commit", on_commit)
-    event.listen(engine, "before_cursor_execute", on_statement)
-    try:
+    with count_statements(backend.sql.engine.sync_engine) as counts:
         yield counts
-    finally:
-        event.remove(engine, "commit", on_commit)
-        event.remove(engine, "before_cursor_execute", on_statement)
+
+
+async def counted_chain(backend: Adapters, env: TestEnvironment, job: JobMessage) -> list[Counts]:
+    """Execute `job` and each stage handed on after it, as the node host does (`chain=True`,
+    one worker); what each execution cost."""
+    per_stage: list[Counts] = []
+    next_job: JobMessage | None = job
+    while next_job is not None:
+        with counting(backend) as stage:
+            result = await env.kernel.dispatch(JobExecute(job=next_job, worker_id="w", chain=True))
+        assert result.outcome == "completed"
+        per_stage.append(stage)
+        next_job = result.next_job
+    return per_stage
 
 
 def three_stages() -> object:
@@ -86,7 +80,8 @@ async def test_hot_path_transactions_per_stage_and_per_run_creation(
     assert final.status is RunStatus.COMPLETED
     assert final.output == {"n": 3}
     print(
-        f"\n{sql_backend.name}: run.create {create.commits} tx / {create.statements} stmts; "
+        f"\n{sql_backend.name}: run.create {create.commits} tx / {create.statements} stmts "
+        f"{dict(create.shapes)}; "
         + "; ".join(
             f"stage {i + 1}: {c.commits} tx / {c.statements} stmts" for i, c in enumerate(per_stage)
         )
@@ -105,14 +100,7 @@ async def test_eager_dispatch_takes_one_transaction_per_later_stage(
     run = await env.kernel.dispatch(RunCreate(workflow_id="three", input={"n": 0}))
     await env.kernel.dispatch(RunClaimPending())
     (job,) = await env.queue.dequeue(worker_id="w", limit=1, lease_for=30)
-    per_stage: list[Counts] = []
-    next_job: JobMessage | None = job
-    while next_job is not None:
-        with counting(sql_backend) as stage:
-            result = await env.kernel.dispatch(JobExecute(job=next_job, worker_id="w", chain=True))
-        assert result.outcome == "completed"
-        per_stage.append(stage)
-        next_job = result.next_job
+    per_stage = await counted_chain(sql_backend, env, job)
 
     final = await env.get_run(run.run_id)
     assert final.status is RunStatus.COMPLETED
@@ -138,16 +126,13 @@ async def test_a_run_started_at_claim_takes_one_transaction_per_stage(
     with counting(sql_backend) as claim:
         claimed = await env.kernel.dispatch(RunClaimPending(worker_id="w", take=1))
     (job,) = claimed.started_jobs
-    per_stage: list[Counts] = []
-    next_job: JobMessage | None = job
-    while next_job is not None:
-        with counting(sql_backend) as stage:
-            result = await env.kernel.dispatch(JobExecute(job=next_job, worker_id="w", chain=True))
-        per_stage.append(stage)
-        next_job = result.next_job
+    per_stage = await counted_chain(sql_backend, env, job)
 
     assert (await env.get_run(run.run_id)).status is RunStatus.COMPLETED
-    print(f"\n{sql_backend.name} started at claim: claim {claim.statements} stmts; {per_stage}")
+    print(
+        f"\n{sql_backend.name} started at claim: claim {claim.statements} stmts; "
+        + "; ".join(f"stage {i + 1}: {c.statements} stmts" for i, c in enumerate(per_stage))
+    )
     assert claim.commits == 1
     assert [c.commits for c in per_stage] == [1, 1, 1]
     assert all(c.statements <= 7 for c in per_stage), per_stage
@@ -162,7 +147,37 @@ async def test_claiming_runs_reads_nothing_again_per_run(sql_backend: Adapters) 
     with counting(sql_backend) as claim:
         result = await env.kernel.dispatch(RunClaimPending(limit=10))
     assert len(result.run_ids) == 10
-    print(f"\n{sql_backend.name}: claiming 10 runs: {claim.commits} tx / {claim.statements} stmts")
+    print(
+        f"\n{sql_backend.name}: claiming 10 runs: {claim.commits} tx / {claim.statements} stmts "
+        f"{dict(claim.shapes)}"
+    )
     assert claim.commits == 1
     # the claim, then one write per table for all ten: stages, runs, events, deliveries, jobs
     assert claim.statements <= 8
+
+
+async def test_a_run_started_at_creation_takes_one_transaction_then_one_per_stage(
+    sql_backend: Adapters,
+) -> None:
+    """With `RunCreate.worker_id` (an in-process host) the creating transaction also claims
+    the run and starts its first stage: no claim, no dequeue, no start transaction."""
+    env: TestEnvironment = make_env(sql_backend, [three_stages()])
+    with counting(sql_backend) as create:
+        created = await env.kernel.dispatch(
+            RunCreate(workflow_id="three", input={"n": 0}, worker_id="w")
+        )
+    (job,) = created.started_jobs
+    per_stage = await counted_chain(sql_backend, env, job)
+
+    assert (await env.get_run(created.run_id)).status is RunStatus.COMPLETED
+    print(
+        f"\n{sql_backend.name} started at creation: run.create {create.commits} tx / "
+        f"{create.statements} stmts; "
+        + "; ".join(f"stage {i + 1}: {c.statements} stmts" for i, c in enumerate(per_stage))
+    )
+    assert create.commits == 1
+    assert [c.commits for c in per_stage] == [1, 1, 1]
+    # insert the run, then one write each for stages, the run, events, deliveries
+    # (+ SQLite BEGIN); nothing is enqueued
+    assert create.statements <= 6, create
+    assert all(c.statements <= 7 for c in per_stage), per_stage

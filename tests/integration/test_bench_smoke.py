@@ -28,7 +28,7 @@ def test_the_quick_benchmark_runs_every_workload_to_completion_on_sqlite() -> No
     results = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
     seen = {(r["workload"], r["variant"]) for r in results}
     assert {w for w, _ in seen} == {"W1", "W2", "W3", "W4"}, seen
-    assert len(seen) == 7  # W1 x 3, W2, W3, W4 x 2
+    assert len(seen) == 8  # W1 x 3, W2 x 2 (worker, in-process), W3, W4 x 2
     for r in results:
         assert r["db"] == "sqlite"
         assert r["completed"] == r["runs"], r

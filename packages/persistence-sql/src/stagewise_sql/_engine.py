@@ -6,7 +6,12 @@ translated) in one of two modes:
 
 * `transaction()` - BEGIN ... COMMIT. SQLite begins with `BEGIN IMMEDIATE`, so writers take
   the write lock up front and never fail later on a lock upgrade; PostgreSQL runs at READ
-  COMMITTED and locks rows explicitly (`FOR UPDATE`, `SKIP LOCKED`).
+  COMMITTED and locks rows explicitly (`FOR UPDATE`, `SKIP LOCKED`). On PostgreSQL the
+  transaction is the asyncpg connection's own (BEGIN, COMMIT and ROLLBACK sent on it, with
+  SQLAlchemy's connection in autocommit mode on top), so the hot path's statements can run
+  on the driver directly (`Link.fetch`) and its writes go out collected, as one statement,
+  before the next read or the commit (`Link.writes`, see `_pg`). A connection given back
+  with the driver's transaction still open, or broken, is dropped from the pool.
 * `single()` - for single statements that are atomic on their own (dequeue, ack, blob
   writes): on PostgreSQL in autocommit mode, without BEGIN/COMMIT round trips.
 
@@ -42,6 +47,7 @@ from sqlalchemy.sql.base import Executable
 
 from stagewise._errors import PersistenceError, TransientError
 from stagewise_sql._errors import InvalidDatabaseUrlError, is_disconnect, translate
+from stagewise_sql._pg import RUNS_CHANNEL, PgWrites, Row
 
 SQLITE_DRIVER = "sqlite+aiosqlite"
 POSTGRES_DRIVER = "postgresql+asyncpg"
@@ -140,9 +146,10 @@ def _install_sqlite_hooks(engine: AsyncEngine, *, busy_timeout_ms: int) -> None:
 
 
 class Link:
-    """A connection in use by one unit of work. Every statement goes through `execute`."""
+    """A connection in use by one unit of work. Every statement goes through `execute`
+    (SQLAlchemy) or `fetch` (the asyncpg driver, PostgreSQL only)."""
 
-    __slots__ = ("_fresh", "_reopen", "closed", "conn", "db", "on_commit")
+    __slots__ = ("_fresh", "_reopen", "closed", "conn", "db", "driver", "on_commit", "writes")
 
     def __init__(
         self,
@@ -150,9 +157,15 @@ class Link:
         conn: AsyncConnection,
         *,
         reopen: Callable[[], Awaitable[AsyncConnection]] | None,
+        driver: Any = None,
+        writes: PgWrites | None = None,
     ) -> None:
         self.db = db
         self.conn = conn
+        self.driver = driver
+        """The asyncpg connection under `conn` (PostgreSQL transactions only)."""
+        self.writes = writes
+        """Writes collected to go out as one statement (PostgreSQL transactions, `_pg`)."""
         self.on_commit: list[Callable[[], None]] = []
         self.closed = False
         self._fresh = True
@@ -163,13 +176,17 @@ class Link:
         self._reopen = reopen
 
     async def execute(self, statement: Executable, params: Any = None) -> CursorResult[Any]:
+        if self.writes:
+            await self.send_writes()
         try:
             result = await self.conn.execute(statement, params)
         except Exception as exc:
             if not (self._fresh and self._reopen is not None and is_disconnect(exc)):
                 self.db.reraise(exc)
-            await self.db.discard(self.conn)
+            await self.db.release(self.conn)
             self.conn = await self._reopen()
+            if self.driver is not None:
+                self.driver = await driver_of(self.conn)
             try:
                 result = await self.conn.execute(statement, params)
             except Exception as again:
@@ -177,12 +194,55 @@ class Link:
         self._fresh = False
         return result
 
+    async def fetch(self, sql: str, *args: Any) -> list[Any]:
+        """Rows of `sql` run on the driver (PostgreSQL transactions), attribute-readable."""
+        if self.writes:
+            await self.send_writes()
+        self._fresh = False
+        try:
+            rows: list[Any] = await self.driver.fetch(sql, *args, record_class=Row)
+        except Exception as exc:
+            self.db.reraise(exc)
+        return rows
+
+    async def send_writes(self) -> None:
+        """Send the collected writes (one statement) now."""
+        assert self.writes is not None
+        statement, args = self.writes.take()
+        self._fresh = False
+        try:
+            await self.driver.execute(statement, *args)
+        except Exception as exc:
+            self.db.reraise(exc)
+
     async def run_sync(self, fn: Callable[[Connection], T]) -> T:
         """Run `fn` with the sync face of the connection (for Alembic and inspection)."""
         try:
             return await self.conn.run_sync(fn)
         except Exception as exc:
             self.db.reraise(exc)
+
+
+async def driver_of(conn: AsyncConnection) -> Any:
+    """The asyncpg connection under a SQLAlchemy connection."""
+    raw = await conn.get_raw_connection()
+    return raw.driver_connection
+
+
+async def _commit(link: Link) -> None:
+    if link.driver is None:
+        await link.conn.commit()
+        return
+    if link.writes:
+        await link.send_writes()
+    await link.driver.execute("COMMIT")
+
+
+async def _rollback(link: Link) -> None:
+    if link.driver is None:
+        await link.conn.rollback()
+    else:
+        await link.driver.execute("ROLLBACK")
 
 
 class Database:
@@ -243,14 +303,25 @@ class Database:
         raise AssertionError("unreachable")
 
     async def begin_connection(self) -> AsyncConnection:
-        """A pooled connection inside BEGIN, retrying connect and BEGIN failures."""
+        """A pooled connection inside BEGIN, retrying connect and BEGIN failures.
+
+        On PostgreSQL the transaction is the driver's own: SQLAlchemy's connection is in
+        autocommit mode, and BEGIN, COMMIT and ROLLBACK go to the asyncpg connection under
+        it, so that statements sent on the driver directly (`Link.fetch`, `_pg`) and through
+        SQLAlchemy run in the same transaction, whichever comes first.
+        """
 
         async def open_() -> AsyncConnection:
             conn = await self.engine.connect()
             try:
-                await conn.begin()
+                if self.is_sqlite:
+                    await conn.begin()
+                else:
+                    await conn.execution_options(isolation_level="AUTOCOMMIT")
+                    driver = await driver_of(conn)
+                    await driver.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
             except BaseException:
-                await self.discard(conn)
+                await self.release(conn)
                 raise
             return conn
 
@@ -259,6 +330,17 @@ class Database:
     async def discard(self, conn: AsyncConnection) -> None:
         with suppress(Exception):
             await conn.close()
+
+    async def release(self, conn: AsyncConnection) -> None:
+        """Give the connection back to the pool, or drop it when the driver's transaction
+        is still open or the connection broke (SQLAlchemy does not see the driver's own
+        statements, so it cannot tell)."""
+        if not self.is_sqlite:
+            with suppress(Exception):
+                driver = await driver_of(conn)
+                if driver.is_closed() or driver.is_in_transaction():
+                    await conn.invalidate()
+        await self.discard(conn)
 
     @asynccontextmanager
     async def _serialized(self, write: bool) -> AsyncIterator[None]:
@@ -277,24 +359,33 @@ class Database:
                 "single writer, so the inner one would wait forever for the outer one"
             )
         async with self._serialized(write=True):
-            reopen = self.begin_connection if self.dialect == "postgresql" else None
-            link = Link(self, await self.begin_connection(), reopen=reopen)
+            if self.is_sqlite:
+                link = Link(self, await self.begin_connection(), reopen=None)
+            else:
+                conn = await self.begin_connection()
+                link = Link(
+                    self,
+                    conn,
+                    reopen=self.begin_connection,
+                    driver=await driver_of(conn),
+                    writes=PgWrites((RUNS_CHANNEL, self.token)),
+                )
             token = self._active.set(link) if self.is_sqlite else None
             try:
                 yield link
                 try:
-                    await link.conn.commit()
+                    await _commit(link)
                 except Exception as exc:
                     self.reraise(exc)
             except BaseException:
                 with suppress(Exception):
-                    await asyncio.shield(link.conn.rollback())
+                    await asyncio.shield(_rollback(link))
                 raise
             finally:
                 link.closed = True
                 if token is not None:
                     self._active.reset(token)
-                await asyncio.shield(self.discard(link.conn))
+                await asyncio.shield(self.release(link.conn))
         for action in link.on_commit:
             action()
 

@@ -71,6 +71,8 @@ _PG_TRANSIENT = frozenset(
     }
 )
 _PG_TRANSIENT_CLASSES = ("08",)  # connection_exception
+# Of those, the ones that mean "the server cannot be used now" (from the driver at connect).
+_PG_UNAVAILABLE = frozenset({"57P01", "57P02", "57P03", "53300"})
 _PG_DATA_CLASS = "22"  # data_exception
 _PG_UNIQUE = "23505"
 _PG_UNDEFINED_TABLE = "42P01"
@@ -113,21 +115,43 @@ def translate(error: Exception, *, url: str) -> Exception:
         return InvalidDatabaseUrlError(url, _first_line(error))
     if isinstance(error, sa_exc.SQLAlchemyError):
         return PersistenceError(f"database error at {url}: {_first_line(error)}")
-    # asyncpg raises its own exceptions where SQLAlchemy does not wrap them (connect).
+    # asyncpg raises its own exceptions where SQLAlchemy does not wrap them: at connect,
+    # and for the statements sent on the driver directly (`_pg`).
     module = type(error).__module__
     if module.startswith("asyncpg"):
-        code = _sqlstate(error)
-        if code is not None and (code in _PG_TRANSIENT or code.startswith("08")):
-            return DatabaseUnavailableError(url, _first_line(error))
-        if type(error).__name__ in (
-            "InvalidCatalogNameError",
-            "InvalidAuthorizationSpecificationError",
-        ):
-            return PersistenceError(f"cannot use the database at {url}: {_first_line(error)}")
-        return PersistenceError(f"database error at {url}: {_first_line(error)}")
+        return _translate_asyncpg(error, url)
     if module.startswith(("sqlite3", "aiosqlite")):
         return PersistenceError(f"database error at {url}: {_first_line(error)}")
     return error  # not a database error: let it through untouched
+
+
+def _translate_asyncpg(error: Exception, url: str) -> StagewiseError:
+    code = _sqlstate(error)
+    message = _first_line(error)
+    if code is not None and (code.startswith(_PG_TRANSIENT_CLASSES) or code in _PG_UNAVAILABLE):
+        return DatabaseUnavailableError(url, message)
+    if code is None and type(error).__name__ == "InterfaceError" and "closed" in message:
+        return TransientError(f"lost the connection to the database at {url}: {message}")
+    if type(error).__name__ in (
+        "InvalidCatalogNameError",
+        "InvalidAuthorizationSpecificationError",
+    ):
+        return PersistenceError(f"cannot use the database at {url}: {message}")
+    if code is not None:
+        return _by_code(code, message, url)
+    return PersistenceError(f"database error at {url}: {message}")
+
+
+def _by_code(code: str, message: str, url: str) -> StagewiseError:
+    if code in _PG_TRANSIENT or code.startswith(_PG_TRANSIENT_CLASSES):
+        return TransientError(f"transient database error at {url}: {message} [{code}]")
+    if code == _PG_UNDEFINED_TABLE:
+        return PersistenceError(f"{message} in the database at {url}; {UPGRADE_HINT}")
+    if code == _PG_UNIQUE:
+        return DuplicateRecordError(f"duplicate key: {message}")
+    if code.startswith(_PG_DATA_CLASS):
+        return InvalidInputError(f"the database refused a value: {message} [{code}]")
+    return PersistenceError(f"database error at {url}: {message} [{code}]")
 
 
 def _translate_dbapi(error: sa_exc.DBAPIError, url: str) -> StagewiseError:
@@ -137,15 +161,7 @@ def _translate_dbapi(error: sa_exc.DBAPIError, url: str) -> StagewiseError:
     if error.connection_invalidated:
         return TransientError(f"lost the connection to the database at {url}: {message}")
     if code is not None:
-        if code in _PG_TRANSIENT or code.startswith(_PG_TRANSIENT_CLASSES):
-            return TransientError(f"transient database error at {url}: {message} [{code}]")
-        if code == _PG_UNDEFINED_TABLE:
-            return PersistenceError(f"{message} in the database at {url}; {UPGRADE_HINT}")
-        if code == _PG_UNIQUE:
-            return DuplicateRecordError(f"duplicate key: {message}")
-        if code.startswith(_PG_DATA_CLASS):
-            return InvalidInputError(f"the database refused a value: {message} [{code}]")
-        return PersistenceError(f"database error at {url}: {message} [{code}]")
+        return _by_code(code, message, url)
     lowered = message.lower()
     if any(marker in lowered for marker in _SQLITE_TRANSIENT):
         return TransientError(f"transient database error at {url}: {message}")

@@ -21,33 +21,25 @@ statements are simply serialized.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
-    BindParameter,
-    DateTime,
-    Integer,
     Row,
-    Text,
     and_,
     bindparam,
     or_,
     select,
-    text,
     tuple_,
     update,
 )
-from sqlalchemy.dialects import postgresql
 
 from stagewise._records import ClaimedDelivery, Delivery, EventRecord
 from stagewise_sql import _rows
 from stagewise_sql._schema import deliveries as deliveries_t
 from stagewise_sql._schema import events as events_t
-from stagewise_sql._schema import utc
 from stagewise_sql._statements import Store, time_param, upsert
 
 _EVENT_COLUMNS = (
@@ -78,75 +70,10 @@ def _claimed(row: Row[Any], delivery: Delivery | None = None) -> ClaimedDelivery
     return ClaimedDelivery(delivery=delivery or _rows.delivery_from_row(row), event=event)
 
 
-def _arrays(**types: Any) -> list[BindParameter[Any]]:
-    return [bindparam(name, type_=postgresql.ARRAY(t)) for name, t in types.items()]
-
-
-_TIME = DateTime(timezone=True)
-
-# PostgreSQL: the events and their deliveries in one statement (one round trip), each table
-# fed from arrays (`unnest`), so the statement text, and its prepared form, is the same for
-# any number of rows. The deliveries' foreign key is checked at commit (DEFERRABLE).
-_APPEND_PG = text(
-    f"""
-    WITH new_events AS (
-        INSERT INTO {events_t.name} (event_id, run_id, seq, type, occurred_at, payload)
-        SELECT e.event_id, e.run_id, e.seq, e.type, e.occurred_at, e.payload::jsonb
-        FROM unnest(:e_id, :e_run, :e_seq, :e_type, :e_at, :e_payload)
-            AS e(event_id, run_id, seq, type, occurred_at, payload)
-    )
-    INSERT INTO {deliveries_t.name} (event_id, consumer, run_id, seq, status, attempts,
-        next_attempt_at, claimed_by, claimed_until, last_error)
-    SELECT * FROM unnest(:d_event, :d_consumer, :d_run, :d_seq, :d_status, :d_attempts,
-        :d_next, :d_claimed_by, :d_claimed_until, :d_error)
-    """
-).bindparams(
-    *_arrays(
-        e_id=Text,
-        e_run=Text,
-        e_seq=Integer,
-        e_type=Text,
-        e_at=_TIME,
-        e_payload=Text,
-        d_event=Text,
-        d_consumer=Text,
-        d_run=Text,
-        d_seq=Integer,
-        d_status=Text,
-        d_attempts=Integer,
-        d_next=_TIME,
-        d_claimed_by=Text,
-        d_claimed_until=_TIME,
-        d_error=Text,
-    )
-)
-
-
-def _append_params(events: Sequence[EventRecord], deliveries: Sequence[Delivery]) -> Any:
-    return {
-        "e_id": [e.event_id for e in events],
-        "e_run": [e.run_id for e in events],
-        "e_seq": [e.seq for e in events],
-        "e_type": [e.type for e in events],
-        "e_at": [utc(e.occurred_at) for e in events],
-        "e_payload": [json.dumps(e.payload) for e in events],
-        "d_event": [d.event_id for d in deliveries],
-        "d_consumer": [d.consumer for d in deliveries],
-        "d_run": [d.run_id for d in deliveries],
-        "d_seq": [d.seq for d in deliveries],
-        "d_status": [d.status for d in deliveries],
-        "d_attempts": [d.attempts for d in deliveries],
-        "d_next": [utc(d.next_attempt_at) for d in deliveries],
-        "d_claimed_by": [d.claimed_by for d in deliveries],
-        "d_claimed_until": [utc(d.claimed_until) for d in deliveries],
-        "d_error": [d.last_error for d in deliveries],
-    }
-
-
 class SqlOutboxStore(Store):
     async def append(self, events: Sequence[EventRecord], deliveries: Sequence[Delivery]) -> None:
-        if events and deliveries and self._dialect == "postgresql":
-            await self._link.execute(_APPEND_PG, _append_params(events, deliveries))
+        if self._link.writes is not None:
+            self._link.writes.append(events, deliveries)
             return
         if events:
             await self._link.execute(events_t.insert(), [_rows.event_values(e) for e in events])

@@ -23,6 +23,7 @@ from stagewise._states import RunStatus, StageStatus
 from stagewise_sql import _rows
 from stagewise_sql._engine import Database, Link
 from stagewise_sql._outbox import SqlOutboxStore
+from stagewise_sql._pg import RUNS_CHANNEL, RUNS_CLAIM_PENDING, RUNS_LOCK_MANY, STAGES_OF_RUNS
 from stagewise_sql._schema import idempotency, logs, runs
 from stagewise_sql._schema import stages as stages_t
 from stagewise_sql._statements import Store, insert_ignore, time_param, upsert
@@ -91,13 +92,15 @@ def _stages_of_runs(dialect: str) -> Any:
     )
 
 
-RUNS_CHANNEL = "stagewise_runs"
-"""The PostgreSQL NOTIFY channel that new runs announce themselves on, so that an idle
-worker claims them at once instead of at its next claim interval."""
-
-
 class SqlRunStore(Store):
     async def insert(self, run: RunRecord) -> None:
+        writes = self._link.writes
+        if writes is not None:
+            if writes.insert_run(run):
+                return
+            await self._link.send_writes()  # it meets the collected row and fails
+            writes.insert_run(run)
+            return
         stmt = runs.insert()
         if self._dialect == "postgresql":
             # Rides on the insert (no extra round trip); sent on commit, not before.
@@ -116,20 +119,27 @@ class SqlRunStore(Store):
     async def lock_many(self, run_ids: Sequence[str]) -> list[RunRecord]:
         if not run_ids:
             return []
-        result = await self._link.execute(
-            _runs_lock_many(self._dialect), {"ids": sorted(set(run_ids))}
-        )
+        ids = sorted(set(run_ids))
+        if self._link.driver is not None:
+            result = await self._link.fetch(RUNS_LOCK_MANY, ids)
+        else:
+            result = list(await self._link.execute(_runs_lock_many(self._dialect), {"ids": ids}))
         return [_rows.run_from_row(row) for row in result]
 
     async def save(self, run: RunRecord) -> None:
-        await self._link.execute(upsert(runs, self._dialect), _rows.run_values(run))
+        await self.save_many([run])
 
     async def save_many(self, runs_: Sequence[RunRecord]) -> None:
-        if runs_:
+        if self._link.writes is not None:
+            self._link.writes.save_runs(runs_)
+        elif runs_:
             values = [_rows.run_values(r) for r in runs_]
             await self._link.execute(upsert(runs, self._dialect), values)
 
     async def claim_pending(self, limit: int) -> list[RunRecord]:
+        if self._link.driver is not None:
+            rows = await self._link.fetch(RUNS_CLAIM_PENDING, limit)
+            return [_rows.run_from_row(row) for row in rows]
         stmt = (
             select(runs)
             .where(runs.c.status == RunStatus.PENDING.value)
@@ -179,13 +189,17 @@ class SqlStageStore(Store):
     async def for_runs(self, run_ids: Sequence[str]) -> list[StageRecord]:
         if not run_ids:
             return []
-        result = await self._link.execute(
-            _stages_of_runs(self._dialect), {"ids": sorted(set(run_ids))}
-        )
+        ids = sorted(set(run_ids))
+        if self._link.driver is not None:
+            result = await self._link.fetch(STAGES_OF_RUNS, ids)
+        else:
+            result = list(await self._link.execute(_stages_of_runs(self._dialect), {"ids": ids}))
         return [_rows.stage_from_row(row) for row in result]
 
     async def save_many(self, stages: Sequence[StageRecord]) -> None:
-        if stages:
+        if self._link.writes is not None:
+            self._link.writes.save_stages(stages)
+        elif stages:
             values = [_rows.stage_values(s) for s in stages]
             await self._link.execute(upsert(stages_t, self._dialect), values)
 

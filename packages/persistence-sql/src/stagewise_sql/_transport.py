@@ -31,7 +31,8 @@ from stagewise._ports import Clock, Transaction
 from stagewise._records import JobMessage
 from stagewise_sql import _rows
 from stagewise_sql._engine import Database, Link, is_memory_sqlite
-from stagewise_sql._persistence import RUNS_CHANNEL, SqlTransaction
+from stagewise_sql._persistence import SqlTransaction
+from stagewise_sql._pg import RUNS_CHANNEL
 from stagewise_sql._schema import jobs as jobs_t
 from stagewise_sql._statements import insert_ignore, time_param
 
