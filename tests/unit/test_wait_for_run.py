@@ -21,6 +21,7 @@ from stagewise import (
 from stagewise.testing import (
     CollectingEventSink,
     InMemoryBlobStore,
+    InMemoryPersistence,
     NoopScheduler,
     TestEnvironment,
 )
@@ -61,6 +62,23 @@ async def test_get_run_reads_the_run_or_none() -> None:
     assert run is not None
     assert (run.run_id, run.status) == (run_id, RunStatus.PENDING)
     assert await env.kernel.get_run("nope") is None
+
+
+async def test_a_run_with_an_attempt_handed_here_is_not_read_while_it_runs() -> None:
+    env = TestEnvironment([four_groups()])
+    created = await env.kernel.dispatch(
+        RunCreate(workflow_id="four", input={"n": 1}, worker_id="w")
+    )
+    persistence = env.persistence
+    assert isinstance(persistence, InMemoryPersistence)
+    before = persistence.transactions
+    task = await waiting(env.kernel, created.run_id, poll_interval=3600)
+    await asyncio.sleep(0)
+    assert persistence.transactions == before  # no read competes with the attempt
+
+    await execute_all(env, created.started_jobs[0])
+    run = await asyncio.wait_for(task, timeout=1)
+    assert run.status is RunStatus.COMPLETED
 
 
 async def test_a_run_ended_in_this_process_resolves_the_waiter_at_once() -> None:

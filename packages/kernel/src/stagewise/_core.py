@@ -204,6 +204,12 @@ class Core:
             jobs.append(handoff.job)
         return jobs
 
+    def works_on(self, run_id: str) -> bool:
+        """Whether an attempt of the run is running in this process, or handed to it."""
+        return any(a.run_id == run_id for a in self.inflight.values()) or any(
+            h.run.run_id == run_id for h in self.handoffs.values()
+        )
+
     def find_workflow(self, workflow_id: str) -> Workflow | None:
         """The workflow, or None (logged) when this process does not know it: maintenance
         leaves such runs to a worker that does, instead of failing its whole batch."""

@@ -10,6 +10,8 @@ scopes, so a waiter also reads the run every `poll_interval` seconds.
 
 The waiter registers *before* its first read: a commit between the read and the wait then
 resolves the future it is about to wait on, instead of being missed until the next poll.
+A run with an attempt running in this process (or handed to it) skips that first read: its
+end comes from a commit of ours, and reading would only compete with the attempt.
 Waits go through the injected `Clock` (a `FakeClock` drives polls and timeouts in tests),
 and a waiter that ends in any way (resolved, timed out, cancelled, run not found) removes
 its future.
@@ -78,20 +80,26 @@ async def wait_for_run(
     clock = core.clock
     deadline = None if timeout is None else clock.now() + timedelta(seconds=max(0.0, timeout))
     ended = core.run_waiters.add(run_id)
+    # A run with an attempt running here (or about to) ends with a commit of ours: no read
+    # now, which would only compete with that attempt (another process's end of it is
+    # found by the next poll, as always).
+    read = not core.works_on(run_id)
     try:
         while True:
-            run = await read_run(core.persistence, run_id)
-            if run is None:
-                raise RunNotFoundError(run_id)
-            if run.status.is_terminal:
-                return run
+            if read:
+                run = await read_run(core.persistence, run_id)
+                if run is None:
+                    raise RunNotFoundError(run_id)
+                if run.status.is_terminal:
+                    return run
+                status = run.status.value
+            else:
+                status, read = "running here", True
             delay = poll_interval
             if deadline is not None:
                 left = (deadline - clock.now()).total_seconds()
                 if left <= 0:
-                    raise TimeoutError(
-                        f"run {run_id!r} is still {run.status.value} after {timeout}s"
-                    )
+                    raise TimeoutError(f"run {run_id!r} is still {status} after {timeout}s")
                 delay = min(delay, left)  # one last read at the deadline
             if await _ended_within(ended, clock.sleep(delay)):
                 return ended.result()
