@@ -186,6 +186,30 @@ async def test_lock_many_returns_the_runs_that_exist_in_id_order(backend: Adapte
     assert got == [run("r1"), run("r3")]
 
 
+async def test_lock_with_stages_gives_each_run_with_its_stages_in_order(
+    backend: Adapters,
+) -> None:
+    await insert_runs(backend, run("r2"), run("r1"), run("r3"))
+    rows = [
+        stage("r2", "b", group=1),
+        stage("r2", "z", group=0),
+        stage("r2", "a", group=1),
+        stage("r1", "x"),
+    ]
+    async with backend.persistence.transaction() as tx:
+        await tx.stages.save_many(rows)
+    async with backend.persistence.transaction() as tx:
+        got = await tx.runs.lock_with_stages(["r3", "nope", "r2", "r1", "r2"])
+        assert await tx.runs.lock_with_stages([]) == []
+
+    assert [(r.run_id, [s.stage_id for s in ss]) for r, ss in got] == [
+        ("r1", ["x"]),
+        ("r2", ["z", "a", "b"]),
+        ("r3", []),
+    ]
+    assert got[0] == (run("r1"), [stage("r1", "x")])  # every field, as stored
+
+
 async def test_save_many_writes_every_field_of_each_run(backend: Adapters) -> None:
     await insert_runs(backend, run("r1"), run("r2"))
     done = replace(run("r1"), status=RunStatus.COMPLETED, output={"n": 1}, event_seq=3)

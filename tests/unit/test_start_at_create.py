@@ -11,6 +11,7 @@ import pytest
 
 from stagewise import (
     JobExecute,
+    JobHeartbeat,
     JobMessage,
     KernelSettings,
     LeaseLost,
@@ -178,3 +179,20 @@ async def test_a_handed_over_stage_is_only_taken_by_the_worker_it_was_started_fo
     )
     with pytest.raises(LeaseLost):
         await env.kernel.dispatch(JobExecute(job=created.started_jobs[0], worker_id="other"))
+
+
+async def test_a_heartbeat_writes_the_run_row_with_the_stage() -> None:
+    # The rule RunStore.lock_with_stages lets adapters rely on: a transaction that writes a
+    # run's stages writes its row too (PostgreSQL detects stale stages by the row alone).
+    env = TestEnvironment([four_groups()])
+    created = await env.kernel.dispatch(
+        RunCreate(workflow_id="four", input={"n": 1}, worker_id="w")
+    )
+    before = await env.get_run(created.run_id)
+    env.clock.advance(5)
+
+    await env.kernel.dispatch(JobHeartbeat(job=created.started_jobs[0], worker_id="w"))
+
+    after = await env.get_run(created.run_id)
+    assert after.updated_at == env.clock.now() > before.updated_at
+    assert after.event_seq == before.event_seq  # no event: only the row was touched

@@ -142,7 +142,8 @@ class FlakyPersistence:
         self.down_ops: set[str] = set()
 
     def check(self, op: str, args: tuple[Any, ...]) -> None:
-        locked = args[0] if op == "runs.lock_many" else args[:1] if op == "runs.lock" else ()
+        many = op in ("runs.lock_many", "runs.lock_with_stages")
+        locked = args[0] if many else args[:1] if op == "runs.lock" else ()
         if op in self.down_ops or self.down_runs.intersection(locked):
             raise TransientError(f"connection to the database was lost ({op})")
 

@@ -1,5 +1,6 @@
-"""`runs.lock_many` on PostgreSQL: overlapping sets in any order never deadlock, and the
-locks hold until commit."""
+"""`runs.lock_many` and `lock_with_stages` on PostgreSQL: overlapping sets in any order never
+deadlock, the locks hold until commit, and stages written while a locker waited are read as
+committed."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from sqlalchemy import text
 
 from stagewise_sql import SqlBackend
 from tests.conftest import Adapters, extra_backends
-from tests.contract.factories import run
+from tests.contract.factories import run, stage
 
 pytestmark = pytest.mark.postgres
 
@@ -96,3 +97,46 @@ async def test_lock_many_holds_its_locks_until_commit(lockers: list[SqlBackend])
         await waiter
 
     assert committed_before_second_locked == [True]
+
+
+async def _stage_seen_after_a_wait(lockers: list[SqlBackend], *, touch_run: bool) -> int:
+    """The attempt of r1's stage `a` that a `lock_with_stages` sees when it waited for the
+    lock while another transaction changed the stage (and the run row, if `touch_run`)."""
+    first, second, observer = lockers[:3]
+    async with first.persistence.transaction() as tx:
+        await tx.stages.save_many([stage("r1", "a", attempt=1)])
+    seen: list[int] = []
+    got_it = asyncio.Event()
+
+    async def read_after_first() -> None:
+        async with second.persistence.transaction() as tx:
+            [(_, stages)] = await tx.runs.lock_with_stages(["r1"])
+            seen.append(stages[0].attempt)
+            got_it.set()
+
+    async with first.persistence.transaction() as tx:
+        [(r1, _)] = await tx.runs.lock_with_stages(["r1"])
+        waiter = asyncio.create_task(read_after_first())
+        await until_blocked_or(got_it, observer)
+        await tx.stages.save_many([stage("r1", "a", attempt=2)])
+        if touch_run:
+            await tx.runs.save(replace(r1, event_seq=r1.event_seq + 1))
+    async with asyncio.timeout(10):
+        await waiter
+    return seen[0]
+
+
+async def test_lock_with_stages_reads_stages_written_while_it_waited(
+    lockers: list[SqlBackend],
+) -> None:
+    # The writer keeps the kernel's rule (the run row is written with its stages): the
+    # stages come back as committed, not as the waiting statement's snapshot had them.
+    assert await _stage_seen_after_a_wait(lockers, touch_run=True) == 2
+
+
+async def test_lock_with_stages_relies_on_the_run_row_being_written_with_its_stages(
+    lockers: list[SqlBackend],
+) -> None:
+    # What the rule is for: stages changed behind an unchanged run row go unnoticed by the
+    # one-statement read. The kernel never writes stages that way (see RunScope).
+    assert await _stage_seen_after_a_wait(lockers, touch_run=False) == 1

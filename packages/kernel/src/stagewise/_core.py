@@ -86,20 +86,15 @@ class Unit:
         return scope
 
     async def lock_runs(self, run_ids: Sequence[str]) -> None:
-        """Lock the runs (in id order) and load their stages: two statements for the whole
-        set. A run that does not exist gets no scope. Call it before locking anything else
+        """Lock the runs (in id order) and load their stages: one or two statements for the
+        whole set. A run that does not exist gets no scope. Call it before locking anything else
         in the unit, so that the id order holds across everything the unit locks."""
         wanted = [r for r in run_ids if r not in self.scopes]
         if not wanted:
             return
-        runs = await self.tx.runs.lock_many(wanted)
-        stages: dict[str, list[StageRecord]] = {r.run_id: [] for r in runs}
-        if runs:
-            for stage in await self.tx.stages.for_runs(list(stages)):
-                stages[stage.run_id].append(stage)
-        for run in runs:
+        for run, stages in await self.tx.runs.lock_with_stages(wanted):
             self.scopes[run.run_id] = RunScope(
-                self.core, self.tx, self.effects, run, stages[run.run_id], self.command
+                self.core, self.tx, self.effects, run, stages, self.command
             )
 
     def adopt_pending(self, run: RunRecord) -> RunScope:

@@ -67,6 +67,19 @@ class RunStore(Protocol):
         never wait on each other in a cycle."""
         ...
 
+    async def lock_with_stages(
+        self, run_ids: Sequence[str]
+    ) -> list[tuple[RunRecord, list[StageRecord]]]:
+        """`lock_many`, each run with its stage rows in (group_index, stage_id) order, as
+        current once the locks are held: in one round trip where the database allows.
+
+        Adapters may rely on a rule the kernel keeps: a transaction that writes any of a
+        run's stage rows also writes the run's row. (On PostgreSQL the locking statement
+        reads the stages too, with a snapshot that can predate the lock; a run whose row
+        changed since that snapshot is the only kind whose stages may have, and only those
+        are read again.)"""
+        ...
+
     async def save(self, run: RunRecord) -> None:
         """Write every field of the run (an upsert)."""
         ...

@@ -249,3 +249,14 @@ class LogRecord:
     message: str
     fields: dict[str, Json]
     at: datetime
+
+
+def with_stages(
+    runs: list[RunRecord], stages: list[StageRecord]
+) -> list[tuple[RunRecord, list[StageRecord]]]:
+    """Each run with its stage rows (kept in the order given), for `lock_with_stages`."""
+    by_run: dict[str, list[StageRecord]] = {run.run_id: [] for run in runs}
+    for stage in stages:
+        if stage.run_id in by_run:
+            by_run[stage.run_id].append(stage)
+    return [(run, by_run[run.run_id]) for run in runs]

@@ -172,6 +172,10 @@ class RunScope:
         deleted = sorted(self._deleted)
         new = list(self._new.values())
         dirty = [self.stages[k] for k in sorted(self._dirty)]
+        if (deleted or new or dirty) and not self._run_dirty:
+            # The rule `RunStore.lock_with_stages` lets adapters rely on: whoever writes a
+            # run's stages writes its row too (a heartbeat touches `updated_at`).
+            self.update_run()
         run = self.run if self._run_dirty else None
         self._new.clear()
         self._dirty.clear()

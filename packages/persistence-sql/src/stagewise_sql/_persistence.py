@@ -18,12 +18,25 @@ from typing import Any
 from sqlalchemy import Text, and_, any_, bindparam, delete, func, literal, or_, select
 from sqlalchemy.dialects import postgresql
 
-from stagewise._records import IdempotencyRecord, LogRecord, RunRecord, StageRecord
+from stagewise._records import (
+    IdempotencyRecord,
+    LogRecord,
+    RunRecord,
+    StageRecord,
+    with_stages,
+)
 from stagewise._states import RunStatus, StageStatus
 from stagewise_sql import _rows
 from stagewise_sql._engine import Database, Link
 from stagewise_sql._outbox import SqlOutboxStore
-from stagewise_sql._pg import RUNS_CHANNEL, RUNS_CLAIM_PENDING, RUNS_LOCK_MANY, STAGES_OF_RUNS
+from stagewise_sql._pg import (
+    RUNS_CHANNEL,
+    RUNS_CLAIM_PENDING,
+    RUNS_LOCK_MANY,
+    RUNS_LOCK_WITH_STAGES,
+    STAGES_OF_RUNS,
+    Fields,
+)
 from stagewise_sql._schema import idempotency, logs, runs
 from stagewise_sql._schema import stages as stages_t
 from stagewise_sql._statements import Store, insert_ignore, time_param, upsert
@@ -125,6 +138,31 @@ class SqlRunStore(Store):
         else:
             result = list(await self._link.execute(_runs_lock_many(self._dialect), {"ids": ids}))
         return [_rows.run_from_row(row) for row in result]
+
+    async def lock_with_stages(
+        self, run_ids: Sequence[str]
+    ) -> list[tuple[RunRecord, list[StageRecord]]]:
+        ids = sorted(set(run_ids))
+        if not ids:
+            return []
+        if self._link.driver is None:
+            runs_ = await self.lock_many(ids)
+            stages = await SqlStageStore(self._db, self._link).for_runs([r.run_id for r in runs_])
+            return with_stages(runs_, stages)
+        rows = await self._link.fetch(RUNS_LOCK_WITH_STAGES, ids)
+        runs_ = [_rows.run_from_row(row) for row in rows]
+        current = [
+            _rows.stage_from_row(Fields(s))
+            for row in rows
+            if row.locked_version == row.seen_version
+            for s in row.stages
+        ]
+        changed = [row.run_id for row in rows if row.locked_version != row.seen_version]
+        if changed:  # written while we waited for the lock: their stages again, now
+            current += [
+                _rows.stage_from_row(r) for r in await self._link.fetch(STAGES_OF_RUNS, changed)
+            ]
+        return with_stages(runs_, current)
 
     async def save(self, run: RunRecord) -> None:
         await self.save_many([run])

@@ -47,6 +47,18 @@ except ImportError:  # pragma: no cover - SQLite-only installs never reach this 
     _Record = object
 
 
+class Fields:
+    """Attribute access to a record nested in a row (a composite value)."""
+
+    __slots__ = ("_record",)
+
+    def __init__(self, record: Any) -> None:
+        self._record = record
+
+    def __getattr__(self, name: str) -> Any:
+        return self._record[name]
+
+
 class Row(_Record):  # type: ignore[misc]
     """An asyncpg record whose columns read as attributes, like a SQLAlchemy row, so the
     same mappers in `_rows` serve both."""
@@ -80,6 +92,18 @@ STAGES_OF_RUNS = (
     f"SELECT {_columns(stages_t)} FROM {stages_t.name} WHERE run_id = ANY($1::text[]) "
     "ORDER BY run_id, group_index, stage_id"
 )
+RUNS_LOCK_WITH_STAGES = (
+    f"WITH locked AS (SELECT {_columns(runs_t)}, xmin::text AS locked_version "
+    f"FROM {runs_t.name} WHERE run_id = ANY($1::text[]) ORDER BY run_id FOR UPDATE) "
+    f"SELECT locked.*, (SELECT r.xmin::text FROM {runs_t.name} r WHERE r.run_id = locked.run_id)"
+    f" AS seen_version, ARRAY(SELECT s FROM {stages_t.name} s WHERE s.run_id = locked.run_id "
+    "ORDER BY s.group_index, s.stage_id) AS stages FROM locked ORDER BY locked.run_id"
+)
+"""`lock_with_stages` in one statement. The stages are read with the statement's snapshot,
+taken before the lock was granted; the locked row is the newest version (READ COMMITTED
+re-reads a row that changed while it waited), the subquery's the snapshot's. Equal
+versions: nobody wrote the run since the snapshot, so (by the rule the kernel keeps, see
+the port) nobody wrote its stages either, and the stages read are current."""
 RUNS_CLAIM_PENDING = (
     f"SELECT {_columns(runs_t)} FROM {runs_t.name} WHERE status = 'PENDING' "
     "ORDER BY priority DESC, created_at, run_id LIMIT $1 FOR UPDATE SKIP LOCKED"

@@ -46,7 +46,8 @@ def run_values(run: RunRecord) -> Values:
     }
 
 
-def run_from_row(row: Row[Any]) -> RunRecord:
+def run_from_row(row: Any) -> RunRecord:
+    """From a SQLAlchemy row, or a driver row read by attribute (`_pg`)."""
     return RunRecord(
         run_id=row.run_id,
         workflow_id=row.workflow_id,
@@ -95,7 +96,8 @@ def stage_values(stage: StageRecord) -> Values:
     }
 
 
-def stage_from_row(row: Row[Any]) -> StageRecord:
+def stage_from_row(row: Any) -> StageRecord:
+    """From a SQLAlchemy row, or a driver row read by attribute (`_pg`)."""
     return StageRecord(
         run_id=row.run_id,
         stage_id=row.stage_id,

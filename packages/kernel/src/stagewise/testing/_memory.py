@@ -24,6 +24,7 @@ from stagewise._records import (
     LogRecord,
     RunRecord,
     StageRecord,
+    with_stages,
 )
 from stagewise._states import RunStatus, StageStatus
 
@@ -137,6 +138,15 @@ class _Runs(_Store):
     async def lock_many(self, run_ids: Sequence[str]) -> list[RunRecord]:
         table = self._tx.read("runs")
         return [table[r] for r in sorted(set(run_ids)) if r in table]
+
+    async def lock_with_stages(
+        self, run_ids: Sequence[str]
+    ) -> list[tuple[RunRecord, list[StageRecord]]]:
+        runs = await self.lock_many(run_ids)
+        wanted = {r.run_id for r in runs}
+        stages = [s for s in self._tx.read("stages").values() if s.run_id in wanted]
+        stages.sort(key=lambda s: (s.group_index, s.stage_id))
+        return with_stages(runs, stages)
 
     async def save(self, run: RunRecord) -> None:
         self._tx.write("runs")[run.run_id] = run
