@@ -9,6 +9,7 @@ import time
 from dataclasses import replace
 from datetime import timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -135,17 +136,24 @@ async def test_a_sqlite_database_locked_by_another_process_is_a_transient_error(
 
 
 @pytest.mark.postgres
-async def test_a_deadlock_is_a_transient_error(pg_backend: Adapters) -> None:
+@pytest.mark.parametrize("statement", ["lock", "lock_many"])  # SQLAlchemy's, the driver's
+async def test_a_deadlock_is_a_transient_error(pg_backend: Adapters, statement: str) -> None:
     async with pg_backend.persistence.transaction() as tx:
         await tx.runs.insert(run("a"))
         await tx.runs.insert(run("b"))
     both_locked = asyncio.Barrier(2)
 
+    async def lock_one(tx: Any, run_id: str) -> None:
+        if statement == "lock":
+            await tx.runs.lock(run_id)
+        else:
+            await tx.runs.lock_many([run_id])
+
     async def lock(first: str, second: str) -> None:
         async with pg_backend.persistence.transaction() as tx:
-            await tx.runs.lock(first)
+            await lock_one(tx, first)
             await both_locked.wait()
-            await tx.runs.lock(second)
+            await lock_one(tx, second)
 
     results = await asyncio.gather(lock("a", "b"), lock("b", "a"), return_exceptions=True)
 

@@ -10,7 +10,7 @@ from dataclasses import replace
 import pytest
 from sqlalchemy import text
 
-from stagewise._errors import DuplicateRecordError, TransientError
+from stagewise._errors import DuplicateRecordError
 from stagewise._records import Delivery
 from stagewise._states import RunStatus, StageStatus
 from stagewise_sql._counting import counting
@@ -148,23 +148,3 @@ async def test_a_cancelled_transaction_rolls_back_and_frees_its_connection(
             )
         )
     assert idle_in_tx == 0
-
-
-@pytest.mark.postgres
-async def test_a_deadlock_on_the_driver_is_transient(pg_backend: Adapters) -> None:
-    async with pg_backend.persistence.transaction() as tx:
-        await tx.runs.insert(run("a"))
-        await tx.runs.insert(run("b"))
-    both_locked = asyncio.Barrier(2)
-
-    async def lock(first: str, second: str) -> None:
-        async with pg_backend.persistence.transaction() as tx:
-            await tx.runs.lock_many([first])
-            await both_locked.wait()
-            await tx.runs.lock_many([second])
-
-    results = await asyncio.gather(lock("a", "b"), lock("b", "a"), return_exceptions=True)
-    errors = [r for r in results if isinstance(r, BaseException)]
-    assert len(errors) == 1
-    assert isinstance(errors[0], TransientError)
-    assert "deadlock" in str(errors[0])

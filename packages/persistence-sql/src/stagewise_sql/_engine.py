@@ -321,7 +321,10 @@ class Database:
                     driver = await driver_of(conn)
                     await driver.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
             except BaseException:
-                await self.release(conn)
+                if not self.is_sqlite:  # a connection that cannot begin is not pooled again
+                    with suppress(Exception):
+                        await conn.invalidate()
+                await self.discard(conn)
                 raise
             return conn
 

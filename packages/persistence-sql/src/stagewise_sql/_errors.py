@@ -130,7 +130,11 @@ def _translate_asyncpg(error: Exception, url: str) -> StagewiseError:
     message = _first_line(error)
     if code is not None and (code.startswith(_PG_TRANSIENT_CLASSES) or code in _PG_UNAVAILABLE):
         return DatabaseUnavailableError(url, message)
-    if code is None and type(error).__name__ == "InterfaceError" and "closed" in message:
+    if code is None and (
+        (type(error).__name__ == "InterfaceError" and "closed" in message)
+        # the protocol lost track of the connection (the server ended it under us)
+        or type(error).__name__ == "InternalClientError"
+    ):
         return TransientError(f"lost the connection to the database at {url}: {message}")
     if type(error).__name__ in (
         "InvalidCatalogNameError",
