@@ -65,6 +65,9 @@ async def test_a_three_stage_run_completes_on_hints_alone() -> None:
         assert run.status is RunStatus.COMPLETED
         assert run.output == {"n": 4}
         assert world.clock.now() == start  # no polling interval was waited for
+        # The run is committed before the job's slot counts it (group commit answers the
+        # job's task through a future): wait for the count, not only for the run.
+        await eventually(lambda: host.stats().jobs_processed == 3)
         stats = host.stats()
         assert (stats.jobs_processed, stats.jobs_succeeded, stats.jobs_failed) == (3, 3, 0)
         assert stats.worker_id == "w1"

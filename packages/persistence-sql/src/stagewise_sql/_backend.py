@@ -13,7 +13,8 @@ from stagewise._clock import SystemClock
 from stagewise._errors import PersistenceError
 from stagewise._ports import Clock
 from stagewise_sql._blobs import SqlBlobStore
-from stagewise_sql._engine import Database, create_engine, is_memory_sqlite, parse_url
+from stagewise_sql._connect import create_engine, is_memory_sqlite, parse_url
+from stagewise_sql._engine import Database
 from stagewise_sql._migrate import current_revision, ensure_schema
 from stagewise_sql._persistence import SqlPersistence
 from stagewise_sql._transport import SqlJobTransport

@@ -9,7 +9,8 @@ from typing import Any
 from sqlalchemy import BindParameter, Insert, Table, bindparam
 from sqlalchemy.dialects import postgresql, sqlite
 
-from stagewise_sql._engine import Database, Dialect, Link
+from stagewise_sql._connect import Dialect
+from stagewise_sql._engine import Database, Link
 from stagewise_sql._schema import UtcDateTime
 
 

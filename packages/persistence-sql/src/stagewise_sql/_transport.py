@@ -30,7 +30,8 @@ from sqlalchemy import and_, delete, func, literal, or_, select, update
 from stagewise._ports import Clock, Transaction
 from stagewise._records import JobMessage
 from stagewise_sql import _rows
-from stagewise_sql._engine import Database, Link, is_memory_sqlite
+from stagewise_sql._connect import is_memory_sqlite
+from stagewise_sql._engine import Database, Link
 from stagewise_sql._persistence import SqlTransaction
 from stagewise_sql._pg import RUNS_CHANNEL
 from stagewise_sql._schema import jobs as jobs_t

@@ -32,7 +32,7 @@ def _run(connection: Connection) -> None:
 
 
 async def _run_from_url(url: str) -> None:
-    from stagewise_sql._engine import parse_url
+    from stagewise_sql._connect import parse_url
 
     engine = create_async_engine(parse_url(url))
     try:
