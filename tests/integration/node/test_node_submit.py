@@ -21,7 +21,7 @@ from stagewise import (
     define_stage,
 )
 from stagewise_node import NodeHost
-from tests.integration.node.support import FAST, World, stop_all
+from tests.integration.node.support import FAST, World, eventually, stop_all
 from tests.integration.node.test_node_host import three_stages
 
 
@@ -70,6 +70,7 @@ async def test_a_submitted_run_starts_here_at_once_and_wait_for_run_returns_it()
         assert (run.status, run.output) == (RunStatus.COMPLETED, {"n": 4})
         assert world.clock.now() == start  # no interval waited for, no poll needed
         assert queue.enqueued == 0  # every stage ran here: nothing went through the queue
+        await eventually(lambda: host.stats().jobs_processed == 3)  # counted after commit
         stats = host.stats()
         assert (stats.jobs_processed, stats.jobs_succeeded) == (3, 3)
     finally:
