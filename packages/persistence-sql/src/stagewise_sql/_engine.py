@@ -46,7 +46,7 @@ from sqlalchemy.sql.base import Executable
 from stagewise._errors import PersistenceError, TransientError
 from stagewise_sql._connect import BEGIN_OPTION, Dialect, is_memory_sqlite
 from stagewise_sql._errors import is_disconnect, translate
-from stagewise_sql._pg import RUNS_CHANNEL, PgWrites, Row
+from stagewise_sql._pg import RUNS_CHANNEL, Fields, PgWrites
 
 T = TypeVar("T")
 
@@ -106,10 +106,10 @@ class Link:
             await self.send_writes()
         self._fresh = False
         try:
-            rows: list[Any] = await self.driver.fetch(sql, *args, record_class=Row)
+            rows = await self.driver.fetch(sql, *args)
         except Exception as exc:
             self.db.reraise(exc)
-        return rows
+        return [Fields(row) for row in rows]
 
     async def send_writes(self) -> None:
         """Send the collected writes (one statement) now."""

@@ -12,11 +12,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
-from functools import cache
-from typing import Any
 
-from sqlalchemy import Text, and_, any_, bindparam, delete, func, literal, or_, select
-from sqlalchemy.dialects import postgresql
+from sqlalchemy import and_, bindparam, delete, func, or_, select
 
 from stagewise._records import (
     IdempotencyRecord,
@@ -30,7 +27,6 @@ from stagewise_sql import _rows
 from stagewise_sql._engine import Database, Link
 from stagewise_sql._outbox import SqlOutboxStore
 from stagewise_sql._pg import (
-    RUNS_CHANNEL,
     RUNS_CLAIM_PENDING,
     RUNS_LOCK_MANY,
     RUNS_LOCK_WITH_STAGES,
@@ -81,28 +77,19 @@ _RUN_LOCK = _RUN_BY_ID.with_for_update()
 _RUN_LOCK_SKIP = _RUN_BY_ID.with_for_update(skip_locked=True)
 
 
-def _among(column: Any, dialect: str) -> Any:
-    """`column` is one of the `ids` parameter: `= ANY($1)` with one array parameter on
-    PostgreSQL (one statement text, and so one prepared statement, whatever the count);
-    an expanding `IN (...)` on SQLite."""
-    if dialect == "postgresql":
-        return column == any_(bindparam("ids", type_=postgresql.ARRAY(Text)))
-    return column.in_(bindparam("ids", expanding=True))
-
-
-@cache
-def _runs_lock_many(dialect: str) -> Any:
-    stmt = select(runs).where(_among(runs.c.run_id, dialect)).order_by(runs.c.run_id)
-    return stmt.with_for_update()
-
-
-@cache
-def _stages_of_runs(dialect: str) -> Any:
-    return (
-        select(stages_t)
-        .where(_among(stages_t.c.run_id, dialect))
-        .order_by(stages_t.c.run_id, stages_t.c.group_index, stages_t.c.stage_id)
-    )
+# SQLite's forms of the batch reads (PostgreSQL's run on the driver, see `_pg`): an
+# expanding `IN (...)`.
+_RUNS_LOCK_MANY = (
+    select(runs)
+    .where(runs.c.run_id.in_(bindparam("ids", expanding=True)))
+    .order_by(runs.c.run_id)
+    .with_for_update()
+)
+_STAGES_OF_RUNS = (
+    select(stages_t)
+    .where(stages_t.c.run_id.in_(bindparam("ids", expanding=True)))
+    .order_by(stages_t.c.run_id, stages_t.c.group_index, stages_t.c.stage_id)
+)
 
 
 class SqlRunStore(Store):
@@ -114,11 +101,7 @@ class SqlRunStore(Store):
             await self._link.send_writes()  # it meets the collected row and fails
             writes.insert_run(run)
             return
-        stmt = runs.insert()
-        if self._dialect == "postgresql":
-            # Rides on the insert (no extra round trip); sent on commit, not before.
-            stmt = stmt.returning(func.pg_notify(RUNS_CHANNEL, literal(self._db.token)))
-        await self._link.execute(stmt, _rows.run_values(run))
+        await self._link.execute(runs.insert(), _rows.run_values(run))
 
     async def get(self, run_id: str) -> RunRecord | None:
         row = (await self._link.execute(_RUN_BY_ID, {"run_id": run_id})).first()
@@ -136,7 +119,7 @@ class SqlRunStore(Store):
         if self._link.driver is not None:
             result = await self._link.fetch(RUNS_LOCK_MANY, ids)
         else:
-            result = list(await self._link.execute(_runs_lock_many(self._dialect), {"ids": ids}))
+            result = list(await self._link.execute(_RUNS_LOCK_MANY, {"ids": ids}))
         return [_rows.run_from_row(row) for row in result]
 
     async def lock_with_stages(
@@ -145,12 +128,11 @@ class SqlRunStore(Store):
         ids = sorted(set(run_ids))
         if not ids:
             return []
+        stages = SqlStageStore(self._db, self._link)
         if self._link.driver is None:
             runs_ = await self.lock_many(ids)
-            stages = await SqlStageStore(self._db, self._link).for_runs([r.run_id for r in runs_])
-            return with_stages(runs_, stages)
+            return with_stages(runs_, await stages.for_runs([r.run_id for r in runs_]))
         rows = await self._link.fetch(RUNS_LOCK_WITH_STAGES, ids)
-        runs_ = [_rows.run_from_row(row) for row in rows]
         current = [
             _rows.stage_from_row(Fields(s))
             for row in rows
@@ -159,10 +141,8 @@ class SqlRunStore(Store):
         ]
         changed = [row.run_id for row in rows if row.locked_version != row.seen_version]
         if changed:  # written while we waited for the lock: their stages again, now
-            current += [
-                _rows.stage_from_row(r) for r in await self._link.fetch(STAGES_OF_RUNS, changed)
-            ]
-        return with_stages(runs_, current)
+            current += await stages.for_runs(changed)
+        return with_stages([_rows.run_from_row(row) for row in rows], current)
 
     async def save(self, run: RunRecord) -> None:
         await self.save_many([run])
@@ -231,7 +211,7 @@ class SqlStageStore(Store):
         if self._link.driver is not None:
             result = await self._link.fetch(STAGES_OF_RUNS, ids)
         else:
-            result = list(await self._link.execute(_stages_of_runs(self._dialect), {"ids": ids}))
+            result = list(await self._link.execute(_STAGES_OF_RUNS, {"ids": ids}))
         return [_rows.stage_from_row(row) for row in result]
 
     async def save_many(self, stages: Sequence[StageRecord]) -> None:

@@ -41,14 +41,10 @@ from stagewise_sql._schema import events as events_t
 from stagewise_sql._schema import runs as runs_t
 from stagewise_sql._schema import stages as stages_t
 
-try:  # the record class lives in asyncpg, a dependency on PostgreSQL only
-    from asyncpg import Record as _Record  # type: ignore[import-untyped]
-except ImportError:  # pragma: no cover - SQLite-only installs never reach this module's use
-    _Record = object
-
 
 class Fields:
-    """Attribute access to a record nested in a row (a composite value)."""
+    """An asyncpg record (a row, or a composite value in one) whose columns read as
+    attributes, like a SQLAlchemy row, so the same mappers in `_rows` serve both."""
 
     __slots__ = ("_record",)
 
@@ -56,18 +52,8 @@ class Fields:
         self._record = record
 
     def __getattr__(self, name: str) -> Any:
-        return self._record[name]
-
-
-class Row(_Record):  # type: ignore[misc]
-    """An asyncpg record whose columns read as attributes, like a SQLAlchemy row, so the
-    same mappers in `_rows` serve both."""
-
-    __slots__ = ()
-
-    def __getattr__(self, name: str) -> Any:
         try:
-            return self[name]
+            return self._record[name]
         except KeyError:
             raise AttributeError(name) from None
 
