@@ -377,6 +377,7 @@ async def w1(db: str, sizes: Sizes, poll: float, variant: str) -> dict[str, Any]
             "stages_per_s": round(stages / wall, 1),
             "worker_tx_per_stage": round(totals.get("commits", 0) / max(stages, 1), 2),
             "worker_stmts_per_stage": round(totals.get("statements", 0) / max(stages, 1), 2),
+            "worker_trips_per_stage": round(totals.get("trips", 0) / max(stages, 1), 2),
             "statement_shapes": totals.get("shapes", {}),
         }
     )
@@ -533,7 +534,14 @@ def _executions(log: Path) -> Counter[tuple[str, str]]:
 # --- the report --------------------------------------------------------------------------
 
 _COLUMNS = {
-    "W1": ("runs_per_s", "stages_per_s", "wall_s", "worker_tx_per_stage", "worker_stmts_per_stage"),
+    "W1": (
+        "runs_per_s",
+        "stages_per_s",
+        "wall_s",
+        "worker_tx_per_stage",
+        "worker_stmts_per_stage",
+        "worker_trips_per_stage",
+    ),
     "W2": ("p50_ms", "p95_ms", "p99_ms"),
     "W3": ("wall_s",),
     "W4": ("recovery_s", "stages_executed_more_than_once", "completed"),

@@ -6,8 +6,8 @@ Exactly the CLI's worker (`stagewise_node.cli`), plus two things the runner need
 
 * when the host has started, it writes `$BENCH_READY` (a file), so the runner knows when
   the worker is serving without parsing logs (the benchmark runs at log level warning);
-* it counts the transactions it commits and the statements it sends
-  (`stagewise_sql._counting`: SQLAlchemy engine events and asyncpg's query loggers), and
+* it counts the transactions it commits, the statements it sends and its round trips to
+  the driver (`stagewise_sql._counting`), and
   writes them as JSON to `$BENCH_COUNTS` when it exits after SIGTERM (a SIGKILLed worker
   writes nothing).
 """
@@ -35,6 +35,7 @@ def _write_counts() -> None:
         data = {
             "commits": counts.commits,
             "statements": counts.statements,
+            "trips": counts.trips,
             "cpu_ms": int((usage.ru_utime + usage.ru_stime) * 1000),
             "shapes": dict(counts.shapes.most_common(40)),
         }

@@ -172,8 +172,11 @@ async def test_a_run_started_at_creation_takes_one_transaction_then_one_per_stag
     assert (await env.get_run(created.run_id)).status is RunStatus.COMPLETED
     print(
         f"\n{sql_backend.name} started at creation: run.create {create.commits} tx / "
-        f"{create.statements} stmts; "
-        + "; ".join(f"stage {i + 1}: {c.statements} stmts" for i, c in enumerate(per_stage))
+        f"{create.statements} stmts / {create.trips} trips; "
+        + "; ".join(
+            f"stage {i + 1}: {c.statements} stmts / {c.trips} trips"
+            for i, c in enumerate(per_stage)
+        )
     )
     assert create.commits == 1
     assert [c.commits for c in per_stage] == [1, 1, 1]
@@ -181,3 +184,8 @@ async def test_a_run_started_at_creation_takes_one_transaction_then_one_per_stag
     # (+ SQLite BEGIN); nothing is enqueued
     assert create.statements <= 6, create
     assert all(c.statements <= 7 for c in per_stage), per_stage
+    # Round trips: PostgreSQL sends BEGIN, the lock-and-read, the writes (one statement) and
+    # COMMIT; SQLite's hot path goes to the driver's thread for BEGIN, the reads, and the
+    # writes with COMMIT. A creation reads nothing.
+    assert create.trips <= 3, create
+    assert all(c.trips <= 4 for c in per_stage), per_stage

@@ -9,8 +9,10 @@ from typing import Any, Literal
 from sqlalchemy import URL, Connection, event, make_url
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import PoolResetState
 
 from stagewise_sql._errors import InvalidDatabaseUrlError
+from stagewise_sql._lite import ENDED
 
 SQLITE_DRIVER = "sqlite+aiosqlite"
 POSTGRES_DRIVER = "postgresql+asyncpg"
@@ -68,6 +70,7 @@ def create_engine(
             url,
             echo=echo,
             connect_args={"timeout": busy_timeout},
+            pool_reset_on_return=None,  # done by the "reset" hook below
             **({} if is_memory_sqlite(url) else {"pool_size": pool_size, "max_overflow": 0}),
         )
         _install_sqlite_hooks(engine, busy_timeout_ms=int(busy_timeout * 1000))
@@ -99,6 +102,16 @@ def _install_sqlite_hooks(engine: AsyncEngine, *, busy_timeout_ms: int) -> None:
             cursor.execute("PRAGMA synchronous=NORMAL")
         finally:
             cursor.close()
+
+    # The pool's rollback on check-in is a trip to the driver's thread; a connection whose
+    # transaction the hot path ended cleanly (`_lite.ENDED`) skips it.
+    @event.listens_for(engine.sync_engine, "reset")
+    def _on_reset(dbapi_connection: Any, record: Any, state: PoolResetState) -> None:
+        ended = record.info.pop(ENDED, False)
+        if ended or state.terminate_only or state.transaction_was_reset:
+            return
+        if state.asyncio_safe:
+            dbapi_connection.rollback()
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Connection) -> None:

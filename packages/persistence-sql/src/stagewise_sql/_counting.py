@@ -1,12 +1,12 @@
-"""Counting what the database is sent: transactions committed and statements.
+"""Counting what the database is sent: transactions committed, statements and round trips.
 
-For the round-trip budget test and the benchmarks. Statements reach PostgreSQL two ways:
-through SQLAlchemy (seen by its engine events) and on the asyncpg driver directly (the hot
-path, `_pg`; seen by asyncpg's query loggers, which SQLAlchemy's own prepared-statement
-executions do not trigger, so nothing is counted twice). BEGIN and ROLLBACK are not
-statements here; a COMMIT, or an autocommitted single statement's commit, is a transaction.
-asyncpg's own type introspection (once per connection and array type, the first time a
-statement uses it) is counted apart, in `introspection`.
+For the round-trip budget test and the benchmarks. Statements reach the database two ways:
+through SQLAlchemy (seen by its engine events) and on the driver directly (the hot path:
+on PostgreSQL seen by asyncpg's query loggers, which SQLAlchemy's own prepared-statement
+executions do not trigger, so nothing is counted twice; on SQLite by `_lite.TRACERS`).
+BEGIN and ROLLBACK are not statements here; a COMMIT, or an autocommitted single
+statement's commit, is a transaction. asyncpg's own type introspection (once per connection
+and array type, the first time a statement uses it) is counted apart, in `introspection`.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import Pool
 
+from stagewise_sql._lite import TRACERS
+
 _INTROSPECTION = re.compile(r"typeinfo_tree|current_setting\('jit'\)|set_config\('jit'")
 
 
@@ -32,6 +34,10 @@ class Counts:
     shapes: Counter[str] = field(default_factory=Counter)
     """Statements by their first words."""
     introspection: int = 0
+    trips: int = 0
+    """Round trips to the driver, BEGIN and COMMIT included: a statement each on PostgreSQL
+    and through SQLAlchemy; on SQLite's hot path, one per call on the driver's thread, which
+    carries several statements."""
 
     def statement(self, text: str) -> None:
         self.statements += 1
@@ -48,16 +54,28 @@ def counting(engine: Engine | None = None) -> Iterator[Counts]:
         counts.commits += 1
 
     def on_statement(*args: Any) -> None:
+        counts.trips += 1
         counts.statement(args[2])
 
     def on_driver_query(record: Any) -> None:
         word = record.query.lstrip()[:8].upper()
         if _INTROSPECTION.search(record.query):
             counts.introspection += 1
-        elif word.startswith("COMMIT"):
+            return
+        counts.trips += 1
+        if word.startswith("COMMIT"):
             counts.commits += 1
         elif not word.startswith(("BEGIN", "ROLLBACK")):
             counts.statement(record.query)
+
+    def on_lite(statements: list[str]) -> None:  # a trip on SQLite's hot path (`_lite`)
+        counts.trips += 1
+        for sql in statements:
+            word = sql[:8].upper()
+            if word.startswith("COMMIT"):
+                counts.commits += 1
+            elif not word.startswith(("BEGIN", "ROLLBACK")):
+                counts.statement(sql)
 
     def on_checkout(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
         driver = getattr(dbapi_conn, "driver_connection", None)
@@ -70,11 +88,13 @@ def counting(engine: Engine | None = None) -> Iterator[Counts]:
     event.listen(events_on, "commit", on_commit)
     event.listen(events_on, "before_cursor_execute", on_statement)
     event.listen(pool_on, "checkout", on_checkout)
+    TRACERS.append(on_lite)
     try:
         yield counts
     finally:
         event.remove(events_on, "commit", on_commit)
         event.remove(events_on, "before_cursor_execute", on_statement)
         event.remove(pool_on, "checkout", on_checkout)
+        TRACERS.remove(on_lite)
         for driver in hooked:
             driver.remove_query_logger(on_driver_query)

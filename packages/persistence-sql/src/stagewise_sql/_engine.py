@@ -6,12 +6,13 @@ translated) in one of two modes:
 
 * `transaction()` - BEGIN ... COMMIT. SQLite begins with `BEGIN IMMEDIATE`, so writers take
   the write lock up front and never fail later on a lock upgrade; PostgreSQL runs at READ
-  COMMITTED and locks rows explicitly (`FOR UPDATE`, `SKIP LOCKED`). On PostgreSQL the
-  transaction is the asyncpg connection's own (BEGIN, COMMIT and ROLLBACK sent on it, with
-  SQLAlchemy's connection in autocommit mode on top), so the hot path's statements can run
-  on the driver directly (`Link.fetch`) and its writes go out collected, as one statement,
-  before the next read or the commit (`Link.writes`, see `_pg`). A connection given back
-  with the driver's transaction still open, or broken, is dropped from the pool.
+  COMMITTED and locks rows explicitly (`FOR UPDATE`, `SKIP LOCKED`). The transaction is the
+  driver's own (BEGIN, COMMIT and ROLLBACK sent on the asyncpg or aiosqlite connection,
+  with SQLAlchemy's connection on top emitting none), so the hot path's statements can run
+  on the driver directly (`Link.hot`: `_pg`, `_lite`) and its writes go out collected,
+  together, before the next statement or with the commit (`_writes`). A PostgreSQL
+  connection given back with the driver's transaction still open, or broken, is dropped
+  from the pool.
 * `single()` - for single statements that are atomic on their own (dequeue, ack, blob
   writes): on PostgreSQL in autocommit mode, without BEGIN/COMMIT round trips.
 
@@ -33,10 +34,10 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
 from contextvars import ContextVar
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn, Protocol, TypeVar
 
 from sqlalchemy import Connection
 from sqlalchemy.engine import CursorResult
@@ -44,18 +45,42 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.base import Executable
 
 from stagewise._errors import PersistenceError, TransientError
+from stagewise._records import RunRecord, StageRecord
 from stagewise_sql._connect import BEGIN_OPTION, Dialect, is_memory_sqlite
 from stagewise_sql._errors import is_disconnect, translate
-from stagewise_sql._pg import RUNS_CHANNEL, Fields, PgWrites
+from stagewise_sql._lite import Codecs, LitePath
+from stagewise_sql._pg import RUNS_CHANNEL, PgPath
+from stagewise_sql._writes import Writes
 
 T = TypeVar("T")
 
 
+class HotPath(Protocol):
+    """A transaction's hot path on its driver, without SQLAlchemy: PostgreSQL's (`_pg`) or
+    SQLite's (`_lite`). It begins and ends the transaction, runs the batch reads of a
+    stage, and collects the transaction's writes to send them together. `used` turns true
+    once it has sent a statement."""
+
+    writes: Writes
+    used: bool
+
+    async def begin(self) -> None: ...
+    async def flush(self) -> None: ...
+    async def commit(self) -> None: ...
+    async def rollback(self) -> None: ...
+    async def lock_many(self, run_ids: Sequence[str]) -> list[RunRecord]: ...
+    async def for_runs(self, run_ids: Sequence[str]) -> list[StageRecord]: ...
+    async def lock_with_stages(
+        self, run_ids: Sequence[str]
+    ) -> list[tuple[RunRecord, list[StageRecord]]]: ...
+    async def claim_pending(self, limit: int) -> list[RunRecord]: ...
+
+
 class Link:
     """A connection in use by one unit of work. Every statement goes through `execute`
-    (SQLAlchemy) or `fetch` (the asyncpg driver, PostgreSQL only)."""
+    (SQLAlchemy) or, in a transaction, its hot path (`hot`)."""
 
-    __slots__ = ("_fresh", "_reopen", "closed", "conn", "db", "driver", "on_commit", "writes")
+    __slots__ = ("_fresh", "_reopen", "closed", "conn", "db", "hot", "on_commit")
 
     def __init__(
         self,
@@ -63,15 +88,13 @@ class Link:
         conn: AsyncConnection,
         *,
         reopen: Callable[[], Awaitable[AsyncConnection]] | None,
-        driver: Any = None,
-        writes: PgWrites | None = None,
+        hot: HotPath | None = None,
     ) -> None:
         self.db = db
         self.conn = conn
-        self.driver = driver
-        """The asyncpg connection under `conn` (PostgreSQL transactions only)."""
-        self.writes = writes
-        """Writes collected to go out as one statement (PostgreSQL transactions, `_pg`)."""
+        self.hot = hot
+        """The transaction's hot path (transactions only; statements sent on it and
+        through `execute` share the transaction)."""
         self.on_commit: list[Callable[[], None]] = []
         self.closed = False
         self._fresh = True
@@ -82,8 +105,9 @@ class Link:
         self._reopen = reopen
 
     async def execute(self, statement: Executable, params: Any = None) -> CursorResult[Any]:
-        if self.writes:
-            await self.send_writes()
+        if self.hot is not None:
+            await self.hot.flush()  # the collected writes go first
+            self._fresh = self._fresh and not self.hot.used
         try:
             result = await self.conn.execute(statement, params)
         except Exception as exc:
@@ -91,35 +115,14 @@ class Link:
                 self.db.reraise(exc)
             await self.db.release(self.conn)
             self.conn = await self._reopen()
-            if self.driver is not None:
-                self.driver = await driver_of(self.conn)
+            if self.hot is not None:
+                self.hot = await self.db.hot_path(self.conn)
             try:
                 result = await self.conn.execute(statement, params)
             except Exception as again:
                 self.db.reraise(again)
         self._fresh = False
         return result
-
-    async def fetch(self, sql: str, *args: Any) -> list[Any]:
-        """Rows of `sql` run on the driver (PostgreSQL transactions), attribute-readable."""
-        if self.writes:
-            await self.send_writes()
-        self._fresh = False
-        try:
-            rows = await self.driver.fetch(sql, *args)
-        except Exception as exc:
-            self.db.reraise(exc)
-        return [Fields(row) for row in rows]
-
-    async def send_writes(self) -> None:
-        """Send the collected writes (one statement) now."""
-        assert self.writes is not None
-        statement, args = self.writes.take()
-        self._fresh = False
-        try:
-            await self.driver.execute(statement, *args)
-        except Exception as exc:
-            self.db.reraise(exc)
 
     async def run_sync(self, fn: Callable[[Connection], T]) -> T:
         """Run `fn` with the sync face of the connection (for Alembic and inspection)."""
@@ -129,26 +132,15 @@ class Link:
             self.db.reraise(exc)
 
 
+def _hot(link: Link) -> HotPath:
+    assert link.hot is not None, "a transaction's link has a hot path"
+    return link.hot
+
+
 async def driver_of(conn: AsyncConnection) -> Any:
-    """The asyncpg connection under a SQLAlchemy connection."""
+    """The driver's connection (asyncpg's, or aiosqlite's) under a SQLAlchemy connection."""
     raw = await conn.get_raw_connection()
     return raw.driver_connection
-
-
-async def _commit(link: Link) -> None:
-    if link.driver is None:
-        await link.conn.commit()
-        return
-    if link.writes:
-        await link.send_writes()
-    await link.driver.execute("COMMIT")
-
-
-async def _rollback(link: Link) -> None:
-    if link.driver is None:
-        await link.conn.rollback()
-    else:
-        await link.driver.execute("ROLLBACK")
 
 
 class Database:
@@ -161,6 +153,7 @@ class Database:
         self.is_sqlite = self.dialect == "sqlite"
         self.url_display = url.render_as_string(hide_password=True)
         self._memory = is_memory_sqlite(url)
+        self._codecs = Codecs(engine.dialect) if self.is_sqlite else None
         self._write_lock = asyncio.Lock()
         self._active: ContextVar[Link | None] = ContextVar(
             f"stagewise_sql_{id(self)}", default=None
@@ -211,21 +204,21 @@ class Database:
     async def begin_connection(self) -> AsyncConnection:
         """A pooled connection inside BEGIN, retrying connect and BEGIN failures.
 
-        On PostgreSQL the transaction is the driver's own: SQLAlchemy's connection is in
-        autocommit mode, and BEGIN, COMMIT and ROLLBACK go to the asyncpg connection under
-        it, so that statements sent on the driver directly (`Link.fetch`, `_pg`) and through
-        SQLAlchemy run in the same transaction, whichever comes first.
+        The transaction is the driver's own: BEGIN, COMMIT and ROLLBACK go to the driver's
+        connection (`HotPath`), so statements sent on the driver directly and through
+        SQLAlchemy run in the same transaction, whichever comes first. SQLAlchemy's
+        connection on top emits no BEGIN of its own (autocommit mode on PostgreSQL; on
+        SQLite the BEGIN option is off, see `_connect`).
         """
 
         async def open_() -> AsyncConnection:
             conn = await self.engine.connect()
             try:
                 if self.is_sqlite:
-                    await conn.begin()
+                    await conn.execution_options(**{BEGIN_OPTION: None})
                 else:
                     await conn.execution_options(isolation_level="AUTOCOMMIT")
-                    driver = await driver_of(conn)
-                    await driver.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
+                await (await self.hot_path(conn)).begin()
             except BaseException:
                 if not self.is_sqlite:  # a connection that cannot begin is not pooled again
                     with suppress(Exception):
@@ -235,6 +228,13 @@ class Database:
             return conn
 
         return await self._retrying(open_)
+
+    async def hot_path(self, conn: AsyncConnection) -> HotPath:
+        """The hot path on `conn`'s driver connection."""
+        driver = await driver_of(conn)
+        if self._codecs is not None:
+            return LitePath(driver, self._codecs, info=conn.info, reraise=self.reraise)
+        return PgPath(driver, notify=(RUNS_CHANNEL, self.token), reraise=self.reraise)
 
     async def discard(self, conn: AsyncConnection) -> None:
         with suppress(Exception):
@@ -268,27 +268,20 @@ class Database:
                 "single writer, so the inner one would wait forever for the outer one"
             )
         async with self._serialized(write=True):
-            if self.is_sqlite:
-                link = Link(self, await self.begin_connection(), reopen=None)
-            else:
-                conn = await self.begin_connection()
-                link = Link(
-                    self,
-                    conn,
-                    reopen=self.begin_connection,
-                    driver=await driver_of(conn),
-                    writes=PgWrites((RUNS_CHANNEL, self.token)),
-                )
+            conn = await self.begin_connection()
+            hot = await self.hot_path(conn)
+            reopen = None if self.is_sqlite else self.begin_connection
+            link = Link(self, conn, reopen=reopen, hot=hot)
             token = self._active.set(link) if self.is_sqlite else None
             try:
                 yield link
                 try:
-                    await _commit(link)
+                    await _hot(link).commit()
                 except Exception as exc:
                     self.reraise(exc)
             except BaseException:
                 with suppress(Exception):
-                    await asyncio.shield(_rollback(link))
+                    await asyncio.shield(_hot(link).rollback())
                 raise
             finally:
                 link.closed = True

@@ -120,8 +120,8 @@ def translate(error: Exception, *, url: str) -> Exception:
     module = type(error).__module__
     if module.startswith("asyncpg"):
         return _translate_asyncpg(error, url)
-    if module.startswith(("sqlite3", "aiosqlite")):
-        return PersistenceError(f"database error at {url}: {_first_line(error)}")
+    if module.startswith(("sqlite3", "aiosqlite")):  # SQLite's hot path (`_lite`)
+        return _by_message(type(error).__name__, _first_line(error), url)
     return error  # not a database error: let it through untouched
 
 
@@ -166,17 +166,23 @@ def _translate_dbapi(error: sa_exc.DBAPIError, url: str) -> StagewiseError:
         return TransientError(f"lost the connection to the database at {url}: {message}")
     if code is not None:
         return _by_code(code, message, url)
+    if isinstance(error, sa_exc.OperationalError) and isinstance(orig, OSError):
+        return DatabaseUnavailableError(url, message)
+    return _by_message(type(error).__name__, message, url)
+
+
+def _by_message(kind: str, message: str, url: str) -> StagewiseError:
+    """SQLite's errors (and any other without a SQLSTATE), by their DBAPI class name (`kind`,
+    the same for SQLAlchemy's wrappers and sqlite3's own) and message."""
     lowered = message.lower()
     if any(marker in lowered for marker in _SQLITE_TRANSIENT):
         return TransientError(f"transient database error at {url}: {message}")
     if "no such table" in lowered:
         return PersistenceError(f"{message} in the database at {url}; {UPGRADE_HINT}")
-    if isinstance(error, sa_exc.IntegrityError) and "unique" in lowered:
+    if kind == "IntegrityError" and "unique" in lowered:
         return DuplicateRecordError(f"duplicate key: {message}")
     if "unable to open database file" in lowered:
         return PersistenceError(f"cannot open the database at {url}: {message}")
-    if isinstance(error, sa_exc.InterfaceError) and "closed" in lowered:
+    if kind in ("InterfaceError", "ProgrammingError") and "closed" in lowered:
         return TransientError(f"lost the connection to the database at {url}: {message}")
-    if isinstance(error, sa_exc.OperationalError) and isinstance(orig, OSError):
-        return DatabaseUnavailableError(url, message)
     return PersistenceError(f"database error at {url}: {message}")

@@ -72,14 +72,7 @@ def _claimed(row: Row[Any], delivery: Delivery | None = None) -> ClaimedDelivery
 
 class SqlOutboxStore(Store):
     async def append(self, events: Sequence[EventRecord], deliveries: Sequence[Delivery]) -> None:
-        if self._link.writes is not None:
-            self._link.writes.append(events, deliveries)
-            return
-        if events:
-            await self._link.execute(events_t.insert(), [_rows.event_values(e) for e in events])
-        if deliveries:
-            values = [_rows.delivery_values(d) for d in deliveries]
-            await self._link.execute(deliveries_t.insert(), values)
+        self._hot.writes.append(events, deliveries)
 
     async def claim(
         self, *, now: datetime, limit: int, claimer: str, claim_until: datetime

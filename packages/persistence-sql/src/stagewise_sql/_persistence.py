@@ -15,24 +15,11 @@ from datetime import datetime
 
 from sqlalchemy import and_, bindparam, delete, func, or_, select
 
-from stagewise._records import (
-    IdempotencyRecord,
-    LogRecord,
-    RunRecord,
-    StageRecord,
-    with_stages,
-)
+from stagewise._records import IdempotencyRecord, LogRecord, RunRecord, StageRecord
 from stagewise._states import RunStatus, StageStatus
 from stagewise_sql import _rows
 from stagewise_sql._engine import Database, Link
 from stagewise_sql._outbox import SqlOutboxStore
-from stagewise_sql._pg import (
-    RUNS_CLAIM_PENDING,
-    RUNS_LOCK_MANY,
-    RUNS_LOCK_WITH_STAGES,
-    STAGES_OF_RUNS,
-    Fields,
-)
 from stagewise_sql._schema import idempotency, logs, runs
 from stagewise_sql._schema import stages as stages_t
 from stagewise_sql._statements import Store, insert_ignore, time_param, upsert
@@ -77,31 +64,14 @@ _RUN_LOCK = _RUN_BY_ID.with_for_update()
 _RUN_LOCK_SKIP = _RUN_BY_ID.with_for_update(skip_locked=True)
 
 
-# SQLite's forms of the batch reads (PostgreSQL's run on the driver, see `_pg`): an
-# expanding `IN (...)`.
-_RUNS_LOCK_MANY = (
-    select(runs)
-    .where(runs.c.run_id.in_(bindparam("ids", expanding=True)))
-    .order_by(runs.c.run_id)
-    .with_for_update()
-)
-_STAGES_OF_RUNS = (
-    select(stages_t)
-    .where(stages_t.c.run_id.in_(bindparam("ids", expanding=True)))
-    .order_by(stages_t.c.run_id, stages_t.c.group_index, stages_t.c.stage_id)
-)
-
-
 class SqlRunStore(Store):
+    """Transactions run the batch reads and collect the writes on their hot path (`_pg`,
+    `_lite`); everything else, and single statements, go through SQLAlchemy."""
+
     async def insert(self, run: RunRecord) -> None:
-        writes = self._link.writes
-        if writes is not None:
-            if writes.insert_run(run):
-                return
-            await self._link.send_writes()  # it meets the collected row and fails
-            writes.insert_run(run)
-            return
-        await self._link.execute(runs.insert(), _rows.run_values(run))
+        if not self._hot.writes.insert_run(run):
+            await self._hot.flush()  # it meets the collected row and fails
+            self._hot.writes.insert_run(run)
 
     async def get(self, run_id: str) -> RunRecord | None:
         row = (await self._link.execute(_RUN_BY_ID, {"run_id": run_id})).first()
@@ -113,14 +83,10 @@ class SqlRunStore(Store):
         return None if row is None else _rows.run_from_row(row)
 
     async def lock_many(self, run_ids: Sequence[str]) -> list[RunRecord]:
-        if not run_ids:
-            return []
         ids = sorted(set(run_ids))
-        if self._link.driver is not None:
-            result = await self._link.fetch(RUNS_LOCK_MANY, ids)
-        else:
-            result = list(await self._link.execute(_RUNS_LOCK_MANY, {"ids": ids}))
-        return [_rows.run_from_row(row) for row in result]
+        if not ids:
+            return []
+        return await self._hot.lock_many(ids)
 
     async def lock_with_stages(
         self, run_ids: Sequence[str]
@@ -128,44 +94,16 @@ class SqlRunStore(Store):
         ids = sorted(set(run_ids))
         if not ids:
             return []
-        stages = SqlStageStore(self._db, self._link)
-        if self._link.driver is None:
-            runs_ = await self.lock_many(ids)
-            return with_stages(runs_, await stages.for_runs([r.run_id for r in runs_]))
-        rows = await self._link.fetch(RUNS_LOCK_WITH_STAGES, ids)
-        current = [
-            _rows.stage_from_row(Fields(s))
-            for row in rows
-            if row.locked_version == row.seen_version
-            for s in row.stages
-        ]
-        changed = [row.run_id for row in rows if row.locked_version != row.seen_version]
-        if changed:  # written while we waited for the lock: their stages again, now
-            current += await stages.for_runs(changed)
-        return with_stages([_rows.run_from_row(row) for row in rows], current)
+        return await self._hot.lock_with_stages(ids)
 
     async def save(self, run: RunRecord) -> None:
         await self.save_many([run])
 
     async def save_many(self, runs_: Sequence[RunRecord]) -> None:
-        if self._link.writes is not None:
-            self._link.writes.save_runs(runs_)
-        elif runs_:
-            values = [_rows.run_values(r) for r in runs_]
-            await self._link.execute(upsert(runs, self._dialect), values)
+        self._hot.writes.save_runs(runs_)
 
     async def claim_pending(self, limit: int) -> list[RunRecord]:
-        if self._link.driver is not None:
-            rows = await self._link.fetch(RUNS_CLAIM_PENDING, limit)
-            return [_rows.run_from_row(row) for row in rows]
-        stmt = (
-            select(runs)
-            .where(runs.c.status == RunStatus.PENDING.value)
-            .order_by(runs.c.priority.desc(), runs.c.created_at, runs.c.run_id)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        )
-        return [_rows.run_from_row(row) for row in await self._link.execute(stmt)]
+        return await self._hot.claim_pending(limit)
 
     async def find(
         self,
@@ -205,21 +143,13 @@ class SqlStageStore(Store):
         return [_rows.stage_from_row(row) for row in result]
 
     async def for_runs(self, run_ids: Sequence[str]) -> list[StageRecord]:
-        if not run_ids:
-            return []
         ids = sorted(set(run_ids))
-        if self._link.driver is not None:
-            result = await self._link.fetch(STAGES_OF_RUNS, ids)
-        else:
-            result = list(await self._link.execute(_STAGES_OF_RUNS, {"ids": ids}))
-        return [_rows.stage_from_row(row) for row in result]
+        if not ids:
+            return []
+        return await self._hot.for_runs(ids)
 
     async def save_many(self, stages: Sequence[StageRecord]) -> None:
-        if self._link.writes is not None:
-            self._link.writes.save_stages(stages)
-        elif stages:
-            values = [_rows.stage_values(s) for s in stages]
-            await self._link.execute(upsert(stages_t, self._dialect), values)
+        self._hot.writes.save_stages(stages)
 
     async def delete(self, run_id: str, stage_ids: Sequence[str]) -> None:
         if stage_ids:

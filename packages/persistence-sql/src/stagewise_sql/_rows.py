@@ -21,6 +21,23 @@ from stagewise._states import RunStatus, StageStatus
 Values = dict[str, Any]
 
 
+class Fields:
+    """A row read on a driver directly (an asyncpg record, a composite value in one, or a
+    mapping of decoded SQLite values) whose columns read as attributes, like a SQLAlchemy
+    row's, so the same mappers serve every path."""
+
+    __slots__ = ("_record",)
+
+    def __init__(self, record: Any) -> None:
+        self._record = record
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._record[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
 def _error(info: ErrorInfo | None) -> Any:
     return None if info is None else info.to_json()
 

@@ -9,8 +9,9 @@ from typing import Any
 from sqlalchemy import BindParameter, Insert, Table, bindparam
 from sqlalchemy.dialects import postgresql, sqlite
 
+from stagewise._errors import PersistenceError
 from stagewise_sql._connect import Dialect
-from stagewise_sql._engine import Database, Link
+from stagewise_sql._engine import Database, HotPath, Link
 from stagewise_sql._schema import UtcDateTime
 
 
@@ -54,3 +55,12 @@ class Store:
         self._db = db
         self._dialect = db.dialect
         self._link = link
+
+    @property
+    def _hot(self) -> HotPath:
+        """The transaction's hot path (every unit of work of the `Persistence` port is a
+        transaction; single statements, which have none, do not use the stores' hot reads
+        and writes)."""
+        if self._link.hot is None:
+            raise PersistenceError("the hot path is used outside a transaction")
+        return self._link.hot
