@@ -141,16 +141,17 @@ class Codec:
 
     def encode(self, values: Values) -> tuple[Any, ...]:
         return tuple(
-            values[name] if encode is None else encode(values[name])
-            for name, encode in zip(self.names, self._encoders, strict=True)
+            value if encode is None or value is None else encode(value)
+            for value, encode in zip(
+                map(values.__getitem__, self.names), self._encoders, strict=True
+            )
         )
 
     def decode(self, row: Sequence[Any]) -> Fields:
+        # NULL is None for every column type (JSON's none_as_null included): no call.
         return Fields(
-            {
-                name: value if decode is None else decode(value)
-                for name, value, decode in zip(self.names, row, self._decoders, strict=True)
-            }
+            (name, value if decode is None or value is None else decode(value))
+            for name, value, decode in zip(self.names, row, self._decoders, strict=True)
         )
 
 

@@ -193,7 +193,7 @@ class PgPath:
             rows = await self.driver.fetch(sql, *args)
         except Exception as exc:
             self._reraise(exc)
-        return [Fields(row) for row in rows]
+        return [Fields(row.items()) for row in rows]
 
     async def lock_many(self, run_ids: Sequence[str]) -> list[RunRecord]:
         rows = await self._fetch(_RUNS_LOCK_MANY, run_ids)
@@ -208,7 +208,7 @@ class PgPath:
     ) -> list[tuple[RunRecord, list[StageRecord]]]:
         rows = await self._fetch(_RUNS_LOCK_WITH_STAGES, run_ids)
         current = [
-            _rows.stage_from_row(Fields(s))
+            _rows.stage_from_row(Fields(s.items()))
             for row in rows
             if row.locked_version == row.seen_version
             for s in row.stages
