@@ -14,7 +14,6 @@ import pytest
 from sqlalchemy import select
 
 from stagewise import RunStatus
-from stagewise._errors import DuplicateRecordError
 from stagewise._records import ErrorInfo, RunRecord
 from stagewise_sql import _lite, _rows
 from stagewise_sql._counting import counting
@@ -24,6 +23,9 @@ from tests.conftest import Adapters
 from tests.contract.factories import run, stage
 from tests.contract.test_kernel_scenarios import make_env
 from tests.contract.test_round_trip_budget import three_stages
+from tests.integration.sql.test_sql_collected_writes import (
+    test_inserting_a_run_twice_in_one_transaction_is_refused as inserting_twice_is_refused,
+)
 
 pytestmark = pytest.mark.parametrize("sql_backend", ["sqlite"], indirect=True)
 
@@ -156,15 +158,4 @@ async def test_call_by_call_a_workflow_runs_to_completion(sql_backend: Adapters)
 
 @pytest.mark.usefixtures("call_by_call")
 async def test_call_by_call_a_duplicate_rolls_back_the_transaction(sql_backend: Adapters) -> None:
-    async with sql_backend.persistence.transaction() as tx:
-        await tx.runs.insert(run("r1"))
-
-    async def again() -> None:
-        async with sql_backend.persistence.transaction() as tx:
-            await tx.runs.insert(run("r2"))
-            await tx.runs.insert(run("r1"))
-
-    with pytest.raises(DuplicateRecordError):
-        await again()
-    async with sql_backend.persistence.transaction() as tx:
-        assert await tx.runs.get("r2") is None
+    await inserting_twice_is_refused(sql_backend)
