@@ -76,6 +76,10 @@ class HotPath(Protocol):
     async def claim_pending(self, limit: int) -> list[RunRecord]: ...
 
 
+Opened = tuple[AsyncConnection, HotPath | None]
+"""A connection just opened for a unit of work, and its hot path (transactions only)."""
+
+
 class Link:
     """A connection in use by one unit of work. Every statement goes through `execute`
     (SQLAlchemy) or, in a transaction, its hot path (`hot`)."""
@@ -87,7 +91,7 @@ class Link:
         db: Database,
         conn: AsyncConnection,
         *,
-        reopen: Callable[[], Awaitable[AsyncConnection]] | None,
+        reopen: Callable[[], Awaitable[Opened]] | None,
         hot: HotPath | None = None,
     ) -> None:
         self.db = db
@@ -114,9 +118,7 @@ class Link:
             if not (self._fresh and self._reopen is not None and is_disconnect(exc)):
                 self.db.reraise(exc)
             await self.db.release(self.conn)
-            self.conn = await self._reopen()
-            if self.hot is not None:
-                self.hot = await self.db.hot_path(self.conn)
+            self.conn, self.hot = await self._reopen()
             try:
                 result = await self.conn.execute(statement, params)
             except Exception as again:
@@ -189,11 +191,10 @@ class Database:
 
     # --- connections -------------------------------------------------------------------
 
-    async def _retrying(self, open_: Callable[[], Any]) -> AsyncConnection:
+    async def _retrying(self, open_: Callable[[], Awaitable[T]]) -> T:
         for attempt in range(self._retries):
             try:
-                conn: AsyncConnection = await open_()
-                return conn
+                return await open_()
             except Exception as exc:
                 if not isinstance(self.error(exc), TransientError) or attempt + 1 == self._retries:
                     self.reraise(exc)
@@ -201,8 +202,9 @@ class Database:
             await asyncio.sleep(random.uniform(0, 0.05 * 2**attempt))
         raise AssertionError("unreachable")
 
-    async def begin_connection(self) -> AsyncConnection:
-        """A pooled connection inside BEGIN, retrying connect and BEGIN failures.
+    async def begin_connection(self) -> Opened:
+        """A pooled connection inside BEGIN, and its hot path, retrying connect and BEGIN
+        failures.
 
         The transaction is the driver's own: BEGIN, COMMIT and ROLLBACK go to the driver's
         connection (`HotPath`), so statements sent on the driver directly and through
@@ -211,25 +213,26 @@ class Database:
         SQLite the BEGIN option is off, see `_connect`).
         """
 
-        async def open_() -> AsyncConnection:
+        async def open_() -> Opened:
             conn = await self.engine.connect()
             try:
                 if self.is_sqlite:
                     await conn.execution_options(**{BEGIN_OPTION: None})
                 else:
                     await conn.execution_options(isolation_level="AUTOCOMMIT")
-                await (await self.hot_path(conn)).begin()
+                hot = await self._hot_path(conn)
+                await hot.begin()
             except BaseException:
                 if not self.is_sqlite:  # a connection that cannot begin is not pooled again
                     with suppress(Exception):
                         await conn.invalidate()
                 await self.discard(conn)
                 raise
-            return conn
+            return conn, hot
 
         return await self._retrying(open_)
 
-    async def hot_path(self, conn: AsyncConnection) -> HotPath:
+    async def _hot_path(self, conn: AsyncConnection) -> HotPath:
         """The hot path on `conn`'s driver connection."""
         driver = await driver_of(conn)
         if self._codecs is not None:
@@ -268,8 +271,7 @@ class Database:
                 "single writer, so the inner one would wait forever for the outer one"
             )
         async with self._serialized(write=True):
-            conn = await self.begin_connection()
-            hot = await self.hot_path(conn)
+            conn, hot = await self.begin_connection()
             reopen = None if self.is_sqlite else self.begin_connection
             link = Link(self, conn, reopen=reopen, hot=hot)
             token = self._active.set(link) if self.is_sqlite else None
@@ -320,7 +322,7 @@ class Database:
                 return
         async with self._serialized(write):
             replayable = not write and self.dialect == "postgresql"
-            reopen = self.autocommit_connection if replayable else None
+            reopen = self._reopen_autocommit if replayable else None
             link = Link(self, await self.autocommit_connection(), reopen=reopen)
             try:
                 yield link
@@ -332,6 +334,9 @@ class Database:
                 await asyncio.shield(self.discard(link.conn))
         for action in link.on_commit:
             action()
+
+    async def _reopen_autocommit(self) -> Opened:
+        return await self.autocommit_connection(), None
 
     async def autocommit_connection(self) -> AsyncConnection:
         """A pooled connection whose statements each commit on their own."""
