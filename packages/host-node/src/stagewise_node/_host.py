@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 import socket
 import time
 from collections.abc import Coroutine
@@ -53,6 +52,7 @@ from stagewise_node._heartbeat import Heartbeater
 from stagewise_node._jobs import JobRunner, JobWakeups, RunWakeups
 from stagewise_node._scheduler import HostScheduler, listen
 from stagewise_node._settings import NodeHostSettings
+from stagewise_node._signals import serve_until_signalled
 from stagewise_node._stats import Counters, HostState, HostStats
 from stagewise_node._tick import STEPS, Ticker
 
@@ -207,51 +207,14 @@ class NodeHost:
             StagewiseError: the host could not start.
             BaseException: a loop of the host crashed (a bug): it is stopped, then re-raised.
         """
-        loop = asyncio.get_running_loop()
-        requested = asyncio.Event()
-        received = 0
-
-        def on_signal(signum: int) -> None:
-            nonlocal received
-            received += 1
-            name = signal.Signals(signum).name
-            if received == 1:
-                logger.info(
-                    "%s received: draining (up to %.1fs)",
-                    name,
-                    self.settings.drain_timeout,
-                    extra={"worker_id": self.worker_id},
-                )
-                requested.set()
-            else:
-                logger.warning(
-                    "%s received again: stopping without waiting for in-flight stages",
-                    name,
-                    extra={"worker_id": self.worker_id},
-                )
-                self.force_stop()
-
-        installed: list[signal.Signals] = []
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                loop.add_signal_handler(sig, on_signal, sig)
-            except (NotImplementedError, RuntimeError):  # not the main thread, or Windows
-                continue
-            installed.append(sig)
-        try:
-            await self.start()
-            stop_waiter = asyncio.ensure_future(requested.wait())
-            crash_waiter = asyncio.ensure_future(self._crashed.wait())
-            try:
-                await asyncio.wait({stop_waiter, crash_waiter}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                stop_waiter.cancel()
-                crash_waiter.cancel()
-                await asyncio.gather(stop_waiter, crash_waiter, return_exceptions=True)
-        finally:
-            await self.stop()
-            for sig in installed:
-                loop.remove_signal_handler(sig)
+        await serve_until_signalled(
+            start=self.start,
+            stop=self.stop,
+            force_stop=self.force_stop,
+            crashed=self._crashed,
+            drain_timeout=self.settings.drain_timeout,
+            worker_id=self.worker_id,
+        )
         if self._crash is not None:
             raise self._crash
 
