@@ -6,8 +6,13 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
+from sqlalchemy import select
+
 from stagewise import JobExecute
+from stagewise._ports import Transaction
 from stagewise._records import (
+    Changeset,
+    ClaimedDelivery,
     Delivery,
     ErrorInfo,
     EventRecord,
@@ -18,8 +23,10 @@ from stagewise._records import (
     StageRecord,
 )
 from stagewise._states import RunStatus, StageStatus
-from stagewise.testing import TestEnvironment
+from stagewise.testing import InMemoryPersistence, TestEnvironment
 from stagewise.testing._clock import DEFAULT_START
+from stagewise_sql import _rows, metadata
+from tests.conftest import Adapters
 
 T0 = DEFAULT_START
 """Where every FakeClock starts."""
@@ -163,3 +170,43 @@ async def execute_chain(env: TestEnvironment, job: JobMessage, worker_id: str = 
         ran.append(result.stage_id)
         next_job = result.next_job
     return ran
+
+
+# --- reading what the ports do not read back ---------------------------------------------
+
+
+async def dead_letters(adapters: Adapters) -> list[ClaimedDelivery]:
+    """Dead-lettered deliveries with their events, in (consumer, run_id, seq) order, read
+    straight from the backend's storage."""
+    if isinstance(adapters.persistence, InMemoryPersistence):
+        events = {e.event_id: e for e in adapters.persistence.snapshot_events()}
+        dead = [d for d in adapters.persistence.snapshot_deliveries() if d.status == "dead"]
+    else:
+        assert adapters.sql is not None
+        d_t, e_t = metadata.tables["stagewise_deliveries"], metadata.tables["stagewise_events"]
+        async with adapters.sql.engine.connect() as conn:
+            dead = [
+                _rows.delivery_from_row(row)
+                for row in await conn.execute(select(d_t).where(d_t.c.status == "dead"))
+            ]
+            ids = [d.event_id for d in dead]
+            rows = await conn.execute(select(e_t).where(e_t.c.event_id.in_(ids)))
+            events = {row.event_id: _rows.event_from_row(row) for row in rows}
+    dead.sort(key=lambda d: (d.consumer, d.run_id, d.seq))
+    return [ClaimedDelivery(delivery=d, event=events[d.event_id]) for d in dead]
+
+
+async def logs_of(adapters: Adapters, run_id: str) -> list[LogRecord]:
+    """The run's log lines in the order written, read straight from the backend's storage."""
+    if isinstance(adapters.persistence, InMemoryPersistence):
+        return adapters.persistence.snapshot_logs(run_id)
+    assert adapters.sql is not None
+    logs_t = metadata.tables["stagewise_logs"]
+    stmt = select(logs_t).where(logs_t.c.run_id == run_id).order_by(logs_t.c.id)
+    async with adapters.sql.engine.connect() as conn:
+        return [_rows.log_from_row(row) for row in await conn.execute(stmt)]
+
+
+async def insert(tx: Transaction, *runs: RunRecord, stages: Iterable[StageRecord] = ()) -> None:
+    """New runs (and stage rows) written in `tx`, as the kernel writes them."""
+    await tx.apply(Changeset(new_runs=runs, stages=tuple(stages)))

@@ -1,4 +1,4 @@
-"""The outbox, idempotency and log stores, on every backend."""
+"""The outbox, idempotency keys and logs, on every backend."""
 
 from __future__ import annotations
 
@@ -7,18 +7,31 @@ from dataclasses import replace
 import pytest
 
 from stagewise._errors import DuplicateRecordError
-from stagewise._records import ClaimedDelivery, Delivery, EventRecord
+from stagewise._records import Changeset, ClaimedDelivery, Delivery, EventRecord
 from stagewise._states import RunStatus
 from tests.conftest import Adapters
-from tests.contract.factories import assert_aware, at, delivery, event, events_of, idem, log, run
+from tests.contract.factories import (
+    assert_aware,
+    at,
+    dead_letters,
+    delivery,
+    event,
+    events_of,
+    idem,
+    log,
+    logs_of,
+    run,
+)
 
 
 async def append(backend: Adapters, evs: list[EventRecord], ds: list[Delivery]) -> None:
     async with backend.persistence.transaction() as tx:
-        for run_id in dict.fromkeys(e.run_id for e in evs):
-            if await tx.runs.get(run_id) is None:
-                await tx.runs.insert(run(run_id, status=RunStatus.RUNNING))
-        await tx.outbox.append(evs, ds)
+        missing = [
+            run(run_id, status=RunStatus.RUNNING)
+            for run_id in dict.fromkeys(e.run_id for e in evs)
+            if await tx.runs.get(run_id) is None
+        ]
+        await tx.apply(Changeset(new_runs=tuple(missing), events=tuple(evs), deliveries=tuple(ds)))
 
 
 async def claim(
@@ -74,7 +87,7 @@ async def test_append_stores_every_field_and_refuses_an_event_id_twice(
 
     async with backend.persistence.transaction() as tx:
         assert await tx.outbox.events("r1") == [ev]
-        [got] = await tx.outbox.dead()
+    [got] = await dead_letters(backend)
     assert got.delivery == dead
     assert got.event == ev
     assert_aware(got.delivery.next_attempt_at, got.delivery.claimed_until)
@@ -218,26 +231,6 @@ async def seed_dead(backend: Adapters) -> list[EventRecord]:
     return evs
 
 
-async def test_dead_lists_dead_letters_in_consumer_run_seq_order(backend: Adapters) -> None:
-    evs = await seed_dead(backend)
-
-    async with backend.persistence.transaction() as tx:
-        every = await tx.outbox.dead()
-        sink = await tx.outbox.dead(consumer="sink", limit=2)
-        none = await tx.outbox.dead(consumer="nobody")
-
-    assert keys(every) == [
-        ("plugin:a", "r1", 1),
-        ("sink", "r1", 1),
-        ("sink", "r1", 2),
-        ("sink", "r2", 1),
-    ]
-    assert every[0].event == evs[0]
-    assert every[0].delivery.last_error == "gave up"
-    assert keys(sink) == [("sink", "r1", 1), ("sink", "r1", 2)]
-    assert none == []
-
-
 async def test_replay_dead_makes_dead_letters_pending_again(backend: Adapters) -> None:
     evs = await seed_dead(backend)
 
@@ -245,10 +238,10 @@ async def test_replay_dead_makes_dead_letters_pending_again(backend: Adapters) -
         by_id = await tx.outbox.replay_dead(consumer="sink", event_ids=[evs[1].event_id], now=at(5))
         by_nothing = await tx.outbox.replay_dead(consumer=None, event_ids=[], now=at(5))
         by_consumer = await tx.outbox.replay_dead(consumer="plugin:a", event_ids=None, now=at(5))
-        left = await tx.outbox.dead()
+    left = await dead_letters(backend)
     async with backend.persistence.transaction() as tx:
         rest = await tx.outbox.replay_dead(consumer=None, event_ids=None, now=at(6))
-        none_left = await tx.outbox.dead()
+    none_left = await dead_letters(backend)
 
     assert (by_id, by_nothing, by_consumer, rest) == (1, 0, 1, 2)
     assert keys(left) == [("sink", "r1", 1), ("sink", "r2", 1)]
@@ -267,13 +260,13 @@ async def test_replay_dead_makes_dead_letters_pending_again(backend: Adapters) -
 # --- idempotency -------------------------------------------------------------------------
 
 
-async def test_idempotency_insert_reports_an_existing_key(backend: Adapters) -> None:
+async def test_an_idempotency_key_comes_back_and_is_refused_twice(backend: Adapters) -> None:
     async with backend.persistence.transaction() as tx:
-        assert await tx.idempotency.insert(idem("k1")) is True
-        assert await tx.idempotency.insert(idem("k1", expires=999)) is False
-        assert await tx.idempotency.insert(idem("k1", scope="other")) is True
+        await tx.apply(Changeset(idempotency=(idem("k1"), idem("k1", scope="other"))))
+    with pytest.raises(DuplicateRecordError):
+        async with backend.persistence.transaction() as tx:
+            await tx.apply(Changeset(idempotency=(idem("k1", expires=999),)))
     async with backend.persistence.transaction() as tx:
-        assert await tx.idempotency.insert(idem("k1")) is False
         got = await tx.idempotency.get("run.create", "k1")
         assert await tx.idempotency.get("run.create", "nope") is None
 
@@ -282,23 +275,21 @@ async def test_idempotency_insert_reports_an_existing_key(backend: Adapters) -> 
     assert_aware(got.created_at, got.expires_at)
 
 
-async def test_idempotency_save_overwrites_and_purge_drops_expired_completed_keys(
-    backend: Adapters,
-) -> None:
-    async with backend.persistence.transaction() as tx:
+async def test_purge_drops_expired_completed_keys(backend: Adapters) -> None:
+    records = [
+        idem(key, state=state, expires=expires)
         for key, state, expires in [
             ("done-old", "completed", 10),
             ("done-now", "completed", 20),
             ("done-new", "completed", 21),
             ("busy-old", "in_progress", 10),
-        ]:
-            await tx.idempotency.insert(idem(key, state=state, expires=expires))
-        done = idem("busy-old", state="completed", expires=10, result={"run_id": "r1"})
-        await tx.idempotency.save(done)
-        await tx.idempotency.save(idem("still-busy", expires=5))
+            ("still-busy", "in_progress", 5),
+        ]
+    ]
+    async with backend.persistence.transaction() as tx:
+        await tx.apply(Changeset(idempotency=tuple(records)))
 
     async with backend.persistence.transaction() as tx:
-        assert await tx.idempotency.get("run.create", "busy-old") == done
         purged = await tx.idempotency.purge_expired(at(20))
         left = [
             k
@@ -306,30 +297,27 @@ async def test_idempotency_save_overwrites_and_purge_drops_expired_completed_key
             if await tx.idempotency.get("run.create", k) is not None
         ]
 
-    assert purged == 3
-    assert left == ["done-new", "still-busy"]
+    assert purged == 2
+    assert left == ["done-new", "busy-old", "still-busy"]
 
 
 # --- logs --------------------------------------------------------------------------------
 
 
-async def test_logs_come_back_in_append_order_per_run_and_stage(backend: Adapters) -> None:
+async def test_logs_come_back_in_the_order_written_per_run(backend: Adapters) -> None:
     async with backend.persistence.transaction() as tx:
-        await tx.runs.insert(run("r1"))
-        await tx.runs.insert(run("r2"))
-        await tx.logs.append([log("r1", "one"), log("r1", "two", stage_id="a", when=5)])
-        await tx.logs.append([])
+        first = (log("r1", "one"), log("r1", "two", stage_id="a", when=5))
+        await tx.apply(Changeset(new_runs=(run("r1"), run("r2")), logs=first))
     async with backend.persistence.transaction() as tx:
-        await tx.logs.append([log("r2", "other"), log("r1", "three", stage_id="b", when=1)])
-        await tx.logs.append([log("r1", "four", stage_id="a", when=0)])
+        await tx.apply(
+            Changeset(logs=(log("r2", "other"), log("r1", "three", stage_id="b", when=1)))
+        )
+    async with backend.persistence.transaction() as tx:
+        await tx.apply(Changeset(logs=(log("r1", "four", stage_id="a", when=0),)))
 
-    async with backend.persistence.transaction() as tx:
-        every = await tx.logs.for_run("r1")
-        stage_a = await tx.logs.for_run("r1", stage_id="a")
-        first_two = await tx.logs.for_run("r1", limit=2)
+    every = await logs_of(backend, "r1")
 
     assert [r.message for r in every] == ["one", "two", "three", "four"]
     assert every[1] == log("r1", "two", stage_id="a", when=5)
-    assert [r.message for r in stage_a] == ["two", "four"]
-    assert [r.message for r in first_two] == ["one", "two"]
+    assert [r.message for r in every if r.stage_id == "a"] == ["two", "four"]
     assert_aware(*(r.at for r in every))

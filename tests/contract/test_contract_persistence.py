@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import fields, replace
 
 import pytest
 
-from stagewise._records import RunRecord, StageRecord
+from stagewise._errors import ConcurrentUpdateError, DuplicateRecordError
+from stagewise._records import Changeset, RunRecord, RunWrite, StageRecord
 from stagewise._states import RunStatus, StageStatus
 from tests.conftest import Adapters
 from tests.contract.factories import (
@@ -18,23 +20,34 @@ from tests.contract.factories import (
     idem,
     job,
     log,
+    logs_of,
     run,
     stage,
 )
 
 
-async def insert_runs(backend: Adapters, *runs: RunRecord) -> None:
+async def apply(backend: Adapters, changes: Changeset) -> None:
     async with backend.persistence.transaction() as tx:
-        for r in runs:
-            await tx.runs.insert(r)
+        await tx.apply(changes)
+
+
+async def insert_runs(backend: Adapters, *runs: RunRecord) -> None:
+    await apply(backend, Changeset(new_runs=runs))
 
 
 async def insert_stages(backend: Adapters, *stages: StageRecord) -> None:
     async with backend.persistence.transaction() as tx:
-        for run_id in dict.fromkeys(s.run_id for s in stages):
-            if await tx.runs.get(run_id) is None:
-                await tx.runs.insert(run(run_id, status=RunStatus.RUNNING))
-        await tx.stages.insert_many(stages)
+        missing = [
+            run(run_id, status=RunStatus.RUNNING)
+            for run_id in dict.fromkeys(s.run_id for s in stages)
+            if await tx.runs.get(run_id) is None
+        ]
+        await tx.apply(Changeset(new_runs=tuple(missing), stages=stages))
+
+
+def update(before: RunRecord, after: RunRecord) -> RunWrite:
+    """`after` written over `before`, at the next version."""
+    return RunWrite(replace(after, version=before.version + 1), expected_version=before.version)
 
 
 def assert_run_times_aware(r: RunRecord) -> None:
@@ -68,8 +81,7 @@ async def test_a_committed_transaction_is_seen_by_the_next_one(backend: Adapters
 
 async def test_a_transaction_sees_its_own_writes(backend: Adapters) -> None:
     async with backend.persistence.transaction() as tx:
-        await tx.runs.insert(run("r1"))
-        await tx.stages.insert_many([stage("r1", "a")])
+        await tx.apply(Changeset(new_runs=(run("r1"),), stages=(stage("r1", "a"),)))
         assert await tx.runs.get("r1") == run("r1")
         assert [s.stage_id for s in await tx.stages.for_run("r1")] == ["a"]
 
@@ -83,12 +95,18 @@ async def test_an_exception_in_the_block_leaves_nothing_behind(backend: Adapters
 
     async def doomed() -> None:
         async with backend.persistence.transaction() as tx:
-            await tx.runs.insert(run("r1"))
-            await tx.runs.save(replace(run("r0"), status=RunStatus.CANCELLED))
-            await tx.stages.insert_many([stage("r1", "a")])
-            await tx.outbox.append([ev], [delivery(ev)])
-            assert await tx.idempotency.insert(idem("k1"))
-            await tx.logs.append([log("r1", "hello")])
+            await tx.apply(
+                Changeset(
+                    new_runs=(run("r1"),),
+                    runs=(update(run("r0"), replace(run("r0"), status=RunStatus.CANCELLED)),),
+                    stages=(stage("r1", "a"),),
+                    events=(ev,),
+                    deliveries=(delivery(ev),),
+                    logs=(log("r1", "hello"),),
+                    idempotency=(idem("k1"),),
+                )
+            )
+            assert await tx.runs.get("r1") == run("r1")  # sent before this read
             await backend.job_transport.enqueue([job("j1", "r1")], tx=tx)
             raise Boom
 
@@ -102,7 +120,7 @@ async def test_an_exception_in_the_block_leaves_nothing_behind(backend: Adapters
         assert await tx.outbox.events("r1") == []
         assert await tx.outbox.claim(now=at(0), limit=10, claimer="c", claim_until=at(30)) == []
         assert await tx.idempotency.get("run.create", "k1") is None
-        assert await tx.logs.for_run("r1") == []
+    assert await logs_of(backend, "r1") == []
     assert await backend.job_transport.dequeue(worker_id="w", limit=10, lease_for=30) == []
 
 
@@ -142,7 +160,9 @@ async def test_a_run_comes_back_field_for_field(backend: Adapters) -> None:
     assert_run_times_aware(bare)
 
 
-async def test_save_writes_every_field_of_a_run(backend: Adapters) -> None:
+async def test_an_update_writes_every_field_of_a_run_at_the_next_version(
+    backend: Adapters,
+) -> None:
     await insert_runs(backend, run("r1"))
     changed = replace(
         run("r1"),
@@ -155,38 +175,71 @@ async def test_save_writes_every_field_of_a_run(backend: Adapters) -> None:
         started_at=at(1),
         finished_at=at(2),
         updated_at=at(2),
+        version=2,
     )
 
     async with backend.persistence.transaction() as tx:
-        await tx.runs.save(changed)
+        await tx.apply(Changeset(runs=(RunWrite(changed, expected_version=1),)))
     async with backend.persistence.transaction() as tx:
         assert await tx.runs.get("r1") == changed
-        await tx.runs.save(replace(changed, error=None, output=None))
+        cleared = replace(changed, error=None, output=None, version=3)
+        await tx.apply(Changeset(runs=(RunWrite(cleared, expected_version=2),)))
     async with backend.persistence.transaction() as tx:
-        assert await tx.runs.get("r1") == replace(changed, error=None, output=None)
+        assert await tx.runs.get("r1") == replace(changed, error=None, output=None, version=3)
 
 
-async def test_lock_reads_the_run_and_reports_a_missing_one_as_none(backend: Adapters) -> None:
+async def test_an_update_made_on_a_version_that_is_gone_writes_nothing(
+    backend: Adapters,
+) -> None:
+    await insert_runs(backend, run("r1"), run("r2"))
+    moved = update(run("r1"), replace(run("r1"), priority=5))
+    await apply(backend, Changeset(runs=(moved,)))
+
+    late = update(run("r1"), replace(run("r1"), priority=9))  # made on version 1, now 2
+    other = update(run("r2"), replace(run("r2"), priority=9))
+    with pytest.raises(ConcurrentUpdateError):
+        await apply(backend, Changeset(runs=(other, late), stages=(stage("r2", "a"),)))
+
+    async with backend.persistence.transaction() as tx:
+        assert await tx.runs.get("r1") == moved.run
+        assert await tx.runs.get("r2") == run("r2")
+        assert await tx.stages.for_run("r2") == []
+
+
+async def test_a_run_or_idempotency_key_inserted_twice_is_refused(backend: Adapters) -> None:
+    await apply(backend, Changeset(new_runs=(run("r1"),), idempotency=(idem("k1"),)))
+
+    with pytest.raises(DuplicateRecordError):
+        await insert_runs(backend, run("r2"), run("r1"))
+    with pytest.raises(DuplicateRecordError):
+        await apply(backend, Changeset(new_runs=(run("r3"),), idempotency=(idem("k1"),)))
+
+    async with backend.persistence.transaction() as tx:
+        assert [r.run_id for r in await tx.runs.find()] == ["r1"]
+        assert await tx.idempotency.get("run.create", "k1") == idem("k1")
+
+
+async def test_load_reads_the_run_and_leaves_out_a_missing_one(backend: Adapters) -> None:
     await insert_runs(backend, run("r1"))
 
     async with backend.persistence.transaction() as tx:
-        assert await tx.runs.lock("r1") == run("r1")
-        assert await tx.runs.lock("r1", skip_locked=True) == run("r1")
-        assert await tx.runs.lock("nope") is None
-        assert await tx.runs.lock("nope", skip_locked=True) is None
+        assert await tx.runs.load(["r1"]) == [(run("r1"), [])]
+        assert await tx.runs.load(["r1"], skip_locked=True) == [(run("r1"), [])]
+        assert await tx.runs.load(["nope"]) == []
+        assert await tx.runs.load(["nope"], skip_locked=True) == []
 
 
-async def test_lock_many_returns_the_runs_that_exist_in_id_order(backend: Adapters) -> None:
+async def test_load_returns_the_runs_that_exist_in_id_order(backend: Adapters) -> None:
     await insert_runs(backend, run("r2"), run("r1"), run("r3"))
 
     async with backend.persistence.transaction() as tx:
-        got = await tx.runs.lock_many(["r3", "nope", "r1", "r3"])
-        assert await tx.runs.lock_many([]) == []
+        got = [r for r, _ in await tx.runs.load(["r3", "nope", "r1", "r3"])]
+        assert await tx.runs.load([]) == []
 
     assert got == [run("r1"), run("r3")]
 
 
-async def test_lock_with_stages_gives_each_run_with_its_stages_in_order(
+async def test_load_gives_each_run_with_its_stages_in_order(
     backend: Adapters,
 ) -> None:
     await insert_runs(backend, run("r2"), run("r1"), run("r3"))
@@ -196,11 +249,9 @@ async def test_lock_with_stages_gives_each_run_with_its_stages_in_order(
         stage("r2", "a", group=1),
         stage("r1", "x"),
     ]
+    await apply(backend, Changeset(stages=tuple(rows)))
     async with backend.persistence.transaction() as tx:
-        await tx.stages.save_many(rows)
-    async with backend.persistence.transaction() as tx:
-        got = await tx.runs.lock_with_stages(["r3", "nope", "r2", "r1", "r2"])
-        assert await tx.runs.lock_with_stages([]) == []
+        got = await tx.runs.load(["r3", "nope", "r2", "r1", "r2"])
 
     assert [(r.run_id, [s.stage_id for s in ss]) for r, ss in got] == [
         ("r1", ["x"]),
@@ -210,16 +261,16 @@ async def test_lock_with_stages_gives_each_run_with_its_stages_in_order(
     assert got[0] == (run("r1"), [stage("r1", "x")])  # every field, as stored
 
 
-async def test_save_many_writes_every_field_of_each_run(backend: Adapters) -> None:
+async def test_updates_write_every_field_of_each_run(backend: Adapters) -> None:
     await insert_runs(backend, run("r1"), run("r2"))
-    done = replace(run("r1"), status=RunStatus.COMPLETED, output={"n": 1}, event_seq=3)
-    moved = replace(run("r2"), status=RunStatus.RUNNING, current_group=2, started_at=at(1))
+    done = update(run("r1"), replace(run("r1"), status=RunStatus.COMPLETED, output={"n": 1}))
+    moved = update(run("r2"), replace(run("r2"), current_group=2, started_at=at(1)))
 
     async with backend.persistence.transaction() as tx:
-        await tx.runs.save_many([done, moved])
-        await tx.runs.save_many([])
+        await tx.apply(Changeset(runs=(done, moved)))
+        await tx.apply(Changeset())
     async with backend.persistence.transaction() as tx:
-        assert await tx.runs.lock_many(["r1", "r2"]) == [done, moved]
+        assert [r for r, _ in await tx.runs.load(["r1", "r2"])] == [done.run, moved.run]
 
 
 async def test_claim_pending_takes_highest_priority_then_oldest(backend: Adapters) -> None:
@@ -303,7 +354,7 @@ async def test_stages_come_back_in_group_then_byte_wise_id_order(backend: Adapte
     assert got == ["z-first", *sorted(ids)]
 
 
-async def test_for_runs_reads_the_stages_of_several_runs_in_run_then_group_order(
+async def test_load_reads_the_stages_of_several_runs_in_run_then_group_order(
     backend: Adapters,
 ) -> None:
     await insert_stages(
@@ -316,13 +367,13 @@ async def test_for_runs_reads_the_stages_of_several_runs_in_run_then_group_order
     )
 
     async with backend.persistence.transaction() as tx:
-        got = [(s.run_id, s.stage_id) for s in await tx.stages.for_runs(["r2", "r1", "nope"])]
-        assert await tx.stages.for_runs([]) == []
+        loaded = await tx.runs.load(["r2", "r1", "nope"])
+        got = [(s.run_id, s.stage_id) for _, stages in loaded for s in stages]
 
     assert got == [("r1", "x"), ("r2", "z"), ("r2", "a"), ("r2", "b")]
 
 
-async def test_a_stage_comes_back_field_for_field_and_save_many_rewrites_it(
+async def test_a_stage_comes_back_field_for_field_and_a_changeset_rewrites_it(
     backend: Adapters,
 ) -> None:
     plain = stage("r1", "a")
@@ -350,8 +401,7 @@ async def test_a_stage_comes_back_field_for_field_and_save_many_rewrites_it(
         updated_at=at(2),
     )
 
-    async with backend.persistence.transaction() as tx:
-        await tx.stages.save_many([full, replace(stage("r1", "b"), attempt=2)])
+    await apply(backend, Changeset(stages=(full, replace(stage("r1", "b"), attempt=2))))
     async with backend.persistence.transaction() as tx:
         got = await tx.stages.for_run("r1")
 
@@ -361,13 +411,12 @@ async def test_a_stage_comes_back_field_for_field_and_save_many_rewrites_it(
     assert [f.name for f in fields(StageRecord) if getattr(full, f.name) is None] == []
 
 
-async def test_delete_removes_only_the_named_stages_of_the_run(backend: Adapters) -> None:
+async def test_a_changeset_deletes_only_the_named_stages(backend: Adapters) -> None:
     await insert_stages(backend, stage("r1", "a"), stage("r1", "b"), stage("r1", "c"))
     await insert_stages(backend, stage("r2", "a"))
 
-    async with backend.persistence.transaction() as tx:
-        await tx.stages.delete("r1", ["a", "c", "missing"])
-        await tx.stages.delete("r1", [])
+    deleted = (("r1", "a"), ("r1", "c"), ("r1", "missing"))
+    await apply(backend, Changeset(deleted_stages=deleted))
 
     async with backend.persistence.transaction() as tx:
         assert [s.stage_id for s in await tx.stages.for_run("r1")] == ["b"]
@@ -454,3 +503,43 @@ async def test_unstarted_finds_due_waiting_stages_enqueued_before_the_cutoff(
 
     assert [s.stage_id for s in lost] == ["older", "old"]
     assert [s.stage_id for s in first] == ["older"]
+
+
+@pytest.mark.parametrize("refused", ["stale", "duplicate"])
+async def test_a_refused_write_commits_nothing_even_when_its_error_is_caught(
+    backend: Adapters, refused: str
+) -> None:
+    await insert_runs(backend, run("r1"))
+    bad = (
+        Changeset(runs=(update(replace(run("r1"), version=5), run("r1")),))
+        if refused == "stale"
+        else Changeset(new_runs=(run("r1"),))
+    )
+
+    async def careless() -> None:
+        async with backend.persistence.transaction() as tx:
+            await tx.apply(Changeset(new_runs=(run("r2"),), stages=(stage("r1", "a"),)))
+            # A caller that swallows the error cannot commit the rest.
+            with contextlib.suppress(ConcurrentUpdateError, DuplicateRecordError):
+                await tx.apply(bad)
+                await tx.runs.get("r1")  # (SQL sends the changesets with the next read)
+
+    with pytest.raises(ConcurrentUpdateError if refused == "stale" else DuplicateRecordError):
+        await careless()
+    async with backend.persistence.transaction() as tx:
+        assert await tx.runs.get("r2") is None
+        assert await tx.stages.for_run("r1") == []
+        assert await tx.runs.get("r1") == run("r1")
+
+
+async def test_a_delivery_inserted_twice_is_refused(backend: Adapters) -> None:
+    ev = event("r1", 1)
+    await apply(backend, Changeset(new_runs=(run("r1"),), events=(ev,), deliveries=(delivery(ev),)))
+
+    with pytest.raises(DuplicateRecordError):
+        await apply(backend, Changeset(deliveries=(delivery(ev),)))
+
+
+def test_a_run_write_moves_the_run_to_the_next_version_only() -> None:
+    with pytest.raises(ValueError, match="next version"):
+        RunWrite(replace(run("r1"), version=3), expected_version=1)

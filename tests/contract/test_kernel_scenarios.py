@@ -38,6 +38,7 @@ from stagewise import (
 )
 from stagewise.testing import TestEnvironment
 from tests.conftest import Adapters
+from tests.contract.factories import dead_letters
 from tests.unit.workflows import Num, four_groups
 
 
@@ -226,8 +227,7 @@ async def test_plugin_dead_letters_and_replay(backend: Adapters) -> None:
     )
     run = await env.run("four", {"n": 1})
     assert 1 not in got
-    async with env.persistence.transaction() as tx:
-        dead = await tx.outbox.dead()
+    dead = await dead_letters(backend)
     assert [(d.delivery.consumer, d.delivery.seq) for d in dead] == [("plugin:hook", 1)]
     broken["on"] = False
     assert (await env.kernel.dispatch(PluginReplayDLQ(plugin_id="hook"))).replayed == 1

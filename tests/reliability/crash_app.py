@@ -31,13 +31,14 @@ import json
 import logging
 import os
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 from pydantic import BaseModel
 
 from stagewise import (
+    Changeset,
     Event,
     JobMessage,
     KernelSettings,
@@ -138,18 +139,13 @@ class _RunsHook:
         return claimed
 
 
-class _StagesHook:
-    def __init__(self, inner: Any, watch: _Watch) -> None:
-        self._inner = inner
-        self._watch = watch
+def _watch_apply(apply: Any, watch: _Watch) -> Any:
+    async def watched(changes: Changeset) -> None:
+        if any(s.stage_id == "b" and s.status is StageStatus.COMPLETED for s in changes.stages):
+            watch.recorded_b = True
+        await apply(changes)
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-    async def save_many(self, stages: Sequence[Any]) -> None:
-        if any(s.stage_id == "b" and s.status is StageStatus.COMPLETED for s in stages):
-            self._watch.recorded_b = True
-        await self._inner.save_many(stages)
+    return watched
 
 
 class DyingPersistence:
@@ -162,7 +158,7 @@ class DyingPersistence:
         async with self._inner.transaction() as tx:
             # The adapter's own transaction object, so its transport still joins it.
             tx.runs = _RunsHook(tx.runs, watch)
-            tx.stages = _StagesHook(tx.stages, watch)
+            tx.apply = _watch_apply(tx.apply, watch)
             yield tx
             if watch.recorded_b and phase() == "record-before-commit":
                 die("the transaction recording stage b, before commit")

@@ -21,9 +21,10 @@ from stagewise import (
     WorkflowBuilder,
     define_stage,
 )
-from stagewise._core import Core, Unit
 from stagewise._group import Step
-from stagewise._scope import RunScope
+from stagewise._run import Run
+from stagewise._runtime import Runtime
+from stagewise._unit import UnitOfWork
 from stagewise.testing import (
     FakeClock,
     InMemoryJobQueue,
@@ -85,8 +86,15 @@ def counted_env(
     return env, counting
 
 
-def core_of(env: TestEnvironment) -> Core:
-    return env.kernel._core
+def runtime_of(env: TestEnvironment) -> Runtime:
+    return env.kernel._rt
+
+
+def change_priority(run: Run, priority: int) -> None:
+    """A change to the run's row, whatever it means: the group commit's business is only
+    that it is written (or not) with its transaction."""
+    run._bump(priority=priority)
+    run._decided(None)
 
 
 async def execute_concurrently(env: TestEnvironment) -> int:
@@ -149,9 +157,9 @@ async def test_without_grouping_each_job_takes_a_start_and_a_finish_transaction(
 
 
 def set_priority(priority: int) -> Step[int]:
-    async def step(unit: Unit, scope: RunScope | None) -> int:
-        assert scope is not None
-        scope.update_run(priority=priority)
+    async def step(unit: UnitOfWork, run: Run | None) -> int:
+        assert run is not None
+        change_priority(run, priority)
         return priority
 
     return step
@@ -159,21 +167,21 @@ def set_priority(priority: int) -> Step[int]:
 
 async def test_a_raising_step_fails_alone_and_the_rest_of_its_group_commits() -> None:
     env = TestEnvironment([fan_out()])
-    group = core_of(env).group
+    group = runtime_of(env).group
     a, b, c = [await env.create_run("fan", {"n": 1}) for _ in range(3)]
 
-    async def explode(unit: Unit, scope: RunScope | None) -> int:
-        assert scope is not None
-        scope.update_run(priority=99)
+    async def explode(unit: UnitOfWork, run: Run | None) -> int:
+        assert run is not None
+        change_priority(run, 99)
         raise ValueError("boom")
 
-    async def scope_of(unit: Unit, scope: RunScope | None) -> RunScope | None:
-        return scope
+    async def run_of(unit: UnitOfWork, run: Run | None) -> Run | None:
+        return run
 
     results = await asyncio.gather(
         group.run(CMD, a, set_priority(5)),
         group.run(CMD, b, explode),
-        group.run(CMD, "no-such-run", scope_of),
+        group.run(CMD, "no-such-run", run_of),
         group.run(CMD, c, set_priority(7)),
         return_exceptions=True,
     )
@@ -186,26 +194,26 @@ async def test_a_raising_step_fails_alone_and_the_rest_of_its_group_commits() ->
 async def test_a_step_for_a_missing_run_gets_no_scope_alone_too() -> None:
     env = TestEnvironment([fan_out()])
 
-    async def scope_of(unit: Unit, scope: RunScope | None) -> RunScope | None:
-        return scope
+    async def run_of(unit: UnitOfWork, run: Run | None) -> Run | None:
+        return run
 
-    assert await core_of(env).group.run(CMD, "no-such-run", scope_of) is None
+    assert await runtime_of(env).group.run(CMD, "no-such-run", run_of) is None
 
 
 async def test_a_caller_cancelled_while_its_step_is_queued_drops_the_step() -> None:
     env = TestEnvironment([fan_out()])
-    group = core_of(env).group
+    group = runtime_of(env).group
     a, b, c = [await env.create_run("fan", {"n": 1}) for _ in range(3)]
     inside, release = asyncio.Event(), asyncio.Event()
     ran: list[str] = []
 
-    async def hold(unit: Unit, scope: RunScope | None) -> str:
+    async def hold(unit: UnitOfWork, run: Run | None) -> str:
         inside.set()
         await release.wait()
         return "held"
 
     def note(name: str) -> Step[str]:
-        async def step(unit: Unit, scope: RunScope | None) -> str:
+        async def step(unit: UnitOfWork, run: Run | None) -> str:
             ran.append(name)
             return name
 
@@ -229,17 +237,17 @@ async def test_a_caller_cancelled_while_its_step_is_queued_drops_the_step() -> N
 
 async def test_steps_of_one_run_in_one_group_see_each_others_changes_in_queue_order() -> None:
     env = TestEnvironment([fan_out()])
-    group = core_of(env).group
+    group = runtime_of(env).group
     run_id = await env.create_run("fan", {"n": 1})
     seen: list[tuple[int, int]] = []
     units: set[int] = set()
 
     def bump(priority: int) -> Step[None]:
-        async def step(unit: Unit, scope: RunScope | None) -> None:
-            assert scope is not None
+        async def step(unit: UnitOfWork, run: Run | None) -> None:
+            assert run is not None
             units.add(id(unit))
-            seen.append((scope.run.priority, priority))
-            scope.update_run(priority=priority)
+            seen.append((run.record.priority, priority))
+            change_priority(run, priority)
 
         return step
 
@@ -255,12 +263,12 @@ async def test_group_commit_caps_how_many_steps_share_a_transaction(
     limit: int, sizes: list[int]
 ) -> None:
     env = TestEnvironment([fan_out()], settings=KernelSettings(group_commit=limit))
-    group = core_of(env).group
+    group = runtime_of(env).group
     run_ids = [await env.create_run("fan", {"n": 1}) for _ in range(5)]
-    units: list[Unit] = []
+    units: list[UnitOfWork] = []
 
-    async def note(unit: Unit, scope: RunScope | None) -> None:
-        assert scope is not None
+    async def note(unit: UnitOfWork, run: Run | None) -> None:
+        assert run is not None
         units.append(unit)
 
     await asyncio.gather(*(group.run(CMD, r, note) for r in run_ids))

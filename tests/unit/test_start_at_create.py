@@ -182,7 +182,7 @@ async def test_a_handed_over_stage_is_only_taken_by_the_worker_it_was_started_fo
 
 
 async def test_a_heartbeat_writes_the_run_row_with_the_stage() -> None:
-    # The rule RunStore.lock_with_stages lets adapters rely on: a transaction that writes a
+    # The rule RunStore.load lets adapters rely on: a transaction that writes a
     # run's stages writes its row too (PostgreSQL detects stale stages by the row alone).
     env = TestEnvironment([four_groups()])
     created = await env.kernel.dispatch(

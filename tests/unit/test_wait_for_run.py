@@ -30,7 +30,7 @@ from tests.unit.workflows import four_groups
 
 def waiters(kernel: Kernel) -> int:
     """Futures still registered for runs' ends (leaks show up here)."""
-    return sum(len(f) for f in kernel._core.run_waiters.waiting.values())
+    return sum(len(f) for f in kernel._rt.waiters.waiting.values())
 
 
 async def waiting(kernel: Kernel, run_id: str, **kwargs: float) -> asyncio.Task[RunRecord]:
@@ -176,4 +176,4 @@ async def test_a_cancelled_waiter_leaves_nothing_behind() -> None:
     await env.kernel.dispatch(RunCancel(run_id=run_id))
     assert (await asyncio.wait_for(tasks[1], timeout=1)).status is RunStatus.CANCELLED
     assert waiters(env.kernel) == 0
-    assert env.kernel._core.run_waiters.waiting == {}
+    assert env.kernel._rt.waiters.waiting == {}

@@ -142,8 +142,7 @@ class FlakyPersistence:
         self.down_ops: set[str] = set()
 
     def check(self, op: str, args: tuple[Any, ...]) -> None:
-        many = op in ("runs.lock_many", "runs.lock_with_stages")
-        locked = args[0] if many else args[:1] if op == "runs.lock" else ()
+        locked = args[0] if op == "runs.load" else ()
         if op in self.down_ops or self.down_runs.intersection(locked):
             raise TransientError(f"connection to the database was lost ({op})")
 
@@ -155,8 +154,9 @@ class FlakyPersistence:
 
 class _FlakyTx:
     def __init__(self, owner: FlakyPersistence, tx: Any) -> None:
-        for name in ("runs", "stages", "outbox", "idempotency", "logs"):
+        for name in ("runs", "stages", "outbox", "idempotency"):
             setattr(self, name, _FlakyStore(owner, name, getattr(tx, name)))
+        self.apply = tx.apply
 
 
 class _FlakyStore:

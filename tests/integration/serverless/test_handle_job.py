@@ -254,7 +254,7 @@ async def test_a_transient_error_writes_nothing_and_asks_for_the_delivery_again(
 
         assert result.outcome == "retry"
         assert result.redeliver is True
-        lost = "connection to the database was lost (runs.lock_with_stages)"
+        lost = "connection to the database was lost (runs.load)"
         assert result.error == f"TransientError: {lost}"
         flaky.down_runs.clear()
         assert (await d.stages(run_id))["only"].status is StageStatus.PENDING

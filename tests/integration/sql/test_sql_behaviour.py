@@ -9,26 +9,32 @@ import time
 from dataclasses import replace
 from datetime import timedelta, timezone
 from pathlib import Path
-from typing import Any
 
 import pytest
 from sqlalchemy import text
 
-from stagewise._errors import ConflictError, InvalidInputError, PersistenceError, TransientError
+from stagewise._errors import (
+    ConcurrentUpdateError,
+    ConflictError,
+    InvalidInputError,
+    PersistenceError,
+    TransientError,
+)
+from stagewise._records import Changeset, RunWrite
 from stagewise._states import StageStatus
-from stagewise.testing import FakeClock
+from stagewise.testing import FakeClock, InMemoryPersistence
 from stagewise_sql import DuplicateRecordError, SqlBackend, SqlSettings
 from tests.conftest import Adapters
-from tests.contract.factories import T0, at, job, run, stage
+from tests.contract.factories import T0, at, insert, job, run, stage
 
 
 async def test_a_duplicate_insert_is_a_conflict_not_a_driver_error(sql_backend: Adapters) -> None:
     async with sql_backend.persistence.transaction() as tx:
-        await tx.runs.insert(run("r1"))
+        await insert(tx, run("r1"))
 
     async def again() -> None:
         async with sql_backend.persistence.transaction() as tx:
-            await tx.runs.insert(run("r1"))
+            await insert(tx, run("r1"))
 
     with pytest.raises(DuplicateRecordError) as raised:
         await again()
@@ -39,7 +45,7 @@ async def test_a_duplicate_insert_is_a_conflict_not_a_driver_error(sql_backend: 
 async def test_a_naive_datetime_is_refused(sql_backend: Adapters) -> None:
     async def insert_naive() -> None:
         async with sql_backend.persistence.transaction() as tx:
-            await tx.runs.insert(run("r1", updated_at=T0.replace(tzinfo=None)))
+            await insert(tx, run("r1", updated_at=T0.replace(tzinfo=None)))
 
     with pytest.raises(InvalidInputError, match="naive datetime"):
         await insert_naive()
@@ -51,8 +57,11 @@ async def test_times_in_any_zone_come_back_as_the_same_instant_in_utc(
     plus_two = timezone(timedelta(hours=2))
     local = (T0 + timedelta(seconds=90)).astimezone(plus_two)
     async with sql_backend.persistence.transaction() as tx:
-        await tx.runs.insert(run("r1", status=run("x").status))
-        await tx.stages.insert_many([stage("r1", "a", status=StageStatus.SUSPENDED, due_at=local)])
+        await insert(
+            tx,
+            run("r1", status=run("x").status),
+            stages=[stage("r1", "a", status=StageStatus.SUSPENDED, due_at=local)],
+        )
     async with sql_backend.persistence.transaction() as tx:
         (got,) = await tx.stages.for_run("r1")
         due = await tx.stages.due_for_poll(at(90), 10)
@@ -70,7 +79,8 @@ async def test_a_cancelled_transaction_gives_back_its_connection_and_lock(
 
     async def slow() -> None:
         async with sql_backend.persistence.transaction() as tx:
-            await tx.runs.insert(run("r1"))
+            await insert(tx, run("r1"))
+            assert await tx.runs.get("r1") is not None  # the insert went out with this read
             started.set()
             await asyncio.sleep(60)
 
@@ -83,7 +93,7 @@ async def test_a_cancelled_transaction_gives_back_its_connection_and_lock(
     async with asyncio.timeout(5):
         async with sql_backend.persistence.transaction() as tx:
             assert await tx.runs.get("r1") is None
-            await tx.runs.insert(run("r2"))
+            await insert(tx, run("r2"))
 
 
 async def test_blob_and_transport_calls_inside_a_transaction_do_not_deadlock(
@@ -91,7 +101,7 @@ async def test_blob_and_transport_calls_inside_a_transaction_do_not_deadlock(
 ) -> None:
     async with asyncio.timeout(5):
         async with sql_backend.persistence.transaction() as tx:
-            await tx.runs.insert(run("r1"))
+            await insert(tx, run("r1"))
             await sql_backend.blob_store.put("runs/r1/output", b"big")
             await sql_backend.job_transport.enqueue([job("j1", "r1")])
     assert await sql_backend.blob_store.get("runs/r1/output") == b"big"
@@ -121,7 +131,7 @@ async def test_a_sqlite_database_locked_by_another_process_is_a_transient_error(
 
         async def write() -> None:
             async with backend.persistence.transaction() as tx:
-                await tx.runs.insert(run("r1"))
+                await insert(tx, run("r1"))
 
         began = time.monotonic()
         with pytest.raises(TransientError, match="database is locked"):
@@ -136,24 +146,17 @@ async def test_a_sqlite_database_locked_by_another_process_is_a_transient_error(
 
 
 @pytest.mark.postgres
-@pytest.mark.parametrize("statement", ["lock", "lock_many"])  # SQLAlchemy's, the driver's
-async def test_a_deadlock_is_a_transient_error(pg_backend: Adapters, statement: str) -> None:
+async def test_a_deadlock_is_a_transient_error(pg_backend: Adapters) -> None:
     async with pg_backend.persistence.transaction() as tx:
-        await tx.runs.insert(run("a"))
-        await tx.runs.insert(run("b"))
+        await insert(tx, run("a"), run("b"))
     both_locked = asyncio.Barrier(2)
 
-    async def lock_one(tx: Any, run_id: str) -> None:
-        if statement == "lock":
-            await tx.runs.lock(run_id)
-        else:
-            await tx.runs.lock_many([run_id])
-
     async def lock(first: str, second: str) -> None:
+        # One run per load: each load locks in id order, two loads in a row need not.
         async with pg_backend.persistence.transaction() as tx:
-            await lock_one(tx, first)
+            await tx.runs.load([first])
             await both_locked.wait()
-            await lock_one(tx, second)
+            await tx.runs.load([second])
 
     results = await asyncio.gather(lock("a", "b"), lock("b", "a"), return_exceptions=True)
 
@@ -167,7 +170,7 @@ async def test_a_deadlock_is_a_transient_error(pg_backend: Adapters, statement: 
 async def test_connections_killed_by_the_server_are_replaced(pg_backend: Adapters) -> None:
     assert pg_backend.sql is not None
     async with pg_backend.persistence.transaction() as tx:
-        await tx.runs.insert(run("r1"))
+        await insert(tx, run("r1"))
     await pg_backend.blob_store.put("k", b"v")  # the pool now holds idle connections
 
     killer = await SqlBackend.connect(pg_backend.url or "")
@@ -226,14 +229,14 @@ async def test_wait_for_runs_hears_runs_created_by_other_processes(pg_backend: A
     transport = pg_backend.sql.job_transport
     assert await transport.wait_for_runs(0) is False  # starts listening
     async with pg_backend.persistence.transaction() as tx:
-        await tx.runs.insert(run("ours"))  # our own insert: no echo
+        await insert(tx, run("ours"))  # our own insert: no echo
     assert await transport.wait_for_runs(0.2) is False
     other = await SqlBackend.connect(pg_backend.url or "", clock=pg_backend.clock)
     try:
         waiter = asyncio.create_task(transport.wait_for_runs(10))
         await asyncio.sleep(0.05)
         async with other.persistence.transaction() as tx:
-            await tx.runs.insert(run("theirs"))
+            await insert(tx, run("theirs"))
         async with asyncio.timeout(5):
             assert await waiter is True
     finally:
@@ -252,7 +255,7 @@ async def test_a_sqlite_file_wakes_waiters_on_runs_and_due_jobs_from_other_conne
         assert await transport.wait_for_runs(0.05) is False
         assert await transport.wait_for_jobs(0.05) is False
         async with other.persistence.transaction() as tx:
-            await tx.runs.insert(run("r1"))
+            await insert(tx, run("r1"))
         async with asyncio.timeout(5):
             assert await transport.wait_for_runs(5) is True
         await other.job_transport.enqueue([job("later", available=60)])
@@ -265,15 +268,19 @@ async def test_a_sqlite_file_wakes_waiters_on_runs_and_due_jobs_from_other_conne
         await ours.close()
 
 
-async def test_save_of_a_run_that_does_not_exist_inserts_it_like_the_reference(
+async def test_a_run_write_for_a_run_that_does_not_exist_is_refused_like_the_reference(
     sql_backend: Adapters,
 ) -> None:
-    async with sql_backend.persistence.transaction() as tx:
-        await tx.runs.save(run("r1"))
-        await tx.stages.save_many([replace(stage("r1", "a"), attempt=2)])
-    async with sql_backend.persistence.transaction() as tx:
-        assert await tx.runs.get("r1") == run("r1")
-        assert [s.attempt for s in await tx.stages.for_run("r1")] == [2]
+    missing = RunWrite(replace(run("r1"), version=2), expected_version=1)
+    changes = Changeset(runs=(missing,), stages=(replace(stage("r1", "a"), attempt=2),))
+
+    for persistence in (sql_backend.persistence, InMemoryPersistence()):
+        with pytest.raises(ConcurrentUpdateError):  # there is no version 1 to write over
+            async with persistence.transaction() as tx:
+                await tx.apply(changes)
+        async with persistence.transaction() as tx:
+            assert await tx.runs.get("r1") is None
+            assert await tx.stages.for_run("r1") == []
 
 
 async def test_a_task_started_inside_a_transaction_writes_on_its_own_after_it_ends(
@@ -285,10 +292,10 @@ async def test_a_task_started_inside_a_transaction_writes_on_its_own_after_it_en
         await go.wait()
         await sql_backend.blob_store.put("k", b"v")
         async with sql_backend.persistence.transaction() as tx:
-            await tx.runs.insert(run("r2"))
+            await insert(tx, run("r2"))
 
     async with sql_backend.persistence.transaction() as tx:
-        await tx.runs.insert(run("r1"))
+        await insert(tx, run("r1"))
         task = asyncio.create_task(background())
     go.set()
     await asyncio.wait_for(task, 5)
@@ -300,15 +307,15 @@ async def test_a_task_started_inside_a_transaction_writes_on_its_own_after_it_en
 
 async def test_a_json_value_postgres_cannot_store_is_invalid_input(sql_backend: Adapters) -> None:
     # JSONB has no NUL character; SQLite (like the in-memory reference) keeps it.
-    async def insert() -> None:
+    async def insert_nul() -> None:
         async with sql_backend.persistence.transaction() as tx:
-            await tx.runs.insert(run("r1", input={"text": "a\u0000b"}))
+            await insert(tx, run("r1", input={"text": "a\u0000b"}))
 
     if sql_backend.name == "postgres":
         with pytest.raises(InvalidInputError, match="the database refused a value"):
-            await insert()
+            await insert_nul()
     else:
-        await insert()
+        await insert_nul()
         async with sql_backend.persistence.transaction() as tx:
             got = await tx.runs.get("r1")
         assert got is not None

@@ -9,10 +9,17 @@ from dataclasses import replace
 
 import pytest
 
+from stagewise._errors import ConcurrentUpdateError, DuplicateRecordError
+from stagewise._records import Changeset, RunRecord, RunWrite
 from stagewise._states import RunStatus
 from stagewise_sql import SqlBackend
 from tests.conftest import Adapters, extra_backends
-from tests.contract.factories import at, delivery, events_of, idem, job, run
+from tests.contract.factories import at, delivery, events_of, idem, insert, job, run
+
+
+def update(before: RunRecord, after: RunRecord) -> RunWrite:
+    """`after` written over `before`, at the next version."""
+    return RunWrite(replace(after, version=before.version + 1), expected_version=before.version)
 
 
 @pytest.fixture
@@ -48,8 +55,7 @@ async def test_eight_run_claimers_never_get_the_same_run(
     sql_backend: Adapters, others: list[SqlBackend]
 ) -> None:
     async with sql_backend.persistence.transaction() as tx:
-        for i in range(120):
-            await tx.runs.insert(run(f"r{i:03d}", priority=i % 4, created=i))
+        await insert(tx, *(run(f"r{i:03d}", priority=i % 4, created=i) for i in range(120)))
     claimed: list[str] = []
 
     async def claimer(b: SqlBackend) -> None:
@@ -57,8 +63,9 @@ async def test_eight_run_claimers_never_get_the_same_run(
             async with b.persistence.transaction() as tx:
                 runs = await tx.runs.claim_pending(4)
                 await asyncio.sleep(0.005)  # hold the row locks while the others claim
-                for r in runs:
-                    await tx.runs.save(replace(r, status=RunStatus.RUNNING))
+                # each update expects the version the run was claimed at
+                started = (update(r, replace(r, status=RunStatus.RUNNING)) for r in runs)
+                await tx.apply(Changeset(runs=tuple(started)))
             if not runs:
                 return
             claimed.extend(r.run_id for r in runs)
@@ -72,11 +79,15 @@ async def test_eight_run_claimers_never_get_the_same_run(
 async def test_two_outbox_claimers_never_claim_the_same_group(
     sql_backend: Adapters, others: list[SqlBackend]
 ) -> None:
+    evs = [e for r in range(30) for e in events_of(f"r{r:02d}", [1, 2, 3])]
     async with sql_backend.persistence.transaction() as tx:
-        for r in range(30):
-            evs = events_of(f"r{r:02d}", [1, 2, 3])
-            await tx.runs.insert(run(f"r{r:02d}", status=RunStatus.RUNNING))
-            await tx.outbox.append(evs, [delivery(e, c) for e in evs for c in ("a", "b")])
+        await tx.apply(
+            Changeset(
+                new_runs=tuple(run(f"r{r:02d}", status=RunStatus.RUNNING) for r in range(30)),
+                events=tuple(evs),
+                deliveries=tuple(delivery(e, c) for e in evs for c in ("a", "b")),
+            )
+        )
     held: dict[tuple[str, str], str] = {}
     delivered: list[tuple[str, str, int]] = []
 
@@ -109,31 +120,63 @@ async def test_two_outbox_claimers_never_claim_the_same_group(
             assert seqs == [1, 2, 3]
 
 
+async def test_of_writers_that_read_the_same_version_only_one_wins(
+    sql_backend: Adapters, others: list[SqlBackend]
+) -> None:
+    async with sql_backend.persistence.transaction() as tx:
+        await insert(tx, run("r1"))
+    all_read = asyncio.Barrier(len(others))
+    outcomes: list[str] = []
+
+    async def writer(n: int, b: SqlBackend) -> None:
+        async with b.persistence.transaction() as tx:
+            seen = await tx.runs.get("r1")
+        assert seen is not None
+        await all_read.wait()  # then all write at once, each on the version it read
+        try:
+            async with b.persistence.transaction() as tx:
+                await tx.apply(Changeset(runs=(update(seen, replace(seen, priority=n)),)))
+        except ConcurrentUpdateError:
+            outcomes.append("refused")
+        else:
+            outcomes.append(f"wrote {n}")
+
+    async with asyncio.timeout(30):
+        await asyncio.gather(*(writer(n, b) for n, b in enumerate(others)))
+
+    [won] = [o for o in outcomes if o.startswith("wrote")]
+    assert outcomes.count("refused") == len(others) - 1
+    async with sql_backend.persistence.transaction() as tx:
+        final = await tx.runs.get("r1")
+    assert final is not None
+    assert (f"wrote {final.priority}", final.version) == (won, 2)
+
+
 @pytest.mark.postgres
 async def test_a_locked_run_is_skipped_or_waited_for(pg_backend: Adapters) -> None:
     async with pg_backend.persistence.transaction() as tx:
-        await tx.runs.insert(run("r1"))
+        await insert(tx, run("r1"))
     other = await SqlBackend.connect(pg_backend.url or "", clock=pg_backend.clock)
     locked, release = asyncio.Event(), asyncio.Event()
 
     async def holder() -> None:
         async with pg_backend.persistence.transaction() as tx:
-            await tx.runs.lock("r1")
+            [(r1, _)] = await tx.runs.load(["r1"])
             locked.set()
             await release.wait()
-            await tx.runs.save(replace(run("r1"), priority=9))
+            await tx.apply(Changeset(runs=(update(r1, replace(r1, priority=9)),)))
 
     task = asyncio.create_task(holder())
     try:
         await locked.wait()
         async with other.persistence.transaction() as tx:
-            assert await tx.runs.lock("r1", skip_locked=True) is None
+            assert await tx.runs.load(["r1"], skip_locked=True) == []
             assert await tx.runs.claim_pending(10) == []
 
         async def wait_for_it() -> int:
             async with other.persistence.transaction() as tx:
-                got = await tx.runs.lock("r1")
-                return -1 if got is None else got.priority
+                got = await tx.runs.load(["r1"])
+                return -1 if not got else got[0][0].priority
 
         waiter = asyncio.create_task(wait_for_it())
         await asyncio.sleep(0.05)
@@ -155,7 +198,8 @@ async def test_a_concurrent_insert_of_the_same_idempotency_key_waits_then_confli
 
     async def first() -> None:
         async with pg_backend.persistence.transaction() as tx:
-            assert await tx.idempotency.insert(idem("k"))
+            await tx.apply(Changeset(idempotency=(idem("k"),)))
+            assert await tx.idempotency.get("run.create", "k") == idem("k")  # it went out
             inserted.set()
             await release.wait()
 
@@ -163,15 +207,16 @@ async def test_a_concurrent_insert_of_the_same_idempotency_key_waits_then_confli
     try:
         await inserted.wait()
 
-        async def second() -> bool:
+        async def second() -> None:
             async with other.persistence.transaction() as tx:
-                return await tx.idempotency.insert(idem("k"))
+                await tx.apply(Changeset(idempotency=(idem("k"),)))
 
         racer = asyncio.create_task(second())
         await asyncio.sleep(0.05)
         assert not racer.done()
         release.set()
-        assert await racer is False
+        with pytest.raises(DuplicateRecordError):
+            await racer
     finally:
         release.set()
         await task

@@ -12,16 +12,16 @@ import pytest
 from sqlalchemy import select
 
 from stagewise import RunStatus
-from stagewise._records import ErrorInfo, RunRecord
+from stagewise._records import Changeset, ErrorInfo, RunRecord, RunWrite
 from stagewise_sql import _lite, _rows
 from stagewise_sql._counting import counting
 from stagewise_sql._schema import runs as runs_t
 from stagewise_sql._schema import stages as stages_t
 from tests.conftest import Adapters
-from tests.contract.factories import run, stage
+from tests.contract.factories import insert, run, stage
 from tests.contract.test_kernel_scenarios import make_env
 from tests.contract.test_round_trip_budget import three_stages
-from tests.integration.sql.test_sql_collected_writes import (
+from tests.integration.sql.test_sql_held_changeset import (
     test_inserting_a_run_twice_in_one_transaction_is_refused as inserting_twice_is_refused,
 )
 
@@ -54,8 +54,9 @@ async def test_the_hot_path_stores_values_exactly_as_sqlalchemy_does(
     assert sql_backend.sql is not None
     engine = sql_backend.sql.engine
     async with sql_backend.persistence.transaction() as tx:  # the hot path
-        await tx.runs.insert(full_run("by-path"))
-        await tx.stages.save_many([replace(stage("by-path", "a"), lease_expires_at=T0)])
+        await insert(
+            tx, full_run("by-path"), stages=[replace(stage("by-path", "a"), lease_expires_at=T0)]
+        )
     async with engine.begin() as conn:  # SQLAlchemy
         await conn.execute(runs_t.insert(), _rows.run_values(full_run("by-sqlalchemy")))
         values = _rows.stage_values(replace(stage("by-sqlalchemy", "a"), lease_expires_at=T0))
@@ -71,9 +72,7 @@ async def test_the_hot_path_stores_values_exactly_as_sqlalchemy_does(
     assert [s[1:] for s in stages[:1]] == [s[1:] for s in stages[1:]]
 
     async with sql_backend.persistence.transaction() as tx:  # and both read back the same
-        [(a, a_stages), (b, b_stages)] = await tx.runs.lock_with_stages(
-            ["by-path", "by-sqlalchemy"]
-        )
+        [(a, a_stages), (b, b_stages)] = await tx.runs.load(["by-path", "by-sqlalchemy"])
     assert replace(a, run_id="x") == replace(b, run_id="x") == full_run("x")
     assert a_stages[0].lease_expires_at == b_stages[0].lease_expires_at == T0
 
@@ -85,7 +84,7 @@ async def test_times_written_on_the_path_compare_with_sqlalchemy_parameters(
     bound through SQLAlchemy compare them in time order."""
     assert sql_backend.sql is not None
     async with sql_backend.persistence.transaction() as tx:
-        await tx.runs.insert(full_run("r1"))
+        await insert(tx, full_run("r1"))
     async with sql_backend.sql.engine.connect() as conn:
         before = await conn.scalar(select(runs_t.c.run_id).where(runs_t.c.created_at < T0))
         at = await conn.scalar(select(runs_t.c.run_id).where(runs_t.c.created_at == T0))
@@ -94,12 +93,17 @@ async def test_times_written_on_the_path_compare_with_sqlalchemy_parameters(
 
 async def test_each_step_is_one_trip_to_the_driver_thread(sql_backend: Adapters) -> None:
     async with sql_backend.persistence.transaction() as tx:
-        await tx.runs.insert(run("r1"))
+        await insert(tx, run("r1"))
     with counting() as counts:
         async with sql_backend.persistence.transaction() as tx:
-            [(locked, _)] = await tx.runs.lock_with_stages(["r1"])
-            await tx.runs.save(replace(locked, event_seq=1))
-            await tx.stages.save_many([stage("r1", "a"), stage("r1", "b")])
+            [(locked, _)] = await tx.runs.load(["r1"])
+            moved = replace(locked, event_seq=1, version=locked.version + 1)
+            await tx.apply(
+                Changeset(
+                    runs=(RunWrite(moved, expected_version=locked.version),),
+                    stages=(stage("r1", "a"), stage("r1", "b")),
+                )
+            )
     # BEGIN; both reads; the two writes with COMMIT
     assert (counts.trips, counts.statements, counts.commits) == (3, 4, 1), counts.shapes
 

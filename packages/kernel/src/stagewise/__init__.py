@@ -36,6 +36,7 @@ from stagewise._commands import (
 from stagewise._context import CancellationToken, RunCancelledError, RunStorage, StageContext
 from stagewise._errors import (
     BlobNotFoundError,
+    ConcurrentUpdateError,
     ConflictError,
     DuplicateRecordError,
     IdempotencyInProgressError,
@@ -88,9 +89,9 @@ from stagewise._ports import (
     Scheduler,
     Transaction,
     WakeCommand,
-    WorkflowSource,
 )
 from stagewise._records import (
+    Changeset,
     ClaimedDelivery,
     Delivery,
     ErrorInfo,
@@ -99,6 +100,7 @@ from stagewise._records import (
     JobMessage,
     LogRecord,
     RunRecord,
+    RunWrite,
     StageRecord,
 )
 from stagewise._settings import KernelSettings
@@ -113,7 +115,7 @@ from stagewise._stages import (
     define_stage,
 )
 from stagewise._states import RunStatus, StageStatus
-from stagewise._workflow import Workflow, WorkflowBuilder, WorkflowRegistry
+from stagewise._workflow import Workflow, WorkflowBuilder, WorkflowRegistry, WorkflowSource
 
 __version__ = "0.1.0"
 
@@ -121,10 +123,12 @@ __all__ = [
     "BlobNotFoundError",
     "BlobStore",
     "CancellationToken",
+    "Changeset",
     "ClaimedDelivery",
     "Clock",
     "Command",
     "CommandResult",
+    "ConcurrentUpdateError",
     "ConflictError",
     "Delivery",
     "DuplicateRecordError",
@@ -187,6 +191,7 @@ __all__ = [
     "RunStarted",
     "RunStatus",
     "RunStorage",
+    "RunWrite",
     "RunSuspended",
     "RunTransition",
     "RunTransitionResult",

@@ -1,33 +1,36 @@
-"""One attempt's surroundings: the context its code sees, and what it writes besides its
-outcome (large outputs and artifacts to the blob store, buffered logs and progress)."""
+"""One attempt's surroundings, outside any transaction: the context its code sees, and the
+large outputs and artifacts it writes to the blob store before its outcome is recorded."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import replace
+from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from stagewise._context import RunStorage, StageContext
-from stagewise._core import Core, Inflight, Unit
+from stagewise._context import AttemptBuffer, CancellationToken, RunStorage, StageContext
+from stagewise._decisions import Output, StartedAttempt
 from stagewise._errors import InvalidInputError, StageOutputError
-from stagewise._events import StageProgress
-from stagewise._execution import Output, has_nul
-from stagewise._flow import group_output, load_outputs
-from stagewise._records import JobMessage, Json, LogRecord, RunRecord, StageRecord
-from stagewise._scope import RunScope
+from stagewise._execution import has_nul
+from stagewise._ports import BlobStore
+from stagewise._records import JobMessage, Json, StageRecord
 from stagewise._stages import Stage
+from stagewise._states import StageStatus
 from stagewise._workflow import Workflow, _summary
 
 
 async def build_context(
-    core: Core,
+    blobs: BlobStore,
+    now: Callable[[], datetime],
     workflow: Workflow,
     stage_def: Stage,
-    run: RunRecord,
-    stages: dict[str, StageRecord],
-    attempt: Inflight,
+    started: StartedAttempt,
+    *,
+    token: CancellationToken,
+    buffer: AttemptBuffer,
     resume_state: Json = None,
 ) -> StageContext:
     """The stage's context: its input (the previous group's output), config, earlier outputs.
@@ -35,11 +38,11 @@ async def build_context(
     Raises:
         InvalidInputError: the input or config does not validate against the stage's models.
     """
+    run, stages = started.run, started.stages
     stage = stages[stage_def.id]
-    earlier = {k: s for k, s in stages.items() if s.group_index < stage.group_index}
-    outputs = await load_outputs(core, earlier)
     index = stage.group_index
-    raw_input = run.input if index == 0 else group_output(workflow, outputs, index - 1)
+    outputs = await load_outputs(blobs, [s for s in stages.values() if s.group_index < index])
+    raw_input = run.input if index == 0 else workflow.group_output(index - 1, outputs)
     return StageContext(
         run_id=run.run_id,
         workflow_id=run.workflow_id,
@@ -50,11 +53,29 @@ async def build_context(
         resume_state=resume_state,
         outputs=outputs,
         output_models={s.id: s.output for s in workflow.stages},
-        storage=RunStorage(core.blob_store, run.run_id),
-        cancelled=attempt.token,
-        buffer=attempt.buffer,
-        now=core.clock.now,
+        storage=RunStorage(blobs, run.run_id),
+        cancelled=token,
+        buffer=buffer,
+        now=now,
     )
+
+
+async def load_outputs(blobs: BlobStore, stages: list[StageRecord]) -> dict[str, Json]:
+    """Completed stages' outputs by stage id, fetching offloaded ones from the blob store."""
+    outputs: dict[str, Json] = {}
+    for stage in stages:
+        if stage.status is not StageStatus.COMPLETED:
+            continue
+        if stage.output_ref is not None:
+            outputs[stage.stage_id] = json.loads(await blobs.get(stage.output_ref))
+        else:
+            outputs[stage.stage_id] = stage.output
+    return outputs
+
+
+async def load_blobs(blobs: BlobStore, keys: list[str]) -> dict[str, Json]:
+    """The JSON blobs under `keys` (what `Run.refs_to_finish` asks for), by key."""
+    return {key: json.loads(await blobs.get(key)) for key in keys}
 
 
 def _validate(stage: Stage, model: type[BaseModel] | None, value: Any, what: str) -> Any:
@@ -68,7 +89,9 @@ def _validate(stage: Stage, model: type[BaseModel] | None, value: Any, what: str
         ) from None
 
 
-async def store_blobs(core: Core, job: JobMessage, outcome: Output) -> Output | StageOutputError:
+async def store_blobs(
+    blobs: BlobStore, inline_limit: int, job: JobMessage, outcome: Output
+) -> Output | StageOutputError:
     """Put large outputs and artifacts in the blob store before the finish transaction.
 
     Keys carry the job id, so a refused (fenced-out) attempt never overwrites the blobs of the
@@ -80,36 +103,13 @@ async def store_blobs(core: Core, job: JobMessage, outcome: Output) -> Output | 
             f"stage {job.stage_id!r} returned output containing a NUL character (\\u0000), "
             "which cannot be stored"
         )
-    prefix = f"runs/{job.run_id}/stages/{job.stage_id}/{job.job_id}"
+    prefix = f"runs/{job.run_id}/stages/{job.stage_id}/{job.job_id.replace(':', '-')}"
     refs = {}
     for name, data in outcome.artifacts.items():
         refs[name] = f"{prefix}/artifacts/{name}"
-        await core.blob_store.put(refs[name], data)
+        await blobs.put(refs[name], data)
     ref = None
-    data = encoded
-    if len(data) > core.settings.inline_output_bytes:
+    if len(encoded) > inline_limit:
         ref = f"{prefix}/output.json"
-        await core.blob_store.put(ref, data)
+        await blobs.put(ref, encoded)
     return replace(outcome, ref=ref, artifact_refs=refs)
-
-
-Reports = tuple[list[LogRecord], tuple[float, str | None] | None]
-"""What `AttemptBuffer.drain()` hands over: logs, and the latest progress if any."""
-
-
-async def flush_buffer(unit: Unit, scope: RunScope, job: JobMessage, reports: Reports) -> None:
-    """Write the logs and latest progress an attempt reported (drained from its buffer
-    before the transaction, so that a step tried twice writes them once)."""
-    logs, progress = reports
-    if logs:
-        await unit.tx.logs.append(logs)
-    if progress is not None:
-        percent, message = progress
-        scope.update_stage(job.stage_id, progress=percent, progress_message=message)
-        scope.emit(
-            StageProgress,
-            stage_id=job.stage_id,
-            attempt=job.attempt,
-            percent=percent,
-            message=message,
-        )

@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from stagewise._decisions import Reports
 from stagewise._errors import ConflictError, NotFoundError
 from stagewise._ports import BlobStore
 from stagewise._records import Json, LogRecord, without_nul
@@ -99,10 +100,11 @@ class AttemptBuffer:
     logs: list[LogRecord] = field(default_factory=list)
     progress: tuple[float, str | None] | None = None
 
-    def drain(self) -> tuple[list[LogRecord], tuple[float, str | None] | None]:
-        logs, progress = self.logs, self.progress
+    def drain(self) -> Reports:
+        """What was reported since the last drain (and forget it: it is being written)."""
+        reports = Reports(tuple(self.logs), self.progress)
         self.logs, self.progress = [], None
-        return logs, progress
+        return reports
 
 
 class StageContext:

@@ -124,6 +124,22 @@ class DuplicateRecordError(ConflictError):
     """An insert hit an existing key (a run, stage, event or job that already exists)."""
 
 
+class ConcurrentUpdateError(ConflictError):
+    """A run was written by someone else since it was read, so a write made on top of what
+    was read was refused and nothing of its transaction committed. The kernel locks the
+    runs it changes, so this means an adapter did not hold a lock it promised.
+
+    `run_ids` names the runs of the refused write: the stale ones where the adapter can
+    tell (in memory), every run the write updated where it cannot (SQL).
+    """
+
+    def __init__(self, run_ids: list[str]) -> None:
+        super().__init__(
+            f"run {', '.join(map(repr, run_ids))} changed since it was read; nothing was written"
+        )
+        self.run_ids = run_ids
+
+
 class LeaseLost(ConflictError):
     """This attempt no longer holds its lease: another delivery owns the stage, or it ended.
 
@@ -164,6 +180,10 @@ class IdempotencyKeyReusedError(ConflictError):
 
 class TransientError(StagewiseError):
     """A failure that may go away by itself (lost connection, serialization failure)."""
+
+
+class LeaseExpiredError(TransientError):
+    """The worker running an attempt stopped heartbeating (it crashed or hung)."""
 
 
 class PersistenceError(StagewiseError):

@@ -11,12 +11,12 @@ import re
 import traceback
 from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
 from stagewise._context import CancellationToken, RunCancelledError
+from stagewise._decisions import Output
 from stagewise._errors import InvalidInputError, StageOutputError, StageTimeoutError
 from stagewise._ports import Clock
 from stagewise._records import ErrorInfo, Json, without_nul
@@ -88,16 +88,6 @@ async def _await_if_needed(future: asyncio.Future[Any]) -> Any:
     if inspect.isawaitable(result):  # a plain def that returned a coroutine
         return await result
     return result
-
-
-@dataclass(frozen=True, slots=True)
-class Output:
-    value: Json
-    metrics: dict[str, float] = field(default_factory=dict)
-    artifacts: dict[str, bytes] = field(default_factory=dict)
-    ref: str | None = None
-    """Blob key of `value` once stored there (too large to keep inline)."""
-    artifact_refs: dict[str, str] = field(default_factory=dict)
 
 
 def normalize_output(stage: Stage, returned: Any) -> Output:

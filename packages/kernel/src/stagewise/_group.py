@@ -6,14 +6,15 @@ A worker with many slots finishes (and starts) attempts of many runs at nearly t
 moment. Each in its own transaction costs a BEGIN, a lock, a read, a write per table and a
 COMMIT; the database and the driver's per-statement overhead, not the work, set the pace.
 
-`GroupCommit.run(command, run_id, step)` queues a *step*: a function of (unit, scope) that
-does one attempt's work on its locked run and returns its answer. While no transaction of
+`GroupCommit.run(command, run_id, step)` queues a *step*: a function of (unit, run) that
+decides one attempt's work on its locked run (the aggregate, `_run.Run`) and returns its
+answer. While no transaction of
 that command is open, the queue is flushed at once, so a lone step waits for nothing. While
 one is open, steps queue up and the next flush takes them all (up to
-`KernelSettings.group_commit`): one transaction locks every run they touch in id order (one
-statement), reads all their stages (one more), applies the steps one after another (steps of
-the same run share its scope, in queue order), and writes what they changed with one
-statement per table. Each caller gets its own step's answer once the transaction committed.
+`KernelSettings.group_commit`): one transaction locks every run they touch in id order and
+reads them with their stages (one statement), applies the steps one after another (steps of
+the same run share its aggregate, in queue order), and writes what they all changed as one
+changeset. Each caller gets its own step's answer once the transaction committed.
 
 A step must not raise for an outcome it expects (a stale delivery, a cancelled run): it
 returns it, and the caller raises after commit. When a step raises anyway, or the grouped
@@ -31,16 +32,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
-from stagewise._scope import RunScope
-
-if TYPE_CHECKING:
-    from stagewise._core import Core, Unit
+from stagewise._run import Run
+from stagewise._unit import UnitOfWork
 
 T = TypeVar("T")
-Step = Callable[["Unit", RunScope | None], Awaitable[T]]
+Step = Callable[[UnitOfWork, Run | None], Awaitable[T]]
+OpenUnit = Callable[[str], AbstractAsyncContextManager[UnitOfWork]]
 
 logger = logging.getLogger("stagewise.kernel")
 
@@ -55,17 +56,17 @@ class _Member:
 class GroupCommit:
     """Queues and flushes steps; one flusher task per command while there is work."""
 
-    def __init__(self, core: Core) -> None:
-        self._core = core
+    def __init__(self, open_unit: OpenUnit, limit: int) -> None:
+        self._open_unit = open_unit
+        self._limit = limit
         self._queues: dict[str, list[_Member]] = {}
         self._flushers: dict[str, asyncio.Task[None]] = {}
 
     async def run(self, command: str, run_id: str | None, step: Step[T]) -> T:
-        """Run `step` on the locked run `run_id` (its scope is None when the run does not
-        exist, or `run_id` is None: a step that locks no run) in a transaction of
-        `command`, grouped with concurrent steps of the same command; return its answer
-        once committed."""
-        if self._core.settings.group_commit == 1:
+        """Run `step` on the locked run `run_id` (None when the run does not exist, or
+        `run_id` is None: a step that locks no run) in a transaction of `command`, grouped
+        with concurrent steps of the same command; return its answer once committed."""
+        if self._limit == 1:
             return await self._alone(command, run_id, step)
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._queues.setdefault(command, []).append(_Member(run_id, step, future))
@@ -77,7 +78,7 @@ class GroupCommit:
 
     async def _flush(self, command: str) -> None:
         queue = self._queues[command]
-        limit = self._core.settings.group_commit
+        limit = self._limit
         try:
             while queue:
                 batch = [m for m in queue[:limit] if not m.future.done()]
@@ -98,11 +99,11 @@ class GroupCommit:
     async def _together(self, command: str, batch: list[_Member]) -> None:
         answers: list[Any] = []
         try:
-            async with self._core.unit(command) as unit:
-                await unit.lock_runs([m.run_id for m in batch if m.run_id is not None])
+            async with self._open_unit(command) as unit:
+                await unit.lock([m.run_id for m in batch if m.run_id is not None])
                 for member in batch:
-                    scope = None if member.run_id is None else unit.scopes.get(member.run_id)
-                    answers.append(await member.step(unit, scope))
+                    run = None if member.run_id is None else unit.runs.get(member.run_id)
+                    answers.append(await member.step(unit, run))
         except Exception as exc:
             logger.debug("a group of %d failed (%s); each goes alone", len(batch), exc)
             for member in batch:
@@ -129,9 +130,9 @@ class GroupCommit:
                 member.future.set_result(answer)
 
     async def _alone(self, command: str, run_id: str | None, step: Step[T]) -> T:
-        async with self._core.unit(command) as unit:
-            scope = None if run_id is None else await unit.lock_run(run_id)
-            answer = await step(unit, scope)
+        async with self._open_unit(command) as unit:
+            run = None if run_id is None else await unit.run(run_id)
+            answer = await step(unit, run)
         return answer
 
 

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import contextlib
-from datetime import timedelta
 
-from stagewise._attempt import flush_buffer
 from stagewise._commands import HeartbeatResult, JobHeartbeat, JobRelease, JobReleaseResult
-from stagewise._core import Core
+from stagewise._decisions import NO_REPORTS, Beat
 from stagewise._errors import LeaseLost, StagewiseError
-from stagewise._h_jobs import holds_lease
-from stagewise._states import RunStatus, StageStatus
+from stagewise._runtime import Runtime
 
 
-async def job_heartbeat(core: Core, cmd: JobHeartbeat) -> HeartbeatResult:
+async def job_heartbeat(rt: Runtime, cmd: JobHeartbeat) -> HeartbeatResult:
     """Extend the attempt's lease and write what it reported since the last write.
 
     Raises:
@@ -22,72 +19,36 @@ async def job_heartbeat(core: Core, cmd: JobHeartbeat) -> HeartbeatResult:
             would be refused.
     """
     job = cmd.job
-    attempt = core.inflight.get(job.job_id)
-    now = core.now
-    expires = now + timedelta(seconds=core.settings.lease_seconds)
-    cancelled = started = True
-    lost: LeaseLost | None = None
-    async with core.unit(cmd.type) as unit:
-        scope = await unit.lock_run(job.run_id)
-        stage = scope.stages.get(job.stage_id) if scope is not None else None
-        if scope is None or stage is None:
-            lost = LeaseLost(job.run_id, job.stage_id, job.attempt, "the stage no longer exists")
-        elif stage.status is StageStatus.CANCELLED or scope.run.status is RunStatus.CANCELLED:
-            expires = stage.lease_expires_at or now
-        elif stage.attempt == job.attempt and stage.status in (
-            StageStatus.PENDING,
-            StageStatus.RETRYING,
-        ):
-            cancelled = started = False  # early: the job has not started its attempt yet
-            expires = now
-        elif not holds_lease(stage, job):
-            lost = LeaseLost(
-                job.run_id,
-                job.stage_id,
-                job.attempt,
-                f"the stage is {stage.status.value} at attempt {stage.attempt}",
-            )
+    attempt = rt.inflight.get(job.job_id)
+    async with rt.unit(cmd.type) as unit:
+        run = await unit.run(job.run_id)
+        if run is None:
+            beat = Beat(unit.now, True, True, lost="the stage no longer exists")
         else:
-            cancelled = False
-            scope.update_stage(job.stage_id, lease_expires_at=expires)
-            if attempt is not None:
-                await flush_buffer(unit, scope, job, attempt.buffer.drain())
-            unit.effects.hint("lease.reapStale", expires)
-    if (cancelled or lost is not None) and attempt is not None:
+            reports = attempt.buffer.drain() if attempt is not None else NO_REPORTS
+            beat = run.heartbeat(job, reports).outcome
+    if (beat.cancelled or beat.lost is not None) and attempt is not None:
         attempt.token._cancel()
-    if lost is not None:
-        raise lost
-    if started and not cancelled:
+    if beat.lost is not None:
+        raise LeaseLost(job.run_id, job.stage_id, job.attempt, beat.lost)
+    if beat.started and not beat.cancelled:
         # The stage row holds the lease that counts; the delivery's lease is advisory.
         with contextlib.suppress(StagewiseError):
-            await core.job_transport.extend_lease(job.job_id, lease_for=core.settings.lease_seconds)
-    return HeartbeatResult(lease_expires_at=expires, cancelled=cancelled, started=started)
+            lease = rt.settings.lease_seconds
+            await rt.ports.job_transport.extend_lease(job.job_id, lease_for=lease)
+    return HeartbeatResult(
+        lease_expires_at=beat.lease_expires_at, cancelled=beat.cancelled, started=beat.started
+    )
 
 
-async def job_release(core: Core, cmd: JobRelease) -> JobReleaseResult:
+async def job_release(rt: Runtime, cmd: JobRelease) -> JobReleaseResult:
     job = cmd.job
-    attempt = core.inflight.get(job.job_id)
-    core.handoffs.pop(job.job_id, None)  # a chained stage given back before it ran
-    released = False
-    async with core.unit(cmd.type) as unit:
-        scope = await unit.lock_run(job.run_id)
-        stage = scope.stages.get(job.stage_id) if scope is not None else None
-        if scope is not None and stage is not None and holds_lease(stage, job):
-            if attempt is not None:
-                await flush_buffer(unit, scope, job, attempt.buffer.drain())
-            now = core.now
-            scope.transition_stage(
-                job.stage_id,
-                "release",
-                job_id=None,
-                worker_id=None,
-                lease_expires_at=None,
-                due_at=now,
-                enqueued_at=now,
-            )
-            scope.enqueue(job.stage_id, job.attempt, now)
-            unit.effects.acks.append(job.job_id)
-            released = True
+    attempt = rt.inflight.get(job.job_id)
+    rt.handoffs.pop(job.job_id, None)  # a chained stage given back before it ran
+    async with rt.unit(cmd.type) as unit:
+        run = await unit.run(job.run_id)
+        reports = attempt.buffer.drain() if attempt is not None else NO_REPORTS
+        released = run is not None and run.release(job, reports).outcome
     if attempt is not None:
         attempt.token._cancel()
     return JobReleaseResult(released=released)

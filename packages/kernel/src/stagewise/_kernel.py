@@ -36,20 +36,15 @@ from stagewise._commands import (
     StagePollResult,
     StagePollSuspended,
 )
-from stagewise._core import Core
 from stagewise._errors import InvalidCommandError
 from stagewise._h_jobs import job_execute
 from stagewise._h_leases import job_heartbeat, job_release
-from stagewise._h_maintenance import (
-    lease_reap_stale,
-    outbox_flush,
-    plugin_replay_dlq,
-    stage_poll_suspended,
-)
+from stagewise._h_maintenance import lease_reap_stale, stage_poll_suspended
+from stagewise._h_outbox import outbox_flush, plugin_replay_dlq
 from stagewise._h_runs import (
     run_cancel,
     run_claim_pending,
-    run_create_with_replay,
+    run_create,
     run_rerun_from,
     run_transition,
 )
@@ -62,17 +57,17 @@ from stagewise._ports import (
     JobTransport,
     Persistence,
     Scheduler,
-    WorkflowSource,
 )
 from stagewise._records import RunRecord
+from stagewise._runtime import Ports, Runtime
 from stagewise._settings import KernelSettings
 from stagewise._waiters import read_run, wait_for_run
-from stagewise._workflow import _summary
+from stagewise._workflow import WorkflowSource, _summary
 
-Handler = Callable[[Core, Any], Awaitable[CommandResult]]
+Handler = Callable[[Runtime, Any], Awaitable[CommandResult]]
 
 HANDLERS: dict[type[BaseModel], Handler] = {
-    RunCreate: run_create_with_replay,
+    RunCreate: run_create,
     RunClaimPending: run_claim_pending,
     JobExecute: job_execute,
     RunTransition: run_transition,
@@ -92,21 +87,21 @@ class Kernel:
     `create_kernel`; it keeps no state that matters between commands except the attempts
     running in this process (so that cancellation reaches them)."""
 
-    def __init__(self, core: Core) -> None:
-        self._core = core
+    def __init__(self, runtime: Runtime) -> None:
+        self._rt = runtime
 
     @property
     def settings(self) -> KernelSettings:
-        return self._core.settings
+        return self._rt.settings
 
     @property
     def registry(self) -> WorkflowSource:
-        return self._core.registry
+        return self._rt.registry
 
     @property
     def in_flight(self) -> int:
         """Attempts executing in this process right now."""
-        return len(self._core.inflight)
+        return len(self._rt.inflight)
 
     @overload
     async def dispatch(self, command: RunCreate) -> RunCreateResult: ...
@@ -156,12 +151,12 @@ class Kernel:
         handler = HANDLERS.get(type(command))
         if handler is None:
             raise InvalidCommandError(f"{type(command).__name__} is not a stagewise command")
-        return await handler(self._core, command)
+        return await handler(self._rt, command)
 
     async def get_run(self, run_id: str) -> RunRecord | None:
         """The run as stored now, or None when there is no such run (a read in a short
         transaction of its own)."""
-        return await read_run(self._core.persistence, run_id)
+        return await read_run(self._rt.ports.persistence, run_id)
 
     async def wait_for_run(
         self,
@@ -181,11 +176,20 @@ class Kernel:
             TimeoutError: the run had not ended after `timeout` seconds.
             ValueError: `poll_interval` is not positive.
         """
-        return await wait_for_run(self._core, run_id, timeout=timeout, poll_interval=poll_interval)
+        rt = self._rt
+        return await wait_for_run(
+            rt.waiters,
+            rt.ports.persistence,
+            rt.ports.clock,
+            run_id,
+            timeout=timeout,
+            poll_interval=poll_interval,
+            running_here=rt.works_on(run_id),
+        )
 
     async def aclose(self) -> None:
         """Release the kernel's thread pool (for sync stages)."""
-        self._core.close()
+        self._rt.close()
 
 
 def create_kernel(
@@ -206,16 +210,19 @@ def create_kernel(
     Raises:
         WorkflowDefinitionError: two plugins share an id.
     """
-    core = Core(
+    ports = Ports(
         persistence=persistence,
         blob_store=blob_store,
         job_transport=job_transport,
         event_sink=event_sink,
         scheduler=scheduler,
         clock=clock,
+        ids=ids or UuidIds(),
+    )
+    runtime = Runtime(
+        ports=ports,
         registry=registry,
         plugins=PluginRunner(plugins),
-        ids=ids or UuidIds(),
         settings=settings or KernelSettings(),
     )
-    return Kernel(core)
+    return Kernel(runtime)

@@ -11,11 +11,11 @@ them on every adapter):
 * `Persistence.transaction()` is a unit of work: everything done through the yielded
   `Transaction` commits together when the block exits normally and is rolled back entirely
   when it raises. Nothing is visible to other transactions before commit.
-* `RunStore.lock(run_id)` takes an exclusive lock on the run row until the transaction ends
-  (`SELECT ... FOR UPDATE`). The kernel writes a run's stage rows, events and idempotency
-  records only while holding that run's lock, which is what makes concurrent
-  `run.transition` calls and racing workers safe. With `skip_locked=True` a row locked by
-  someone else is reported as `None` instead of waited for.
+* `RunStore.load(run_ids)` takes an exclusive lock on the run rows until the transaction
+  ends (`SELECT ... FOR UPDATE`). The kernel writes a run's stage rows, events and logs only
+  while holding that run's lock, which is what makes racing workers and concurrent commands
+  safe; and every `RunWrite` carries the version it was read at, so a write on top of an
+  unseen change is refused (`ConcurrentUpdateError`) even by an adapter that cannot lock.
 * `JobTransport.joins(tx)` says whether the transport lives in the same database as the
   persistence and can enqueue/ack/discard inside `tx`, committing with it. When it cannot,
   the kernel feeds it after commit and repairs lost enqueues in `lease.reapStale`.
@@ -31,12 +31,12 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from stagewise._records import (
+    Changeset,
     ClaimedDelivery,
     Delivery,
     EventRecord,
     IdempotencyRecord,
     JobMessage,
-    LogRecord,
     RunRecord,
     StageRecord,
 )
@@ -44,57 +44,36 @@ from stagewise._states import RunStatus
 
 if TYPE_CHECKING:
     from stagewise._events import Event
-    from stagewise._workflow import Workflow
 
 
 # --- persistence -------------------------------------------------------------------------
 
 
 class RunStore(Protocol):
-    async def insert(self, run: RunRecord) -> None:
-        """Raises `DuplicateRecordError` when the run id exists."""
-        ...
+    """Runs and their stages: the run aggregate's repository."""
 
-    async def get(self, run_id: str) -> RunRecord | None: ...
-
-    async def lock(self, run_id: str, *, skip_locked: bool = False) -> RunRecord | None:
-        """Read the run and hold an exclusive lock on it until the transaction ends."""
-        ...
-
-    async def lock_many(self, run_ids: Sequence[str]) -> list[RunRecord]:
-        """Lock every run of `run_ids` that exists, in run_id order, and return them in that
-        order: one round trip for a batch, and two transactions locking overlapping sets
-        never wait on each other in a cycle."""
-        ...
-
-    async def lock_with_stages(
-        self, run_ids: Sequence[str]
+    async def load(
+        self, run_ids: Sequence[str], *, skip_locked: bool = False
     ) -> list[tuple[RunRecord, list[StageRecord]]]:
-        """`lock_many`, each run with its stage rows in (group_index, stage_id) order, as
-        current once the locks are held: in one round trip where the database allows.
+        """Lock every run of `run_ids` that exists until the transaction ends, in run_id
+        order (two transactions locking overlapping sets never wait on each other in a
+        cycle), and return each with its stage rows in (group_index, stage_id) order, as
+        current once the lock is held. One round trip where the database allows.
 
-        Adapters may rely on a rule the kernel keeps: a transaction that writes any of a
-        run's stage rows also writes the run's row. (On PostgreSQL the locking statement
-        reads the stages too, with a snapshot that can predate the lock; a run whose row
-        changed since that snapshot is the only kind whose stages may have, and only those
-        are read again.)"""
-        ...
-
-    async def save(self, run: RunRecord) -> None:
-        """Write every field of the run (an upsert)."""
-        ...
-
-    async def save_many(self, runs: Sequence[RunRecord]) -> None:
-        """`save` for several runs, in one statement where the database allows."""
+        With `skip_locked`, a run locked by another transaction is left out instead of
+        waited for. Adapters may rely on the rule every writer keeps: a change to any of a
+        run's stages comes with the run's row at the next `version`."""
         ...
 
     async def claim_pending(self, limit: int) -> list[RunRecord]:
         """Lock up to `limit` PENDING runs, highest priority first, then oldest.
 
         Rows locked by another transaction are skipped (`FOR UPDATE SKIP LOCKED`), so
-        concurrent claimers never get the same run. The rows come back unchanged; the
-        kernel writes their new state with `save`.
-        """
+        concurrent claimers never get the same run. A PENDING run has no stage rows."""
+        ...
+
+    async def get(self, run_id: str) -> RunRecord | None:
+        """The run as committed (a plain read, no lock)."""
         ...
 
     async def find(
@@ -110,37 +89,23 @@ class RunStore(Protocol):
 
 
 class StageStore(Protocol):
-    async def insert_many(self, stages: Sequence[StageRecord]) -> None:
-        """Raises `DuplicateRecordError` when a (run_id, stage_id) exists."""
-        ...
+    """Reads of stage rows: for views, and the candidates maintenance looks at. Each is a
+    plain read; the kernel locks a candidate's run and checks it again before it acts."""
 
     async def for_run(self, run_id: str) -> list[StageRecord]:
         """Every stage row of the run, in (group_index, stage_id) order."""
         ...
 
-    async def for_runs(self, run_ids: Sequence[str]) -> list[StageRecord]:
-        """Every stage row of the runs, in (run_id, group_index, stage_id) order."""
-        ...
-
-    async def save_many(self, stages: Sequence[StageRecord]) -> None:
-        """Write every field of the stage rows (an upsert)."""
-        ...
-
-    async def delete(self, run_id: str, stage_ids: Sequence[str]) -> None: ...
-
     async def due_for_poll(self, now: datetime, limit: int) -> list[StageRecord]:
-        """SUSPENDED stages whose `due_at` has come and that no poller holds.
-
-        A poller holds a stage while its `lease_expires_at` is in the future. Earliest due
-        first. A plain read: the kernel locks the runs before it claims anything.
-        """
+        """SUSPENDED stages whose `due_at` has come and that no poller holds (a poller holds
+        a stage while its `lease_expires_at` is in the future). Earliest due first."""
         ...
 
     async def expired_leases(
         self, now: datetime, limit: int, *, worker_id: str | None = None
     ) -> list[StageRecord]:
         """RUNNING stages whose lease expired, plus (with `worker_id`) every RUNNING stage
-        that worker holds, whatever its expiry. A plain read."""
+        that worker holds, whatever its expiry."""
         ...
 
     async def unstarted(
@@ -152,9 +117,8 @@ class StageStore(Protocol):
 
 
 class OutboxStore(Protocol):
-    async def append(self, events: Sequence[EventRecord], deliveries: Sequence[Delivery]) -> None:
-        """Raises `DuplicateRecordError` for an event id (or run_id, seq) that exists."""
-        ...
+    """Delivering events: they are written with the changes that caused them (`Changeset`),
+    and delivered from here."""
 
     async def claim(
         self, *, now: datetime, limit: int, claimer: str, claim_until: datetime
@@ -178,34 +142,19 @@ class OutboxStore(Protocol):
         """Make dead-lettered deliveries pending again (attempts reset); returns how many."""
         ...
 
-    async def events(self, run_id: str, *, after_seq: int = 0) -> list[EventRecord]: ...
-
-    async def dead(
-        self, *, consumer: str | None = None, limit: int = 100
-    ) -> list[ClaimedDelivery]: ...
+    async def events(self, run_id: str, *, after_seq: int = 0) -> list[EventRecord]:
+        """The run's events after `after_seq`, in order."""
+        ...
 
 
 class IdempotencyStore(Protocol):
+    """Idempotency keys: written with the effect they guard (`Changeset`), read here."""
+
     async def get(self, scope: str, key: str) -> IdempotencyRecord | None: ...
 
-    async def insert(self, record: IdempotencyRecord) -> bool:
-        """Insert unless (scope, key) exists; False when it did (`ON CONFLICT DO NOTHING`).
-
-        A concurrent insert of the same key waits for the other transaction to finish.
-        """
+    async def purge_expired(self, now: datetime) -> int:
+        """Delete completed records past their `expires_at`; returns how many."""
         ...
-
-    async def save(self, record: IdempotencyRecord) -> None: ...
-
-    async def purge_expired(self, now: datetime) -> int: ...
-
-
-class LogStore(Protocol):
-    async def append(self, records: Sequence[LogRecord]) -> None: ...
-
-    async def for_run(
-        self, run_id: str, *, stage_id: str | None = None, limit: int = 1000
-    ) -> list[LogRecord]: ...
 
 
 class Transaction(Protocol):
@@ -223,8 +172,11 @@ class Transaction(Protocol):
     @property
     def idempotency(self) -> IdempotencyStore: ...
 
-    @property
-    def logs(self) -> LogStore: ...
+    async def apply(self, changes: Changeset) -> None:
+        """Write `changes` in this transaction (see `Changeset` for what refuses it). The
+        adapter may hold the writes until the transaction's next statement or its commit;
+        an error still surfaces inside the transaction, which then rolls back whole."""
+        ...
 
 
 class Persistence(Protocol):
@@ -328,11 +280,3 @@ class Clock(Protocol):
 
 class IdGenerator(Protocol):
     def new_id(self) -> str: ...
-
-
-class WorkflowSource(Protocol):
-    """What `create_kernel(registry=...)` needs: `WorkflowRegistry` is one."""
-
-    def get_workflow(self, workflow_id: str) -> Workflow:
-        """Raises `WorkflowNotFoundError` for an unknown id."""
-        ...

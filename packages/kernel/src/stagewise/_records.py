@@ -76,6 +76,10 @@ class RunRecord:
     idempotency_key: str | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    version: int = 1
+    """Bumped by one in every transaction that changes the run or any of its stages: the
+    expected version of a write (`RunWrite`), so that no change is ever made on top of a
+    state its maker did not see."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,10 +255,61 @@ class LogRecord:
     at: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class RunWrite:
+    """A changed run row and the version it was read at: written only if the stored row is
+    still at `expected_version` (and then `run.version` is `expected_version + 1`)."""
+
+    run: RunRecord
+    expected_version: int
+
+    def __post_init__(self) -> None:
+        if self.run.version != self.expected_version + 1:
+            raise ValueError(
+                f"run {self.run.run_id!r} written at version {self.run.version} over "
+                f"{self.expected_version}: a write moves a run to the next version"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class Changeset:
+    """Everything one transaction writes, as rows: `Transaction.apply` takes it whole.
+
+    Inserts fail with `DuplicateRecordError` on a key that exists (a run, an event, a
+    delivery, an idempotency key); a `RunWrite` whose run is missing or no longer at its
+    expected version fails with `ConcurrentUpdateError`; stage rows are upserts;
+    `deleted_stages` and `stages` never name the same row. A changeset that fails writes
+    nothing, and nothing else of its transaction commits either.
+    """
+
+    new_runs: tuple[RunRecord, ...] = ()
+    runs: tuple[RunWrite, ...] = ()
+    stages: tuple[StageRecord, ...] = ()
+    deleted_stages: tuple[tuple[str, str], ...] = ()
+    """(run_id, stage_id) of stage rows to delete."""
+    events: tuple[EventRecord, ...] = ()
+    deliveries: tuple[Delivery, ...] = ()
+    logs: tuple[LogRecord, ...] = ()
+    idempotency: tuple[IdempotencyRecord, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.new_runs
+            or self.runs
+            or self.stages
+            or self.deleted_stages
+            or self.events
+            or self.deliveries
+            or self.logs
+            or self.idempotency
+        )
+
+
 def with_stages(
     runs: list[RunRecord], stages: list[StageRecord]
 ) -> list[tuple[RunRecord, list[StageRecord]]]:
-    """Each run with its stage rows (kept in the order given), for `lock_with_stages`."""
+    """Each run with its stage rows (kept in the order given), as `RunStore.load` returns
+    them."""
     by_run: dict[str, list[StageRecord]] = {run.run_id: [] for run in runs}
     for stage in stages:
         if stage.run_id in by_run:

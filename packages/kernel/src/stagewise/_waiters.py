@@ -3,10 +3,10 @@
 Theory of operation
 -------------------
 Every transaction of this process that ends a run (a stage's finish, a cancel, the reaper,
-a claim failing an unknown workflow...) holds that run's scope, and `Core.after_commit` hands
+a claim failing an unknown workflow...) holds that run, and `Runtime.after_commit` hands
 the committed runs to `RunWaiters.resolve`: a waiter for a run that is now terminal gets the
 run at once, with no polling latency. A run that another process ends is never in our
-scopes, so a waiter also reads the run every `poll_interval` seconds.
+transactions, so a waiter also reads the run every `poll_interval` seconds.
 
 The waiter registers *before* its first read: a commit between the read and the wait then
 resolves the future it is about to wait on, instead of being missed until the next poll.
@@ -22,14 +22,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Iterable
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from stagewise._errors import RunNotFoundError
-from stagewise._ports import Persistence
+from stagewise._ports import Clock, Persistence
 from stagewise._records import RunRecord
-
-if TYPE_CHECKING:
-    from stagewise._core import Core
 
 
 class RunWaiters:
@@ -68,26 +65,29 @@ async def read_run(persistence: Persistence, run_id: str) -> RunRecord | None:
 
 
 async def wait_for_run(
-    core: Core,
+    waiters: RunWaiters,
+    persistence: Persistence,
+    clock: Clock,
     run_id: str,
     *,
     timeout: float | None,  # noqa: ASYNC109 (the kernel's clock, not the loop's)
     poll_interval: float,
+    running_here: bool,
 ) -> RunRecord:
-    """The run once it is terminal (see the module's comment)."""
+    """The run once it is terminal (see the module's comment). `running_here`: an attempt
+    of the run runs in this process, or was handed to it."""
     if poll_interval <= 0:
         raise ValueError("poll_interval must be positive")
-    clock = core.clock
     deadline = None if timeout is None else clock.now() + timedelta(seconds=max(0.0, timeout))
-    ended = core.run_waiters.add(run_id)
+    ended = waiters.add(run_id)
     # A run with an attempt running here (or about to) ends with a commit of ours: no read
     # now, which would only compete with that attempt (another process's end of it is
     # found by the next poll, as always).
-    read = not core.works_on(run_id)
+    read = not running_here
     try:
         while True:
             if read:
-                run = await read_run(core.persistence, run_id)
+                run = await read_run(persistence, run_id)
                 if run is None:
                     raise RunNotFoundError(run_id)
                 if run.status.is_terminal:
@@ -104,7 +104,7 @@ async def wait_for_run(
             if await _ended_within(ended, clock.sleep(delay)):
                 return ended.result()
     finally:
-        core.run_waiters.remove(run_id, ended)
+        waiters.remove(run_id, ended)
 
 
 async def _ended_within(ended: asyncio.Future[RunRecord], sleep: Awaitable[None]) -> bool:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
 from pydantic import BaseModel, ValidationError
 
@@ -68,6 +68,14 @@ class Workflow:
     def group_of(self, stage_id: str) -> int:
         self.stage(stage_id)
         return self._group_of[stage_id]
+
+    def group_output(self, index: int, outputs: Mapping[str, Json]) -> Any:
+        """What group `index` hands on, given its stages' outputs by stage id: its one
+        stage's output, or a dict keyed by stage id after a parallel group."""
+        group = self.groups[index]
+        if len(group) == 1:
+            return outputs[group[0].id]
+        return {s.id: outputs[s.id] for s in group}
 
     def default_config(self) -> dict[str, Json]:
         """Every stage's config with its defaults filled in (stages without a config model
@@ -207,6 +215,14 @@ class WorkflowBuilder:
             output=self._output,
             groups=tuple(self._groups),
         )
+
+
+class WorkflowSource(Protocol):
+    """What `create_kernel(registry=...)` needs: `WorkflowRegistry` is one."""
+
+    def get_workflow(self, workflow_id: str) -> Workflow:
+        """Raises `WorkflowNotFoundError` for an unknown id."""
+        ...
 
 
 class WorkflowRegistry:

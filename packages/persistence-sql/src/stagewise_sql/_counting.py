@@ -7,6 +7,8 @@ executions do not trigger, so nothing is counted twice; on SQLite by `_lite.TRAC
 BEGIN and ROLLBACK are not statements here; a COMMIT, or an autocommitted single
 statement's commit, is a transaction. asyncpg's own type introspection (once per connection
 and array type, the first time a statement uses it) is counted apart, in `introspection`.
+asyncpg tells its query loggers of a statement one event-loop turn after it completed:
+`await asyncio.sleep(0)` before reading counts taken in the middle of a transaction.
 """
 
 from __future__ import annotations

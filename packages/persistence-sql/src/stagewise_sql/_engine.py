@@ -1,6 +1,6 @@
 """Connections and the rules for using them (URLs and engines are `_connect`'s).
 
-`Database` is the one place that opens connections. It gives out a `Link` (a connection in
+`Database` is the one place that opens connections. It gives out a `UnitConnection` (a connection in
 use by one unit of work, through which every statement runs and every driver error is
 translated) in one of two modes:
 
@@ -9,7 +9,7 @@ translated) in one of two modes:
   COMMITTED and locks rows explicitly (`FOR UPDATE`, `SKIP LOCKED`). The transaction is the
   driver's own (BEGIN, COMMIT and ROLLBACK sent on the asyncpg or aiosqlite connection,
   with SQLAlchemy's connection on top emitting none), so the hot path's statements can run
-  on the driver directly (`Link.hot`: `_pg`, `_lite`) and its writes go out collected,
+  on the driver directly (`UnitConnection.path`: `_pg`, `_lite`) and its writes go out held,
   together, before the next statement or with the commit (`_writes`). A PostgreSQL
   connection given back with the driver's transaction still open, or broken, is dropped
   from the pool.
@@ -37,7 +37,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
 from contextvars import ContextVar
-from typing import Any, NoReturn, Protocol, TypeVar
+from typing import Any, NamedTuple, NoReturn, Protocol, TypeVar
 
 from sqlalchemy import Connection
 from sqlalchemy.engine import CursorResult
@@ -50,57 +50,63 @@ from stagewise_sql._connect import BEGIN_OPTION, Dialect, is_memory_sqlite
 from stagewise_sql._errors import is_disconnect, translate
 from stagewise_sql._lite import Codecs, LitePath
 from stagewise_sql._pg import RUNS_CHANNEL, PgPath
-from stagewise_sql._writes import Writes
+from stagewise_sql._writes import PendingWrites
 
 T = TypeVar("T")
 
 
-class HotPath(Protocol):
-    """A transaction's hot path on its driver, without SQLAlchemy: PostgreSQL's (`_pg`) or
-    SQLite's (`_lite`). It begins and ends the transaction, runs the batch reads of a
-    stage, and collects the transaction's writes to send them together. `used` turns true
-    once it has sent a statement."""
+class DriverPath(Protocol):
+    """A transaction's path on its driver, without SQLAlchemy: PostgreSQL's (`_pg`) or
+    SQLite's (`_lite`). It begins and ends the transaction, runs the reads of a stage, and
+    holds the transaction's changeset to send it with the next statement. `used` turns
+    true once it has sent a statement."""
 
-    writes: Writes
+    writes: PendingWrites
     used: bool
+    failed: Exception | None
+    """The first statement of the transaction that failed, if one did."""
 
     async def begin(self) -> None: ...
     async def flush(self) -> None: ...
     async def commit(self) -> None: ...
     async def rollback(self) -> None: ...
-    async def lock_many(self, run_ids: Sequence[str]) -> list[RunRecord]: ...
-    async def for_runs(self, run_ids: Sequence[str]) -> list[StageRecord]: ...
-    async def lock_with_stages(
-        self, run_ids: Sequence[str]
+    async def load(
+        self, run_ids: Sequence[str], *, skip_locked: bool = False
     ) -> list[tuple[RunRecord, list[StageRecord]]]: ...
     async def claim_pending(self, limit: int) -> list[RunRecord]: ...
 
 
-Opened = tuple[AsyncConnection, HotPath | None]
-"""A connection just opened for a unit of work, and its hot path (transactions only)."""
+class Checkout(NamedTuple):
+    """A pooled connection taken for one unit of work, and its driver path (transactions
+    only)."""
+
+    conn: AsyncConnection
+    path: DriverPath | None
 
 
-class Link:
+class UnitConnection:
     """A connection in use by one unit of work. Every statement goes through `execute`
-    (SQLAlchemy) or, in a transaction, its hot path (`hot`)."""
+    (SQLAlchemy) or, in a transaction, its driver path (`path`)."""
 
-    __slots__ = ("_fresh", "_reopen", "closed", "conn", "db", "hot", "on_commit")
+    __slots__ = ("_fresh", "_reopen", "closed", "conn", "db", "failed", "on_commit", "path")
 
     def __init__(
         self,
         db: Database,
         conn: AsyncConnection,
         *,
-        reopen: Callable[[], Awaitable[Opened]] | None,
-        hot: HotPath | None = None,
+        reopen: Callable[[], Awaitable[Checkout]] | None,
+        path: DriverPath | None = None,
     ) -> None:
         self.db = db
         self.conn = conn
-        self.hot = hot
-        """The transaction's hot path (transactions only; statements sent on it and
+        self.path = path
+        """The transaction's driver path (transactions only; statements sent on it and
         through `execute` share the transaction)."""
         self.on_commit: list[Callable[[], None]] = []
         self.closed = False
+        self.failed: Exception | None = None
+        """The first statement sent through `execute` that failed, if one did."""
         self._fresh = True
         # How to replace a connection found dead on the first statement, when that statement
         # may be replayed: a transaction's first (nothing reached the server, or the server
@@ -109,19 +115,21 @@ class Link:
         self._reopen = reopen
 
     async def execute(self, statement: Executable, params: Any = None) -> CursorResult[Any]:
-        if self.hot is not None:
-            await self.hot.flush()  # the collected writes go first
-            self._fresh = self._fresh and not self.hot.used
+        if self.path is not None:
+            await self.path.flush()  # the held writes go first
+            self._fresh = self._fresh and not self.path.used
         try:
             result = await self.conn.execute(statement, params)
         except Exception as exc:
             if not (self._fresh and self._reopen is not None and is_disconnect(exc)):
+                self.failed = self.failed or exc
                 self.db.reraise(exc)
             await self.db.release(self.conn)
-            self.conn, self.hot = await self._reopen()
+            self.conn, self.path = await self._reopen()
             try:
                 result = await self.conn.execute(statement, params)
             except Exception as again:
+                self.failed = self.failed or again
                 self.db.reraise(again)
         self._fresh = False
         return result
@@ -134,9 +142,9 @@ class Link:
             self.db.reraise(exc)
 
 
-def _hot(link: Link) -> HotPath:
-    assert link.hot is not None, "a transaction's link has a hot path"
-    return link.hot
+def _path(link: UnitConnection) -> DriverPath:
+    assert link.path is not None, "a transaction's connection has a driver path"
+    return link.path
 
 
 async def driver_of(conn: AsyncConnection) -> Any:
@@ -157,7 +165,7 @@ class Database:
         self._memory = is_memory_sqlite(url)
         self._codecs = Codecs(engine.dialect) if self.is_sqlite else None
         self._write_lock = asyncio.Lock()
-        self._active: ContextVar[Link | None] = ContextVar(
+        self._active: ContextVar[UnitConnection | None] = ContextVar(
             f"stagewise_sql_{id(self)}", default=None
         )
         self._retries = max(1, retries)
@@ -168,7 +176,7 @@ class Database:
     def error(self, exc: Exception) -> Exception:
         return translate(exc, url=self.url_display)
 
-    def _open_link(self) -> Link | None:
+    def _open_link(self) -> UnitConnection | None:
         """This task's open SQLite transaction, if any.
 
         A task created inside a transaction inherits the variable; once that transaction
@@ -202,38 +210,38 @@ class Database:
             await asyncio.sleep(random.uniform(0, 0.05 * 2**attempt))
         raise AssertionError("unreachable")
 
-    async def begin_connection(self) -> Opened:
-        """A pooled connection inside BEGIN, and its hot path, retrying connect and BEGIN
+    async def begin_connection(self) -> Checkout:
+        """A pooled connection inside BEGIN, and its driver path, retrying connect and BEGIN
         failures.
 
         The transaction is the driver's own: BEGIN, COMMIT and ROLLBACK go to the driver's
-        connection (`HotPath`), so statements sent on the driver directly and through
+        connection (`DriverPath`), so statements sent on the driver directly and through
         SQLAlchemy run in the same transaction, whichever comes first. SQLAlchemy's
         connection on top emits no BEGIN of its own (autocommit mode on PostgreSQL; on
         SQLite the BEGIN option is off, see `_connect`).
         """
 
-        async def open_() -> Opened:
+        async def open_() -> Checkout:
             conn = await self.engine.connect()
             try:
                 if self.is_sqlite:
                     await conn.execution_options(**{BEGIN_OPTION: None})
                 else:
                     await conn.execution_options(isolation_level="AUTOCOMMIT")
-                hot = await self._hot_path(conn)
-                await hot.begin()
+                path = await self._driver_path(conn)
+                await path.begin()
             except BaseException:
                 if not self.is_sqlite:  # a connection that cannot begin is not pooled again
                     with suppress(Exception):
                         await conn.invalidate()
                 await self.discard(conn)
                 raise
-            return conn, hot
+            return Checkout(conn, path)
 
         return await self._retrying(open_)
 
-    async def _hot_path(self, conn: AsyncConnection) -> HotPath:
-        """The hot path on `conn`'s driver connection."""
+    async def _driver_path(self, conn: AsyncConnection) -> DriverPath:
+        """The driver path on `conn`'s driver connection."""
         driver = await driver_of(conn)
         if self._codecs is not None:
             return LitePath(driver, self._codecs, info=conn.info, reraise=self.reraise)
@@ -263,27 +271,34 @@ class Database:
             yield
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[Link]:
-        """A Link inside BEGIN ... COMMIT; rolled back if the block raises."""
+    async def transaction(self) -> AsyncIterator[UnitConnection]:
+        """A UnitConnection inside BEGIN ... COMMIT; rolled back if the block raises."""
         if self._open_link() is not None:
             raise PersistenceError(
                 "a transaction was opened inside another one in the same task; SQLite has a "
                 "single writer, so the inner one would wait forever for the outer one"
             )
         async with self._serialized(write=True):
-            conn, hot = await self.begin_connection()
+            conn, path = await self.begin_connection()
             reopen = None if self.is_sqlite else self.begin_connection
-            link = Link(self, conn, reopen=reopen, hot=hot)
+            link = UnitConnection(self, conn, reopen=reopen, path=path)
             token = self._active.set(link) if self.is_sqlite else None
             try:
                 yield link
+                # A statement that failed inside the block leaves nothing to commit, even if
+                # the block caught its error: the commit fails with that error (PostgreSQL
+                # would turn a COMMIT of an aborted transaction into a silent ROLLBACK, and a
+                # refused run update has already written the rest of its changeset).
+                failed = link.failed or _path(link).failed
+                if failed is not None:
+                    self.reraise(failed)
                 try:
-                    await _hot(link).commit()
+                    await _path(link).commit()
                 except Exception as exc:
                     self.reraise(exc)
             except BaseException:
                 with suppress(Exception):
-                    await asyncio.shield(_hot(link).rollback())
+                    await asyncio.shield(_path(link).rollback())
                 raise
             finally:
                 link.closed = True
@@ -294,7 +309,7 @@ class Database:
             action()
 
     @asynccontextmanager
-    async def atomic(self) -> AsyncIterator[Link]:
+    async def atomic(self) -> AsyncIterator[UnitConnection]:
         """A transaction of its own; on SQLite, the task's open transaction if it has one."""
         active = self._open_link()
         if active is not None:
@@ -304,8 +319,8 @@ class Database:
             yield link
 
     @asynccontextmanager
-    async def single(self, *, write: bool) -> AsyncIterator[Link]:
-        """A Link for work that is one statement, atomic on its own.
+    async def single(self, *, write: bool) -> AsyncIterator[UnitConnection]:
+        """A UnitConnection for work that is one statement, atomic on its own.
 
         PostgreSQL runs it in autocommit mode (no BEGIN/COMMIT round trips). On SQLite a
         write takes the write lock with `BEGIN IMMEDIATE` like any transaction (and joins
@@ -323,7 +338,7 @@ class Database:
         async with self._serialized(write):
             replayable = not write and self.dialect == "postgresql"
             reopen = self._reopen_autocommit if replayable else None
-            link = Link(self, await self.autocommit_connection(), reopen=reopen)
+            link = UnitConnection(self, await self.autocommit_connection(), reopen=reopen)
             try:
                 yield link
                 try:
@@ -335,8 +350,8 @@ class Database:
         for action in link.on_commit:
             action()
 
-    async def _reopen_autocommit(self) -> Opened:
-        return await self.autocommit_connection(), None
+    async def _reopen_autocommit(self) -> Checkout:
+        return Checkout(await self.autocommit_connection(), None)
 
     async def autocommit_connection(self) -> AsyncConnection:
         """A pooled connection whose statements each commit on their own."""

@@ -11,12 +11,12 @@ reads, four writes, COMMIT) made about 27 trips. Here a transaction takes one tr
 step:
 
 * BEGIN IMMEDIATE;
-* the reads of a step together (`lock_with_stages`: the runs and their stages), with fixed
+* the reads of a step together (`load`: the runs and their stages), with fixed
   statement texts (sqlite3 caches each one prepared per connection) and rows decoded by the
   column types' own SQLAlchemy processors, so values read and written here are the very
   values SQLAlchemy reads and writes everywhere else;
-* the writes, collected (`_writes.Writes`) and sent in the trip of the next read, or with
-  COMMIT.
+* the writes (the transaction's `Changeset`, held by `_writes.PendingWrites`), sent in the
+  trip of the next read, or with COMMIT.
 
 A trip runs a list of operations with `run_ops`: in one call on the driver's thread where
 aiosqlite lets us queue a function there (its `_execute`, not public but unchanged since
@@ -31,34 +31,54 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Callable, MutableMapping, Sequence
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn
 
 from sqlalchemy import Dialect, Table
 
+from stagewise._errors import ConcurrentUpdateError
 from stagewise._records import RunRecord, StageRecord, with_stages
 from stagewise_sql import _rows
 from stagewise_sql._rows import Fields
 from stagewise_sql._schema import runs as runs_t
 from stagewise_sql._schema import stages as stages_t
-from stagewise_sql._writes import PARTS, Part, Values, Writes
+from stagewise_sql._writes import (
+    EXPECTED,
+    RUN_UPDATES,
+    WRITES,
+    PendingWrites,
+    TableWrite,
+    Values,
+)
 
 ENDED = "stagewise_transaction_ended"
 """Set in a pooled connection's `info` when its transaction ended cleanly, so the pool's
 reset on check-in (a rollback, one more trip) can be skipped (`_connect`)."""
 
-Op = tuple[str, Any, bool]
-"""(sql, parameters, many): `many` runs `executemany` over a list of parameter rows; any
-other operation returns its rows (none for a write)."""
+Mode = Literal["rows", "many", "each"]
+Op = tuple[str, Any, Mode]
+"""(sql, parameters, mode): "rows" executes once and returns the rows (none for a write);
+"many" runs `executemany` over a list of parameter rows; "each" too, and every parameter
+row must change exactly one row, or the trip stops there (`StaleWrite`): what it wrote is
+rolled back with the transaction, and nothing after it (a COMMIT) runs."""
+
+
+class StaleWrite(Exception):
+    """An "each" operation changed fewer rows than it has parameter rows."""
+
+
+def _check(mode: Mode, params: Any, changed: int) -> None:
+    if mode == "each" and changed != len(params):
+        raise StaleWrite(f"{changed} of {len(params)} rows changed")
 
 
 def _one_trip(conn: sqlite3.Connection, ops: Sequence[Op]) -> list[list[Any]]:
     results: list[list[Any]] = []
-    for sql, params, many in ops:
-        if many:
-            conn.executemany(sql, params)
-            results.append([])
-        else:
+    for sql, params, mode in ops:
+        if mode == "rows":
             results.append(conn.execute(sql, params).fetchall())
+        else:
+            _check(mode, params, conn.executemany(sql, params).rowcount)
+            results.append([])
     return results
 
 
@@ -81,12 +101,13 @@ async def run_ops(aio: Any, ops: Sequence[Op]) -> list[list[Any]]:
             results: list[list[Any]] = await queue(_one_trip, aio._conn, ops)
             return results
         results = []
-        for sql, params, many in ops:  # public calls: one trip each
-            if many:
-                await aio.executemany(sql, params)
-                results.append([])
-            else:
+        for sql, params, mode in ops:  # public calls: one trip each
+            if mode == "rows":
                 results.append(list(await aio.execute_fetchall(sql, params)))
+            else:
+                cursor = await aio.executemany(sql, params)
+                _check(mode, params, cursor.rowcount)
+                results.append([])
         return results
     except ValueError as exc:  # aiosqlite's own, for a connection it has closed
         if "closed" in str(exc) or "no active connection" in str(exc):
@@ -117,27 +138,45 @@ _RUNS_PENDING = (
 )
 
 
-def _insert(part: Part) -> str:
-    marks = ", ".join("?" for _ in part.names)
-    return (
-        f"INSERT INTO {part.table.name} ({', '.join(part.names)}) VALUES ({marks})"
-        + part.conflict_clause("excluded")
+def _params(how: TableWrite) -> tuple[str, ...]:
+    """The parameters of one way of writing, in the order its statement takes them."""
+    if how.how == "update":
+        return (*how.changed, *how.keys, EXPECTED)
+    return how.names
+
+
+def _write_sql(how: TableWrite) -> str:
+    table = how.table.name
+    if how.how == "delete":
+        return f"DELETE FROM {table} WHERE " + " AND ".join(f"{k} = ?" for k in how.keys)
+    if how.how == "update":
+        sets = ", ".join(f"{n} = ?" for n in how.changed)
+        keys = " AND ".join(f"{k} = ?" for k in how.keys)
+        return f"UPDATE {table} SET {sets} WHERE {keys} AND version = ?"
+    marks = ", ".join("?" for _ in how.names)
+    return f"INSERT INTO {table} ({', '.join(how.names)}) VALUES ({marks})" + how.conflict_clause(
+        "excluded"
     )
 
 
-_INSERTS = {part: _insert(part) for part in PARTS}
+_WRITE_SQL = {how: _write_sql(how) for how in WRITES}
 
 
 class Codec:
-    """A table's values to SQLite's and back, with SQLAlchemy's processors for `dialect`."""
+    """Values of a table's columns (`names`, all of them by default) to SQLite's and back,
+    with SQLAlchemy's processors for `dialect`; a name that is no column of the table (the
+    expected version of an update) passes as it is."""
 
     __slots__ = ("_decoders", "_encoders", "names")
 
-    def __init__(self, table: Table, dialect: Dialect) -> None:
-        self.names = tuple(c.name for c in table.columns)
-        impls = [c.type.dialect_impl(dialect) for c in table.columns]
-        self._encoders = tuple(impl.bind_processor(dialect) for impl in impls)
-        self._decoders = tuple(impl.result_processor(dialect, None) for impl in impls)
+    def __init__(self, table: Table, dialect: Dialect, names: Sequence[str] = ()) -> None:
+        self.names = tuple(names) or tuple(c.name for c in table.columns)
+        columns = [table.c.get(n) for n in self.names]
+        impls = [None if c is None else c.type.dialect_impl(dialect) for c in columns]
+        self._encoders = tuple(None if i is None else i.bind_processor(dialect) for i in impls)
+        self._decoders = tuple(
+            None if i is None else i.result_processor(dialect, None) for i in impls
+        )
 
     def encode(self, values: Values) -> tuple[Any, ...]:
         return tuple(
@@ -161,7 +200,7 @@ class Codecs:
     def __init__(self, dialect: Dialect) -> None:
         self.runs = Codec(runs_t, dialect)
         self.stages = Codec(stages_t, dialect)
-        self.parts = {part: Codec(part.table, dialect) for part in PARTS}
+        self.writes = {how: Codec(how.table, dialect, _params(how)) for how in WRITES}
 
 
 # --- the path ----------------------------------------------------------------------------
@@ -171,7 +210,7 @@ class LitePath:
     """SQLite's hot path on one transaction's aiosqlite connection (see the module
     docstring). `used` turns true with its first trip."""
 
-    __slots__ = ("_codecs", "_info", "_reraise", "aio", "used", "writes")
+    __slots__ = ("_codecs", "_info", "_reraise", "aio", "failed", "used", "writes")
 
     def __init__(
         self,
@@ -182,48 +221,52 @@ class LitePath:
         reraise: Callable[[Exception], NoReturn],
     ) -> None:
         self.aio = aio
-        self.writes = Writes()
+        self.writes = PendingWrites()
         self.used = False
+        self.failed: Exception | None = None
         self._codecs = codecs
         self._info = info
         self._reraise = reraise
 
     async def _trip(self, ops: list[Op]) -> list[list[Any]]:
-        """`ops` after the collected writes, in one trip; the rows of `ops`."""
+        """`ops` after the held writes, in one trip; the rows of `ops`."""
         wanted = len(ops)
-        if self.writes:
-            ops = self._write_ops() + ops
+        taken, updated_runs = self.writes.take()
+        writes: list[Op] = []
+        for how, rows in taken:
+            codec = self._codecs.writes[how]
+            # A run update must find its row at the expected version: checked before COMMIT.
+            mode: Mode = "each" if how is RUN_UPDATES else "many"
+            writes.append((_WRITE_SQL[how], [codec.encode(row) for row in rows], mode))
+        ops = writes + ops
         if not ops:
             return []
         self.used = True
         try:
-            results = await run_ops(self.aio, ops)
+            try:
+                results = await run_ops(self.aio, ops)
+            except StaleWrite:
+                raise ConcurrentUpdateError(updated_runs) from None
         except Exception as exc:
+            self.failed = self.failed or exc
             self._reraise(exc)
         return results[len(results) - wanted :]
 
-    def _write_ops(self) -> list[Op]:
-        ops: list[Op] = []
-        for part, rows in self.writes.take():
-            codec = self._codecs.parts[part]
-            ops.append((_INSERTS[part], [codec.encode(row) for row in rows], True))
-        return ops
-
     async def begin(self) -> None:
-        await self._trip([("BEGIN IMMEDIATE", (), False)])
+        await self._trip([("BEGIN IMMEDIATE", (), "rows")])
         self._info.pop(ENDED, None)
 
     async def flush(self) -> None:
-        """Send the collected writes now."""
+        """Send the held writes now."""
         await self._trip([])
 
     async def commit(self) -> None:
-        await self._trip([("COMMIT", (), False)])
+        await self._trip([("COMMIT", (), "rows")])
         self._info[ENDED] = True
 
     async def rollback(self) -> None:
         self.writes.take()
-        await self._trip([("ROLLBACK", (), False)])
+        await self._trip([("ROLLBACK", (), "rows")])
         self._info[ENDED] = True
 
     def _runs(self, rows: list[Any]) -> list[RunRecord]:
@@ -232,22 +275,17 @@ class LitePath:
     def _stages(self, rows: list[Any]) -> list[StageRecord]:
         return [_rows.stage_from_row(self._codecs.stages.decode(row)) for row in rows]
 
-    async def lock_many(self, run_ids: Sequence[str]) -> list[RunRecord]:
-        # The transaction holds SQLite's write lock (BEGIN IMMEDIATE): reading is locking.
-        (rows,) = await self._trip([(_RUNS_BY_IDS, (json.dumps(list(run_ids)),), False)])
-        return self._runs(rows)
-
-    async def for_runs(self, run_ids: Sequence[str]) -> list[StageRecord]:
-        (rows,) = await self._trip([(_STAGES_OF_RUNS, (json.dumps(list(run_ids)),), False)])
-        return self._stages(rows)
-
-    async def lock_with_stages(
-        self, run_ids: Sequence[str]
+    async def load(
+        self, run_ids: Sequence[str], *, skip_locked: bool = False
     ) -> list[tuple[RunRecord, list[StageRecord]]]:
+        # The transaction holds SQLite's write lock (BEGIN IMMEDIATE): reading is locking,
+        # and nobody else holds a run.
         ids = (json.dumps(list(run_ids)),)
-        runs, stages = await self._trip([(_RUNS_BY_IDS, ids, False), (_STAGES_OF_RUNS, ids, False)])
+        runs, stages = await self._trip(
+            [(_RUNS_BY_IDS, ids, "rows"), (_STAGES_OF_RUNS, ids, "rows")]
+        )
         return with_stages(self._runs(runs), self._stages(stages))
 
     async def claim_pending(self, limit: int) -> list[RunRecord]:
-        (rows,) = await self._trip([(_RUNS_PENDING, (limit,), False)])
+        (rows,) = await self._trip([(_RUNS_PENDING, (limit,), "rows")])
         return self._runs(rows)

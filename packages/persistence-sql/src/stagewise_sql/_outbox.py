@@ -1,4 +1,7 @@
-"""The outbox store: events, their per-consumer deliveries, claims and the dead-letter queue.
+"""The outbox store: claiming events' per-consumer deliveries, and the dead-letter queue.
+
+Events and their deliveries are written with the changes that caused them (a `Changeset`,
+see `_writes`); from here they are claimed, marked delivered or dead, and replayed.
 
 Claiming works on (consumer, run) groups: a group's pending deliveries go out strictly in
 `seq` order, so a group is claimed whole (up to `limit`) or not at all. It takes three
@@ -71,9 +74,6 @@ def _claimed(row: Row[Any], delivery: Delivery | None = None) -> ClaimedDelivery
 
 
 class SqlOutboxStore(Store):
-    async def append(self, events: Sequence[EventRecord], deliveries: Sequence[Delivery]) -> None:
-        self._hot.writes.append(events, deliveries)
-
     async def claim(
         self, *, now: datetime, limit: int, claimer: str, claim_until: datetime
     ) -> list[ClaimedDelivery]:
@@ -169,11 +169,3 @@ class SqlOutboxStore(Store):
     async def events(self, run_id: str, *, after_seq: int = 0) -> list[EventRecord]:
         result = await self._link.execute(_EVENTS_AFTER, {"run_id": run_id, "after_seq": after_seq})
         return [_rows.event_from_row(row) for row in result]
-
-    async def dead(self, *, consumer: str | None = None, limit: int = 100) -> list[ClaimedDelivery]:
-        d = deliveries_t
-        stmt = select(d, *_EVENT_COLUMNS).select_from(_WITH_EVENTS).where(d.c.status == "dead")
-        if consumer is not None:
-            stmt = stmt.where(d.c.consumer == consumer)
-        stmt = stmt.order_by(d.c.consumer, d.c.run_id, d.c.seq).limit(limit)
-        return [_claimed(row) for row in await self._link.execute(stmt)]

@@ -1,10 +1,12 @@
 """The `Persistence` port over SQL: a unit of work and its stores.
 
-Every store runs its statements on the transaction's one connection (`Link`). Ordering
-matches the in-memory reference exactly; ties are broken by the same keys, and ids sort
-byte-wise (see `_schema`). On PostgreSQL, `lock` and `claim_pending` take row locks
-(`FOR UPDATE`, `SKIP LOCKED`); on SQLite the whole transaction already holds the write lock
-(`BEGIN IMMEDIATE`), so the same statements are plain reads there.
+Every store runs its statements on the transaction's one connection (`UnitConnection`): the reads of
+the hot path (`load`, `claim_pending`) and the changeset (`apply`) on its driver (`_pg`,
+`_lite`), everything else through SQLAlchemy. Ordering matches the in-memory reference
+exactly; ties are broken by the same keys, and ids sort byte-wise (see `_schema`). On
+PostgreSQL, `load` and `claim_pending` take row locks (`FOR UPDATE`, `SKIP LOCKED`); on
+SQLite the whole transaction already holds the write lock (`BEGIN IMMEDIATE`), so the same
+statements are plain reads there.
 """
 
 from __future__ import annotations
@@ -15,27 +17,34 @@ from datetime import datetime
 
 from sqlalchemy import and_, bindparam, delete, func, or_, select
 
-from stagewise._records import IdempotencyRecord, LogRecord, RunRecord, StageRecord
+from stagewise._records import Changeset, IdempotencyRecord, RunRecord, StageRecord
 from stagewise._states import RunStatus, StageStatus
 from stagewise_sql import _rows
-from stagewise_sql._engine import Database, Link
+from stagewise_sql._engine import Database, UnitConnection
 from stagewise_sql._outbox import SqlOutboxStore
-from stagewise_sql._schema import idempotency, logs, runs
+from stagewise_sql._schema import idempotency, runs
 from stagewise_sql._schema import stages as stages_t
-from stagewise_sql._statements import Store, insert_ignore, time_param, upsert
+from stagewise_sql._statements import Store, time_param
 
 
 class SqlTransaction:
     """One unit of work; its stores share the transaction's connection."""
 
-    def __init__(self, db: Database, link: Link) -> None:
+    def __init__(self, db: Database, link: UnitConnection) -> None:
         self.db = db
         self.link = link
         self.runs = SqlRunStore(db, link)
         self.stages = SqlStageStore(db, link)
         self.outbox = SqlOutboxStore(db, link)
         self.idempotency = SqlIdempotencyStore(db, link)
-        self.logs = SqlLogStore(db, link)
+
+    async def apply(self, changes: Changeset) -> None:
+        """Hold `changes` to go out with the transaction's next statement or its commit
+        (after a changeset held before, which goes first)."""
+        path = self.runs.path
+        if not path.writes.hold(changes):
+            await path.flush()
+            path.writes.hold(changes)
 
 
 class SqlPersistence:
@@ -60,50 +69,26 @@ class SqlPersistence:
 # --- runs --------------------------------------------------------------------------------
 
 _RUN_BY_ID = select(runs).where(runs.c.run_id == bindparam("run_id"))
-_RUN_LOCK = _RUN_BY_ID.with_for_update()
-_RUN_LOCK_SKIP = _RUN_BY_ID.with_for_update(skip_locked=True)
 
 
 class SqlRunStore(Store):
-    """Transactions run the batch reads and collect the writes on their hot path (`_pg`,
-    `_lite`); everything else, and single statements, go through SQLAlchemy."""
+    """The hot path's reads run on the transaction's driver (`_pg`, `_lite`); listings
+    through SQLAlchemy."""
 
-    async def insert(self, run: RunRecord) -> None:
-        if not self._hot.writes.insert_run(run):
-            await self._hot.flush()  # it meets the collected row and fails
-            self._hot.writes.insert_run(run)
-
-    async def get(self, run_id: str) -> RunRecord | None:
-        row = (await self._link.execute(_RUN_BY_ID, {"run_id": run_id})).first()
-        return None if row is None else _rows.run_from_row(row)
-
-    async def lock(self, run_id: str, *, skip_locked: bool = False) -> RunRecord | None:
-        stmt = _RUN_LOCK_SKIP if skip_locked else _RUN_LOCK
-        row = (await self._link.execute(stmt, {"run_id": run_id})).first()
-        return None if row is None else _rows.run_from_row(row)
-
-    async def lock_many(self, run_ids: Sequence[str]) -> list[RunRecord]:
-        ids = sorted(set(run_ids))
-        if not ids:
-            return []
-        return await self._hot.lock_many(ids)
-
-    async def lock_with_stages(
-        self, run_ids: Sequence[str]
+    async def load(
+        self, run_ids: Sequence[str], *, skip_locked: bool = False
     ) -> list[tuple[RunRecord, list[StageRecord]]]:
         ids = sorted(set(run_ids))
         if not ids:
             return []
-        return await self._hot.lock_with_stages(ids)
-
-    async def save(self, run: RunRecord) -> None:
-        await self.save_many([run])
-
-    async def save_many(self, runs_: Sequence[RunRecord]) -> None:
-        self._hot.writes.save_runs(runs_)
+        return await self.path.load(ids, skip_locked=skip_locked)
 
     async def claim_pending(self, limit: int) -> list[RunRecord]:
-        return await self._hot.claim_pending(limit)
+        return await self.path.claim_pending(limit)
+
+    async def get(self, run_id: str) -> RunRecord | None:
+        row = (await self._link.execute(_RUN_BY_ID, {"run_id": run_id})).first()
+        return None if row is None else _rows.run_from_row(row)
 
     async def find(
         self,
@@ -133,30 +118,9 @@ _STAGES_OF_RUN = (
 
 
 class SqlStageStore(Store):
-    async def insert_many(self, stages: Sequence[StageRecord]) -> None:
-        if stages:
-            values = [_rows.stage_values(s) for s in stages]
-            await self._link.execute(stages_t.insert(), values)
-
     async def for_run(self, run_id: str) -> list[StageRecord]:
         result = await self._link.execute(_STAGES_OF_RUN, {"run_id": run_id})
         return [_rows.stage_from_row(row) for row in result]
-
-    async def for_runs(self, run_ids: Sequence[str]) -> list[StageRecord]:
-        ids = sorted(set(run_ids))
-        if not ids:
-            return []
-        return await self._hot.for_runs(ids)
-
-    async def save_many(self, stages: Sequence[StageRecord]) -> None:
-        self._hot.writes.save_stages(stages)
-
-    async def delete(self, run_id: str, stage_ids: Sequence[str]) -> None:
-        if stage_ids:
-            stmt = delete(stages_t).where(
-                stages_t.c.run_id == run_id, stages_t.c.stage_id.in_(list(stage_ids))
-            )
-            await self._link.execute(stmt)
 
     async def due_for_poll(self, now: datetime, limit: int) -> list[StageRecord]:
         t = time_param("now", now)
@@ -222,37 +186,8 @@ class SqlIdempotencyStore(Store):
         row = result.first()
         return None if row is None else _rows.idempotency_from_row(row)
 
-    async def insert(self, record: IdempotencyRecord) -> bool:
-        # On PostgreSQL a concurrent insert of the same key waits on the unique index for
-        # the other transaction, then reports the conflict (or inserts, if it rolled back).
-        stmt = insert_ignore(idempotency, self._dialect)
-        result = await self._link.execute(stmt, _rows.idempotency_values(record))
-        return result.rowcount == 1
-
-    async def save(self, record: IdempotencyRecord) -> None:
-        stmt = upsert(idempotency, self._dialect)
-        await self._link.execute(stmt, _rows.idempotency_values(record))
-
     async def purge_expired(self, now: datetime) -> int:
         stmt = delete(idempotency).where(
             idempotency.c.state == "completed", idempotency.c.expires_at <= time_param("now", now)
         )
         return (await self._link.execute(stmt)).rowcount
-
-
-# --- logs --------------------------------------------------------------------------------
-
-
-class SqlLogStore(Store):
-    async def append(self, records: Sequence[LogRecord]) -> None:
-        if records:
-            await self._link.execute(logs.insert(), [_rows.log_values(r) for r in records])
-
-    async def for_run(
-        self, run_id: str, *, stage_id: str | None = None, limit: int = 1000
-    ) -> list[LogRecord]:
-        stmt = select(logs).where(logs.c.run_id == run_id)
-        if stage_id is not None:
-            stmt = stmt.where(logs.c.stage_id == stage_id)
-        stmt = stmt.order_by(logs.c.id).limit(limit)
-        return [_rows.log_from_row(row) for row in await self._link.execute(stmt)]

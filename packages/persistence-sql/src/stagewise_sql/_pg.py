@@ -2,18 +2,19 @@
 
 Theory of operation
 -------------------
-A stage's transaction locks its runs, reads their stages and writes runs, stages, events
-and deliveries. Through SQLAlchemy each statement costs about as much Python as the round
-trip itself (compiling or fetching the cached form, bind and result processing per row), and
-each write is a round trip of its own. Here (`PgPath`, on the transaction's asyncpg
-connection):
+A stage's transaction locks its runs with their stages and writes what the kernel decided
+(a `Changeset`: runs, stages, events, deliveries, logs, keys). Through SQLAlchemy each
+statement costs about as much Python as the round trip itself (compiling or fetching the
+cached form, bind and result processing per row), and each table's write is a round trip
+of its own. Here (`PgPath`, on the transaction's asyncpg connection):
 
 * the reads run on the asyncpg connection directly, with fixed statement texts (so asyncpg
   prepares each once per connection) and rows mapped straight to records;
-* the writes of a transaction are collected (`_writes.Writes`) and sent as **one**
-  statement, a data-modifying CTE with one `unnest` part per table, when the transaction
-  next reads or commits. Keys are merged in memory first, because one statement may not
-  touch a row twice.
+* the changeset is held (`_writes.PendingWrites`) and sent as **one** statement, a
+  data-modifying CTE with one `unnest` part per way of writing a table, when the
+  transaction next reads or commits. A changeset never names a row twice (the kernel
+  merges its changes first), as one statement may not touch a row twice; run updates
+  carry the version they expect, and the statement says how many found it.
 
 The transaction is the driver's own (BEGIN, COMMIT and ROLLBACK sent on it, `_engine`), so
 statements sent here and through SQLAlchemy share it. SQLite's counterpart is `_lite`.
@@ -25,7 +26,7 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from sqlalchemy import Column, Float, Integer, Table
+from sqlalchemy import BigInteger, Column, Float, Integer, Table
 
 from stagewise._records import RunRecord, StageRecord, with_stages
 from stagewise_sql import _rows
@@ -33,7 +34,16 @@ from stagewise_sql._rows import Fields
 from stagewise_sql._schema import JSON_VALUE, UtcDateTime, utc
 from stagewise_sql._schema import runs as runs_t
 from stagewise_sql._schema import stages as stages_t
-from stagewise_sql._writes import NEW_RUNS, PARTS, Part, Values, Writes
+from stagewise_sql._writes import (
+    EXPECTED,
+    NEW_RUNS,
+    RUN_UPDATES,
+    WRITES,
+    PendingWrites,
+    TableWrite,
+    Values,
+    check_updated,
+)
 
 RUNS_CHANNEL = "stagewise_runs"
 """The PostgreSQL NOTIFY channel that new runs announce themselves on (sent with the write
@@ -47,26 +57,31 @@ def _columns(table: Table) -> str:
     return ", ".join(c.name for c in table.columns)
 
 
-_RUNS_LOCK_MANY = (
-    f"SELECT {_columns(runs_t)} FROM {runs_t.name} WHERE run_id = ANY($1::text[]) "
-    "ORDER BY run_id FOR UPDATE"
-)
 _STAGES_OF_RUNS = (
     f"SELECT {_columns(stages_t)} FROM {stages_t.name} WHERE run_id = ANY($1::text[]) "
     "ORDER BY run_id, group_index, stage_id"
 )
-_RUNS_LOCK_WITH_STAGES = (
-    f"WITH locked AS (SELECT {_columns(runs_t)}, xmin::text AS locked_version "
-    f"FROM {runs_t.name} WHERE run_id = ANY($1::text[]) ORDER BY run_id FOR UPDATE) "
-    f"SELECT locked.*, (SELECT r.xmin::text FROM {runs_t.name} r WHERE r.run_id = locked.run_id)"
-    f" AS seen_version, ARRAY(SELECT s FROM {stages_t.name} s WHERE s.run_id = locked.run_id "
-    "ORDER BY s.group_index, s.stage_id) AS stages FROM locked ORDER BY locked.run_id"
-)
-"""`lock_with_stages` in one statement. The stages are read with the statement's snapshot,
-taken before the lock was granted; the locked row is the newest version (READ COMMITTED
-re-reads a row that changed while it waited), the subquery's the snapshot's. Equal
-versions: nobody wrote the run since the snapshot, so (by the rule the kernel keeps, see
-the port) nobody wrote its stages either, and the stages read are current."""
+
+
+def _load_sql(skip_locked: bool) -> str:
+    lock = "FOR UPDATE SKIP LOCKED" if skip_locked else "FOR UPDATE"
+    return (
+        f"WITH locked AS (SELECT {_columns(runs_t)} FROM {runs_t.name} "
+        f"WHERE run_id = ANY($1::text[]) ORDER BY run_id {lock}) "
+        f"SELECT locked.*, (SELECT r.version FROM {runs_t.name} r "
+        "WHERE r.run_id = locked.run_id) AS seen_version, "
+        f"ARRAY(SELECT s FROM {stages_t.name} s WHERE s.run_id = locked.run_id "
+        "ORDER BY s.group_index, s.stage_id) AS stages FROM locked ORDER BY locked.run_id"
+    )
+
+
+_LOAD = {skip: _load_sql(skip) for skip in (False, True)}
+"""`load` in one statement. The stages are read with the statement's snapshot, taken
+before the lock was granted; the locked row is the newest version (READ COMMITTED re-reads
+a row that changed while it waited), the subquery's is the snapshot's. Equal versions:
+nobody wrote the run since the snapshot, so (every change to a run's stages comes with its
+row at the next version) nobody wrote its stages either, and the stages read are current.
+A run whose versions differ has its stages read again, now that it is locked."""
 _RUNS_CLAIM_PENDING = (
     f"SELECT {_columns(runs_t)} FROM {runs_t.name} WHERE status = 'PENDING' "
     "ORDER BY priority DESC, created_at, run_id LIMIT $1 FOR UPDATE SKIP LOCKED"
@@ -76,61 +91,93 @@ _RUNS_CLAIM_PENDING = (
 # --- writes ------------------------------------------------------------------------------
 
 
-def _encoder(column: Column[Any]) -> Callable[[Any], Any]:
-    if column.type is JSON_VALUE:
+def _encoder(column: Column[Any] | None) -> Callable[[Any], Any]:
+    if column is not None and column.type is JSON_VALUE:
         return lambda v: None if v is None else json.dumps(v)
-    if isinstance(column.type, UtcDateTime):
+    if column is not None and isinstance(column.type, UtcDateTime):
         return utc
     return lambda v: v
 
 
-def _pg_type(column: Column[Any]) -> str:
+def _pg_type(column: Column[Any] | None) -> str:
+    if column is None or isinstance(column.type, Integer):  # None: the expected version
+        return "int8" if column is not None and isinstance(column.type, BigInteger) else "int4"
     if isinstance(column.type, UtcDateTime):
         return "timestamptz"
-    if isinstance(column.type, Integer):
-        return "int4"
     if isinstance(column.type, Float):
         return "float8"
-    return "text"  # text, keys, statuses, and JSON as text (cast to jsonb in the SELECT)
+    return "text"  # text, keys, statuses, and JSON as text (cast to jsonb where it is read)
 
 
-def _part_sql(part: Part, first: int) -> str:
-    """The part's `INSERT ... SELECT FROM unnest(...)`, its arrays numbered from `first`."""
-    columns = list(part.table.columns)
-    arrays = ", ".join(f"${first + i}::{_pg_type(c)}[]" for i, c in enumerate(columns))
-    picked = ", ".join(
-        f"u.{c.name}::jsonb" if c.type is JSON_VALUE else f"u.{c.name}" for c in columns
-    )
-    names = ", ".join(part.names)
+def _fields(how: TableWrite) -> tuple[str, ...]:
+    """The parameters of one way of writing: its columns (and the expected version)."""
+    return how.names + ((EXPECTED,) if how.how == "update" else ())
+
+
+def _column(how: TableWrite, name: str) -> Column[Any] | None:
+    return how.table.c.get(name)
+
+
+def _unnest(how: TableWrite, first: int) -> str:
+    """`unnest(...) AS u(...)` over the parameters of `how`, numbered from `first`."""
+    names = _fields(how)
+    arrays = ", ".join(f"${first + i}::{_pg_type(_column(how, n))}[]" for i, n in enumerate(names))
+    return f"unnest({arrays}) AS u({', '.join(names)})"
+
+
+def _value(how: TableWrite, name: str) -> str:
+    column = _column(how, name)
+    return f"u.{name}::jsonb" if column is not None and column.type is JSON_VALUE else f"u.{name}"
+
+
+def _write_sql(how: TableWrite, first: int) -> str:
+    """The data-modifying statement of one way of writing, its arrays numbered from
+    `first`."""
+    table, rows = how.table.name, _unnest(how, first)
+    on_keys = " AND ".join(f"t.{k} = u.{k}" for k in how.keys)
+    if how.how == "delete":
+        return f"DELETE FROM {table} AS t USING {rows} WHERE {on_keys}"
+    if how.how == "update":
+        targets = ", ".join(how.changed)
+        values = ", ".join(_value(how, n) for n in how.changed)
+        return (
+            f"UPDATE {table} AS t SET ({targets}) = ({values}) FROM {rows} "
+            f"WHERE {on_keys} AND t.version = u.{EXPECTED} RETURNING t.run_id"
+        )
+    picked = ", ".join(_value(how, n) for n in how.names)
     return (
-        f"INSERT INTO {part.table.name} ({names}) "
-        f"SELECT {picked} FROM unnest({arrays}) AS u({names})" + part.conflict_clause("EXCLUDED")
+        f"INSERT INTO {table} ({', '.join(how.names)}) SELECT {picked} FROM {rows}"
+        + how.conflict_clause("EXCLUDED")
     )
 
 
-_ENCODERS = {part: tuple(_encoder(c) for c in part.table.columns) for part in PARTS}
-_STATEMENTS: dict[tuple[tuple[Part, ...], bool], str] = {}
+_ENCODERS = {how: tuple(_encoder(_column(how, n)) for n in _fields(how)) for how in WRITES}
+_STATEMENTS: dict[tuple[TableWrite, ...], str] = {}
 
 
-def _write_statement(parts: tuple[Part, ...], notify: bool) -> str:
-    """The one statement for `parts` (cached by asyncpg per text: at most one prepared
-    statement per combination)."""
-    statement = _STATEMENTS.get((parts, notify))
+def _write_statement(ways: tuple[TableWrite, ...]) -> str:
+    """The one statement for `ways` (prepared by asyncpg per text: at most one per
+    combination). It answers with the NOTIFY for new runs and the number of runs updated."""
+    statement = _STATEMENTS.get(ways)
     if statement is None:
         ctes: list[str] = []
         number = 1
-        for part in parts:
-            ctes.append(f"w{len(ctes)} AS ({_part_sql(part, number)})")
-            number += len(part.names)
-        main = f"SELECT pg_notify(${number}, ${number + 1})" if notify else "SELECT 1"
-        statement = _STATEMENTS[(parts, notify)] = f"WITH {', '.join(ctes)} {main}"
+        updated = "0"
+        for how in ways:
+            if how is RUN_UPDATES:
+                updated = f"(SELECT count(*) FROM w{len(ctes)})"
+            ctes.append(f"w{len(ctes)} AS ({_write_sql(how, number)})")
+            number += len(_fields(how))
+        notify = f"pg_notify(${number}, ${number + 1})" if NEW_RUNS in ways else "NULL"
+        statement = f"WITH {', '.join(ctes)} SELECT {notify}, {updated}"
+        _STATEMENTS[ways] = statement
     return statement
 
 
-def _arrays(part: Part, rows: Sequence[Values]) -> list[list[Any]]:
+def _arrays(how: TableWrite, rows: Sequence[Values]) -> list[list[Any]]:
     return [
         [encode(row[name]) for row in rows]
-        for name, encode in zip(part.names, _ENCODERS[part], strict=True)
+        for name, encode in zip(_fields(how), _ENCODERS[how], strict=True)
     ]
 
 
@@ -141,7 +188,7 @@ class PgPath:
     """PostgreSQL's hot path on one transaction's asyncpg connection (see the module
     docstring). `used` turns true with its first statement."""
 
-    __slots__ = ("_notify", "_reraise", "driver", "used", "writes")
+    __slots__ = ("_notify", "_reraise", "driver", "failed", "used", "writes")
 
     def __init__(
         self,
@@ -151,8 +198,9 @@ class PgPath:
         reraise: Callable[[Exception], NoReturn],
     ) -> None:
         self.driver = driver
-        self.writes = Writes()
+        self.writes = PendingWrites()
         self.used = False
+        self.failed: Exception | None = None
         self._notify = notify
         """(channel, payload) to NOTIFY with writes that insert runs."""
         self._reraise = reraise
@@ -161,21 +209,22 @@ class PgPath:
         await self.driver.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
 
     async def flush(self) -> None:
-        """Send the collected writes now, as one statement."""
-        taken = self.writes.take()
+        """Send the held writes now, as one statement."""
+        taken, updated_runs = self.writes.take()
         if not taken:
             return
-        parts = tuple(part for part, _ in taken)
-        notify = NEW_RUNS in parts
+        ways = tuple(how for how, _ in taken)
         args: list[Any] = []
-        for part, rows in taken:
-            args += _arrays(part, rows)
-        if notify:
+        for how, rows in taken:
+            args += _arrays(how, rows)
+        if NEW_RUNS in ways:
             args += self._notify
         self.used = True
         try:
-            await self.driver.execute(_write_statement(parts, notify), *args)
+            row = await self.driver.fetchrow(_write_statement(ways), *args)
+            check_updated(updated_runs, row[1])
         except Exception as exc:
+            self.failed = self.failed or exc
             self._reraise(exc)
 
     async def commit(self) -> None:
@@ -192,30 +241,24 @@ class PgPath:
         try:
             rows = await self.driver.fetch(sql, *args)
         except Exception as exc:
+            self.failed = self.failed or exc
             self._reraise(exc)
         return [Fields(row.items()) for row in rows]
 
-    async def lock_many(self, run_ids: Sequence[str]) -> list[RunRecord]:
-        rows = await self._fetch(_RUNS_LOCK_MANY, run_ids)
-        return [_rows.run_from_row(row) for row in rows]
-
-    async def for_runs(self, run_ids: Sequence[str]) -> list[StageRecord]:
-        rows = await self._fetch(_STAGES_OF_RUNS, run_ids)
-        return [_rows.stage_from_row(row) for row in rows]
-
-    async def lock_with_stages(
-        self, run_ids: Sequence[str]
+    async def load(
+        self, run_ids: Sequence[str], *, skip_locked: bool = False
     ) -> list[tuple[RunRecord, list[StageRecord]]]:
-        rows = await self._fetch(_RUNS_LOCK_WITH_STAGES, run_ids)
+        rows = await self._fetch(_LOAD[skip_locked], run_ids)
         current = [
             _rows.stage_from_row(Fields(s.items()))
             for row in rows
-            if row.locked_version == row.seen_version
+            if row.version == row.seen_version
             for s in row.stages
         ]
-        changed = [row.run_id for row in rows if row.locked_version != row.seen_version]
+        changed = [row.run_id for row in rows if row.version != row.seen_version]
         if changed:  # written while we waited for the lock: their stages again, now
-            current += await self.for_runs(changed)
+            stale = await self._fetch(_STAGES_OF_RUNS, changed)
+            current += [_rows.stage_from_row(row) for row in stale]
         return with_stages([_rows.run_from_row(row) for row in rows], current)
 
     async def claim_pending(self, limit: int) -> list[RunRecord]:

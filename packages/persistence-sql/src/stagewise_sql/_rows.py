@@ -55,6 +55,7 @@ def run_values(run: RunRecord) -> Values:
         "updated_at": run.updated_at,
         "started_at": run.started_at,
         "finished_at": run.finished_at,
+        "version": run.version,
     }
 
 
@@ -77,6 +78,7 @@ def run_from_row(row: Any) -> RunRecord:
         idempotency_key=row.idempotency_key,
         started_at=row.started_at,
         finished_at=row.finished_at,
+        version=row.version,
     )
 
 

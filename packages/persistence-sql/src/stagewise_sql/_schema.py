@@ -12,8 +12,8 @@ The tables hold the kernel's records field by field (see `stagewise._records`). 
 * Partial indexes serve the hot queries: pending runs by priority and age, due jobs, due
   polls, expired leases, pending deliveries per (consumer, run).
 
-The initial Alembic revision (`migrations/versions/0001_initial.py`) creates exactly this
-schema; a test compares the two.
+The Alembic revisions (`migrations/versions/`) create exactly this schema; a test compares
+the two.
 """
 
 from __future__ import annotations
@@ -141,6 +141,8 @@ runs = Table(
     _time("updated_at", nullable=False),
     _time("started_at"),
     _time("finished_at"),
+    # Bumped by every transaction that changes the run or its stages (see `RunWrite`).
+    Column("version", Integer, nullable=False, server_default=text("1")),
     PrimaryKeyConstraint("run_id"),
 )
 Index(

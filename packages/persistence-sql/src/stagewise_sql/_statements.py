@@ -11,7 +11,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from stagewise._errors import PersistenceError
 from stagewise_sql._connect import Dialect
-from stagewise_sql._engine import Database, HotPath, Link
+from stagewise_sql._engine import Database, DriverPath, UnitConnection
 from stagewise_sql._schema import UtcDateTime
 
 
@@ -51,16 +51,16 @@ class Store:
 
     __slots__ = ("_db", "_dialect", "_link")
 
-    def __init__(self, db: Database, link: Link) -> None:
+    def __init__(self, db: Database, link: UnitConnection) -> None:
         self._db = db
         self._dialect = db.dialect
         self._link = link
 
     @property
-    def _hot(self) -> HotPath:
+    def path(self) -> DriverPath:
         """The transaction's hot path (every unit of work of the `Persistence` port is a
         transaction; single statements, which have none, do not use the stores' hot reads
         and writes)."""
-        if self._link.hot is None:
+        if self._link.path is None:
             raise PersistenceError("the hot path is used outside a transaction")
-        return self._link.hot
+        return self._link.path

@@ -31,7 +31,7 @@ from stagewise._ports import Clock, Transaction
 from stagewise._records import JobMessage
 from stagewise_sql import _rows
 from stagewise_sql._connect import is_memory_sqlite
-from stagewise_sql._engine import Database, Link
+from stagewise_sql._engine import Database, UnitConnection
 from stagewise_sql._persistence import SqlTransaction
 from stagewise_sql._pg import RUNS_CHANNEL
 from stagewise_sql._schema import jobs as jobs_t
@@ -81,7 +81,7 @@ class SqlJobTransport:
         return isinstance(tx, SqlTransaction) and tx.db is self._db
 
     @contextlib.asynccontextmanager
-    async def _write(self, tx: Transaction | None) -> AsyncIterator[Link]:
+    async def _write(self, tx: Transaction | None) -> AsyncIterator[UnitConnection]:
         if tx is not None and isinstance(tx, SqlTransaction) and tx.db is self._db:
             yield tx.link
         else:
@@ -116,7 +116,7 @@ class SqlJobTransport:
         self._seen_job_seq = max(self._seen_job_seq, newest)
         self._wakeup.set()
 
-    async def _insert(self, link: Link, values: list[dict[str, Any]]) -> int:
+    async def _insert(self, link: UnitConnection, values: list[dict[str, Any]]) -> int:
         """Insert the jobs; returns the newest `seq` given to them."""
         stmt = insert_ignore(jobs_t, self._db.dialect).returning(jobs_t.c.job_id, jobs_t.c.seq)
         if self._db.dialect == "postgresql":

@@ -1,118 +1,145 @@
-"""A transaction's writes, collected to go out together (PostgreSQL: one statement, `_pg`;
+"""A transaction's changeset, held to go out together (PostgreSQL: one statement, `_pg`;
 SQLite: one call on the driver's thread, `_lite`).
 
-The hot path writes the same five kinds of rows in every transaction: runs inserted, runs
-saved, stages saved, events and their deliveries appended. `Writes` gathers them, merging
-keys in memory (a run inserted then saved is one insert of its last state; a row saved
-twice is written once), and `take` hands them over as rows per `Part`, in a fixed order.
+The kernel hands each transaction's writes over as one `Changeset` (`Transaction.apply`).
+`PendingWrites` holds it and `take` turns it into rows per `TableWrite`, in a fixed order:
+new runs inserted, changed runs updated where the stored row is still at the expected
+version, stage rows deleted and upserted, events, deliveries, log lines and idempotency
+keys inserted.
 
-Deferring a write changes nothing a caller can see, provided every other statement of the
-transaction sends what is collected first (`Link`): reads see the writes, the order of
-effects is kept, and an error (a duplicate key) still surfaces inside the transaction, which
-then rolls back as a whole. Foreign keys to runs and events are DEFERRABLE, checked at
-commit, so the parts may go in any order.
+Holding the writes changes nothing a caller can see, provided every other statement of the
+transaction sends them first (`_engine`): reads see the writes, the order of effects is
+kept, and an error (a duplicate key, a stale version) still surfaces inside the
+transaction, which then rolls back whole. Foreign keys to runs and events are DEFERRABLE,
+checked at commit, so the tables may be written in any order.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import Table
 
-from stagewise._records import Delivery, EventRecord, RunRecord, StageRecord
+from stagewise._errors import ConcurrentUpdateError
+from stagewise._records import Changeset, RunWrite
 from stagewise_sql import _rows
 from stagewise_sql._schema import deliveries as deliveries_t
 from stagewise_sql._schema import events as events_t
+from stagewise_sql._schema import idempotency as idempotency_t
+from stagewise_sql._schema import logs as logs_t
 from stagewise_sql._schema import runs as runs_t
 from stagewise_sql._schema import stages as stages_t
 
 Values = dict[str, Any]
 
+EXPECTED = "expected_version"
+"""The parameter of a run update that names the version the row must still be at."""
+
 
 @dataclass(frozen=True)
-class Part:
-    """The rows of one table written one way: inserted, or upserted on the primary key."""
+class TableWrite:
+    """How the rows of one table are written: inserted, upserted on the primary key,
+    updated where the stored row is at the expected version (`EXPECTED`), or deleted by
+    primary key."""
 
     table: Table
-    upsert: bool
+    how: Literal["insert", "upsert", "update", "delete"]
     names: tuple[str, ...] = field(init=False)
+    """The columns written (every column but a generated key; the key for a delete)."""
     keys: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "names", tuple(c.name for c in self.table.columns))
-        object.__setattr__(self, "keys", tuple(c.name for c in self.table.primary_key.columns))
+        keys = tuple(c.name for c in self.table.primary_key.columns)
+        generated = {c.name for c in self.table.columns if c.autoincrement is True}
+        names = (
+            keys
+            if self.how == "delete"
+            else tuple(c.name for c in self.table.columns if c.name not in generated)
+        )
+        object.__setattr__(self, "names", names)
+        object.__setattr__(self, "keys", keys)
+
+    @property
+    def changed(self) -> tuple[str, ...]:
+        """The columns an upsert or an update sets."""
+        return tuple(n for n in self.names if n not in self.keys)
 
     def conflict_clause(self, excluded: str) -> str:
         """` ON CONFLICT (keys) DO UPDATE SET ...` for an upsert (`excluded` is how the
         dialect spells the proposed row), else ``."""
-        if not self.upsert:
+        if self.how != "upsert":
             return ""
-        sets = ", ".join(f"{n} = {excluded}.{n}" for n in self.names if n not in self.keys)
+        sets = ", ".join(f"{n} = {excluded}.{n}" for n in self.changed)
         return f" ON CONFLICT ({', '.join(self.keys)}) DO UPDATE SET {sets}"
 
 
-NEW_RUNS = Part(runs_t, upsert=False)
-SAVED_RUNS = Part(runs_t, upsert=True)
-STAGES = Part(stages_t, upsert=True)
-EVENTS = Part(events_t, upsert=False)
-DELIVERIES = Part(deliveries_t, upsert=False)
-PARTS = (NEW_RUNS, SAVED_RUNS, STAGES, EVENTS, DELIVERIES)
+NEW_RUNS = TableWrite(runs_t, "insert")
+RUN_UPDATES = TableWrite(runs_t, "update")
+DELETED_STAGES = TableWrite(stages_t, "delete")
+STAGES = TableWrite(stages_t, "upsert")
+EVENTS = TableWrite(events_t, "insert")
+DELIVERIES = TableWrite(deliveries_t, "insert")
+LOGS = TableWrite(logs_t, "insert")
+KEYS = TableWrite(idempotency_t, "insert")
+WRITES = (NEW_RUNS, RUN_UPDATES, DELETED_STAGES, STAGES, EVENTS, DELIVERIES, LOGS, KEYS)
+"""Every way a changeset writes, in the order the rows go out."""
 
 
-class Writes:
-    """The writes of one transaction, not yet sent (see the module docstring)."""
+def _update_values(write: RunWrite) -> Values:
+    values = _rows.run_values(write.run)
+    values[EXPECTED] = write.expected_version
+    return values
 
-    __slots__ = ("_deliveries", "_events", "_new_runs", "_saved_runs", "_stages")
+
+def _deleted(key: tuple[str, str]) -> Values:
+    return {"run_id": key[0], "stage_id": key[1]}
+
+
+class PendingWrites:
+    """The changeset of one transaction not yet sent (see the module docstring)."""
+
+    __slots__ = ("_changes",)
 
     def __init__(self) -> None:
-        self._new_runs: dict[str, RunRecord] = {}
-        self._saved_runs: dict[str, RunRecord] = {}
-        self._stages: dict[tuple[str, str], StageRecord] = {}
-        self._events: list[EventRecord] = []
-        self._deliveries: list[Delivery] = []
+        self._changes: Changeset | None = None
 
     def __bool__(self) -> bool:
-        return bool(
-            self._new_runs or self._saved_runs or self._stages or self._events or self._deliveries
-        )
+        return self._changes is not None
 
-    def insert_run(self, run: RunRecord) -> bool:
-        """Collect an insert; False when the run is already collected (the caller sends
-        what is collected first, so the insert meets the row and fails as it should)."""
-        if run.run_id in self._new_runs or run.run_id in self._saved_runs:
+    def hold(self, changes: Changeset) -> bool:
+        """Hold `changes` to send later; False when a changeset is already held (the
+        caller sends that one first: changesets go out in the order applied)."""
+        if self._changes is not None:
             return False
-        self._new_runs[run.run_id] = run
+        if changes:
+            self._changes = changes
         return True
 
-    def save_runs(self, runs: Sequence[RunRecord]) -> None:
-        for run in runs:
-            if run.run_id in self._new_runs:
-                self._new_runs[run.run_id] = run  # still one insert, of the last state
-            else:
-                self._saved_runs[run.run_id] = run
-
-    def save_stages(self, stages: Sequence[StageRecord]) -> None:
-        for stage in stages:
-            self._stages[(stage.run_id, stage.stage_id)] = stage
-
-    def append(self, events: Sequence[EventRecord], deliveries: Sequence[Delivery]) -> None:
-        self._events.extend(events)
-        self._deliveries.extend(deliveries)
-
-    def take(self) -> list[tuple[Part, list[Values]]]:
-        """Everything collected, as column values per part (parts with rows only, in
-        `PARTS` order); the collection is emptied."""
-        collected: tuple[tuple[Part, Sequence[Any], Callable[[Any], Values]], ...] = (
-            (NEW_RUNS, list(self._new_runs.values()), _rows.run_values),
-            (SAVED_RUNS, list(self._saved_runs.values()), _rows.run_values),
-            (STAGES, list(self._stages.values()), _rows.stage_values),
-            (EVENTS, self._events, _rows.event_values),
-            (DELIVERIES, self._deliveries, _rows.delivery_values),
+    def take(self) -> tuple[list[tuple[TableWrite, list[Values]]], list[str]]:
+        """The held changeset as column values per way of writing (those with rows only,
+        in `WRITES` order), and the ids of the runs updated; nothing is held after."""
+        changes, self._changes = self._changes, None
+        if changes is None:
+            return [], []
+        collected: tuple[tuple[TableWrite, Sequence[Any], Callable[[Any], Values]], ...] = (
+            (NEW_RUNS, changes.new_runs, _rows.run_values),
+            (RUN_UPDATES, changes.runs, _update_values),
+            (DELETED_STAGES, changes.deleted_stages, _deleted),
+            (STAGES, changes.stages, _rows.stage_values),
+            (EVENTS, changes.events, _rows.event_values),
+            (DELIVERIES, changes.deliveries, _rows.delivery_values),
+            (LOGS, changes.logs, _rows.log_values),
+            (KEYS, changes.idempotency, _rows.idempotency_values),
         )
-        self._new_runs, self._saved_runs, self._stages = {}, {}, {}
-        self._events, self._deliveries = [], []
-        return [
-            (part, [values(r) for r in records]) for part, records, values in collected if records
+        rows = [
+            (how, [values(r) for r in records]) for how, records, values in collected if records
         ]
+        return rows, [w.run.run_id for w in changes.runs]
+
+
+def check_updated(expected: list[str], updated: int) -> None:
+    """Every run update must have found its row at the expected version."""
+    if updated != len(expected):
+        raise ConcurrentUpdateError(expected)

@@ -87,66 +87,96 @@ async def run_until_idle(
     """
     report = DriveReport()
     start = clock.now()
-    lease = kernel.settings.lease_seconds
-    running: dict[asyncio.Task[JobExecuteResult | None], JobMessage] = {}
-
-    async def execute(job: JobMessage) -> JobExecuteResult | None:
-        try:
-            return await kernel.dispatch(JobExecute(job=job, worker_id=worker_id))
-        except LeaseLost:
-            report.outcomes["lease_lost"] += 1
-            return None
-
+    drive = _Drive(kernel, clock, transport, scheduler, persistence, worker_id, report)
     try:
         for report.steps in range(1, max_steps + 1):
-            moved = await _maintain(kernel, worker_id)
-            free = concurrency - len(running)
-            if free > 0:
-                for job in await transport.dequeue(
-                    worker_id=worker_id, limit=free, lease_for=lease
-                ):
-                    running[asyncio.ensure_future(execute(job))] = job
-                    moved = True
-            if running:
-                done, _ = await asyncio.wait(
-                    running, timeout=0.002, return_when=asyncio.FIRST_COMPLETED
-                )
-                for task in done:
-                    running.pop(task)
-                    result = task.result()
-                    if result is not None:
-                        report.outcomes[result.outcome] += 1
-                    moved = True
+            maintained = await _maintain(kernel, worker_id)
+            worked = await drive.work(concurrency)
             scheduler.prune(clock.now())
-            if moved:
+            if maintained or worked:
                 continue
-            if running:
-                await _heartbeat(kernel, worker_id, running.values())
-                wake = clock.next_wakeup()
-                if wake is None:
-                    continue  # real work (a sync stage in a thread): wait for it
-                # Never jump past our own leases: heartbeat, then step at most half a lease.
-                clock.advance_to(min(wake, clock.now() + timedelta(seconds=lease / 2)))
-                continue
-            if not await _active_runs(persistence):
-                # Runs are done; events may still wait for a delivery retry.
-                retry = scheduler.next_after(clock.now(), command="outbox.flush")
-                if retry is None:
-                    return report
-                clock.advance_to(retry)
-                continue
-            due = _next_due(clock, await transport.next_available_at(), scheduler)
-            if due is None:
-                report.settled = False
+            if not await drive.skip_time():
                 return report
-            clock.advance_to(due)
         raise StuckError(f"the kernel did not settle in {max_steps} steps")
     finally:
         report.skipped = clock.now() - start
-        for task in running:
+        await drive.stop()
+
+
+@dataclass
+class _Drive:
+    """One `run_until_idle`: the jobs it runs, and how it moves the clock."""
+
+    kernel: Kernel
+    clock: FakeClock
+    transport: DrivableTransport
+    scheduler: RecordingScheduler
+    persistence: Persistence
+    worker_id: str
+    report: DriveReport
+    running: dict[asyncio.Task[JobExecuteResult | None], JobMessage] = field(default_factory=dict)
+
+    async def _execute(self, job: JobMessage) -> JobExecuteResult | None:
+        try:
+            return await self.kernel.dispatch(JobExecute(job=job, worker_id=self.worker_id))
+        except LeaseLost:
+            self.report.outcomes["lease_lost"] += 1
+            return None
+
+    async def work(self, concurrency: int) -> bool:
+        """Start the jobs there is room for, collect the ones that finished; whether
+        anything happened."""
+        moved = False
+        free = concurrency - len(self.running)
+        if free > 0:
+            lease = self.kernel.settings.lease_seconds
+            for job in await self.transport.dequeue(
+                worker_id=self.worker_id, limit=free, lease_for=lease
+            ):
+                self.running[asyncio.ensure_future(self._execute(job))] = job
+                moved = True
+        if self.running:
+            done, _ = await asyncio.wait(
+                self.running, timeout=0.002, return_when=asyncio.FIRST_COMPLETED
+            )
+            for task in done:
+                self.running.pop(task)
+                result = task.result()
+                if result is not None:
+                    self.report.outcomes[result.outcome] += 1
+                moved = True
+        return moved
+
+    async def skip_time(self) -> bool:
+        """Nothing can move now: advance the clock to when something can; False when
+        nothing ever will (the drive is over)."""
+        clock, now = self.clock, self.clock.now()
+        if self.running:
+            await _heartbeat(self.kernel, self.worker_id, self.running.values())
+            wake = clock.next_wakeup()
+            if wake is not None:
+                # Never jump past our own leases: heartbeat, then step at most half a lease.
+                half = timedelta(seconds=self.kernel.settings.lease_seconds / 2)
+                clock.advance_to(min(wake, now + half))
+            return True  # (no wake-up: real work, a sync stage in a thread: wait for it)
+        if not await _active_runs(self.persistence):
+            # Runs are done; events may still wait for a delivery retry.
+            retry = self.scheduler.next_after(now, command="outbox.flush")
+            if retry is not None:
+                clock.advance_to(retry)
+            return retry is not None
+        due = _next_due(clock, await self.transport.next_available_at(), self.scheduler)
+        if due is None:
+            self.report.settled = False
+            return False
+        clock.advance_to(due)
+        return True
+
+    async def stop(self) -> None:
+        for task in self.running:
             task.cancel()
-        if running:
-            await asyncio.gather(*running, return_exceptions=True)
+        if self.running:
+            await asyncio.gather(*self.running, return_exceptions=True)
 
 
 async def _maintain(kernel: Kernel, worker_id: str) -> bool:

@@ -48,14 +48,13 @@ from stagewise._ports import (
     EventSink,
     IdempotencyStore,
     JobTransport,
-    LogStore,
     OutboxStore,
     Persistence,
     RunStore,
     StageStore,
     Transaction,
 )
-from stagewise._records import JobMessage
+from stagewise._records import Changeset, JobMessage
 
 T = TypeVar("T")
 
@@ -87,7 +86,7 @@ class FaultInjector:
 
     Attributes:
         operations: the name of every counted operation, in order (`"persistence.commit"`,
-            `"stages.save_many"`, `"transport.dequeue"`, `"blobs.put"`, `"sink.publish"`,
+            `"runs.load"`, `"tx.apply"`, `"transport.dequeue"`, `"blobs.put"`, `"sink.publish"`,
             `"plugin:audit"`...).
         fired: the operation that faulted, once it has.
         crashed: True after a `crash` fault: the wrappers are dead.
@@ -203,7 +202,7 @@ class FaultyTransaction:
         self._idempotency = cast(
             IdempotencyStore, _StoreProxy(injector, "idempotency", inner.idempotency)
         )
-        self._logs = cast(LogStore, _StoreProxy(injector, "logs", inner.logs))
+        self._injector = injector
 
     @property
     def runs(self) -> RunStore:
@@ -221,9 +220,8 @@ class FaultyTransaction:
     def idempotency(self) -> IdempotencyStore:
         return self._idempotency
 
-    @property
-    def logs(self) -> LogStore:
-        return self._logs
+    async def apply(self, changes: Changeset) -> None:
+        await self._injector.call("tx.apply", lambda: self.inner.apply(changes))
 
 
 class FaultyPersistence:

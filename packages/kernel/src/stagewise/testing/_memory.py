@@ -15,8 +15,9 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from stagewise._errors import DuplicateRecordError
+from stagewise._errors import ConcurrentUpdateError, DuplicateRecordError
 from stagewise._records import (
+    Changeset,
     ClaimedDelivery,
     Delivery,
     EventRecord,
@@ -49,11 +50,11 @@ class MemoryTransaction:
         self._base = owner._state
         self._copies: dict[str, dict[Any, Any]] = {}
         self._on_commit: list[Callable[[], None]] = []
+        self.failed: Exception | None = None
         self.runs = _Runs(self)
         self.stages = _Stages(self)
         self.outbox = _Outbox(self)
         self.idempotency = _Idempotency(self)
-        self.logs = _Logs(self)
 
     def read(self, table: str) -> dict[Any, Any]:
         copy = self._copies.get(table)
@@ -63,6 +64,65 @@ class MemoryTransaction:
         if table not in self._copies:
             self._copies[table] = dict(getattr(self._base, table))
         return self._copies[table]
+
+    async def apply(self, changes: Changeset) -> None:
+        """Check everything first, then write: a changeset that fails writes nothing, and
+        its transaction commits nothing (even if the block catches the error)."""
+        try:
+            self._refuse(changes)
+        except Exception as exc:
+            self.failed = self.failed or exc
+            raise
+        if changes.new_runs or changes.runs:
+            runs = self.write("runs")
+            runs.update((r.run_id, r) for r in changes.new_runs)
+            runs.update((w.run.run_id, w.run) for w in changes.runs)
+        if changes.stages or changes.deleted_stages:
+            stages = self.write("stages")
+            for key in changes.deleted_stages:
+                stages.pop(key, None)
+            stages.update(((s.run_id, s.stage_id), s) for s in changes.stages)
+        if changes.events:
+            self.write("events").update((e.event_id, e) for e in changes.events)
+        if changes.deliveries:
+            deliveries = self.write("deliveries")
+            deliveries.update(((d.event_id, d.consumer), d) for d in changes.deliveries)
+        if changes.logs:
+            logs = self.write("logs")
+            for record in changes.logs:
+                logs[self.owner.next_log_id()] = record
+        if changes.idempotency:
+            keys = self.write("idempotency")
+            keys.update(((k.scope, k.key), k) for k in changes.idempotency)
+
+    def _refuse(self, changes: Changeset) -> None:
+        """Raise what the changeset breaks: a key that exists, a version that moved."""
+        runs = self.read("runs")
+        inserts: list[tuple[str, list[Any], dict[Any, Any]]] = [
+            ("run", [r.run_id for r in changes.new_runs], runs),
+            ("event", [e.event_id for e in changes.events], self.read("events")),
+            (
+                "delivery",
+                [(d.event_id, d.consumer) for d in changes.deliveries],
+                self.read("deliveries"),
+            ),
+            (
+                "idempotency key",
+                [(k.scope, k.key) for k in changes.idempotency],
+                self.read("idempotency"),
+            ),
+        ]
+        for what, keys, table in inserts:
+            taken = [k for k in keys if k in table] or [k for k in keys if keys.count(k) > 1]
+            if taken:
+                raise DuplicateRecordError(f"{what} {taken[0]!r} exists")
+        stale = [
+            w.run.run_id
+            for w in changes.runs
+            if w.run.run_id not in runs or runs[w.run.run_id].version != w.expected_version
+        ]
+        if stale:
+            raise ConcurrentUpdateError(stale)
 
     def on_commit(self, action: Callable[[], None]) -> None:
         """Run `action` when (and only if) this transaction commits."""
@@ -95,6 +155,8 @@ class InMemoryPersistence:
         async with self._lock:
             tx = MemoryTransaction(self)
             yield tx
+            if tx.failed is not None:
+                raise tx.failed
             tx._commit()
             self.transactions += 1
 
@@ -112,6 +174,12 @@ class InMemoryPersistence:
     def snapshot_deliveries(self) -> list[Delivery]:
         return list(self._state.deliveries.values())
 
+    def snapshot_logs(self, run_id: str | None = None) -> list[LogRecord]:
+        """Log lines in the order they were written."""
+        return [
+            r for _, r in sorted(self._state.logs.items()) if run_id is None or r.run_id == run_id
+        ]
+
     def next_log_id(self) -> int:
         self._log_seq += 1
         return self._log_seq
@@ -123,43 +191,23 @@ class _Store:
 
 
 class _Runs(_Store):
-    async def insert(self, run: RunRecord) -> None:
-        table = self._tx.write("runs")
-        if run.run_id in table:
-            raise DuplicateRecordError(f"run {run.run_id!r} exists")
-        table[run.run_id] = run
-
-    async def get(self, run_id: str) -> RunRecord | None:
-        return self._tx.read("runs").get(run_id)
-
-    async def lock(self, run_id: str, *, skip_locked: bool = False) -> RunRecord | None:
-        return self._tx.read("runs").get(run_id)
-
-    async def lock_many(self, run_ids: Sequence[str]) -> list[RunRecord]:
-        table = self._tx.read("runs")
-        return [table[r] for r in sorted(set(run_ids)) if r in table]
-
-    async def lock_with_stages(
-        self, run_ids: Sequence[str]
+    async def load(
+        self, run_ids: Sequence[str], *, skip_locked: bool = False
     ) -> list[tuple[RunRecord, list[StageRecord]]]:
-        runs = await self.lock_many(run_ids)
+        table = self._tx.read("runs")
+        runs = [table[r] for r in sorted(set(run_ids)) if r in table]
         wanted = {r.run_id for r in runs}
         stages = [s for s in self._tx.read("stages").values() if s.run_id in wanted]
         stages.sort(key=lambda s: (s.group_index, s.stage_id))
         return with_stages(runs, stages)
 
-    async def save(self, run: RunRecord) -> None:
-        self._tx.write("runs")[run.run_id] = run
-
-    async def save_many(self, runs: Sequence[RunRecord]) -> None:
-        table = self._tx.write("runs")
-        for run in runs:
-            table[run.run_id] = run
-
     async def claim_pending(self, limit: int) -> list[RunRecord]:
         pending = [r for r in self._tx.read("runs").values() if r.status is RunStatus.PENDING]
         pending.sort(key=lambda r: (-r.priority, r.created_at, r.run_id))
         return pending[:limit]
+
+    async def get(self, run_id: str) -> RunRecord | None:
+        return self._tx.read("runs").get(run_id)
 
     async def find(
         self,
@@ -180,34 +228,10 @@ class _Runs(_Store):
 
 
 class _Stages(_Store):
-    async def insert_many(self, stages: Sequence[StageRecord]) -> None:
-        table = self._tx.write("stages")
-        for stage in stages:
-            key = (stage.run_id, stage.stage_id)
-            if key in table:
-                raise DuplicateRecordError(f"stage {key} exists")
-            table[key] = stage
-
     async def for_run(self, run_id: str) -> list[StageRecord]:
         rows = [s for s in self._tx.read("stages").values() if s.run_id == run_id]
         rows.sort(key=lambda s: (s.group_index, s.stage_id))
         return rows
-
-    async def for_runs(self, run_ids: Sequence[str]) -> list[StageRecord]:
-        wanted = set(run_ids)
-        rows = [s for s in self._tx.read("stages").values() if s.run_id in wanted]
-        rows.sort(key=lambda s: (s.run_id, s.group_index, s.stage_id))
-        return rows
-
-    async def save_many(self, stages: Sequence[StageRecord]) -> None:
-        table = self._tx.write("stages")
-        for stage in stages:
-            table[(stage.run_id, stage.stage_id)] = stage
-
-    async def delete(self, run_id: str, stage_ids: Sequence[str]) -> None:
-        table = self._tx.write("stages")
-        for stage_id in stage_ids:
-            table.pop((run_id, stage_id), None)
 
     async def due_for_poll(self, now: datetime, limit: int) -> list[StageRecord]:
         rows = [
@@ -252,16 +276,6 @@ class _Stages(_Store):
 
 
 class _Outbox(_Store):
-    async def append(self, events: Sequence[EventRecord], deliveries: Sequence[Delivery]) -> None:
-        table = self._tx.write("events")
-        for event in events:
-            if event.event_id in table:
-                raise DuplicateRecordError(f"event {event.event_id!r} exists")
-            table[event.event_id] = event
-        dtable = self._tx.write("deliveries")
-        for delivery in deliveries:
-            dtable[(delivery.event_id, delivery.consumer)] = delivery
-
     async def claim(
         self, *, now: datetime, limit: int, claimer: str, claim_until: datetime
     ) -> list[ClaimedDelivery]:
@@ -324,30 +338,10 @@ class _Outbox(_Store):
         rows.sort(key=lambda e: e.seq)
         return rows
 
-    async def dead(self, *, consumer: str | None = None, limit: int = 100) -> list[ClaimedDelivery]:
-        events = self._tx.read("events")
-        rows = [
-            ClaimedDelivery(delivery=d, event=events[d.event_id])
-            for d in self._tx.read("deliveries").values()
-            if d.status == "dead" and (consumer is None or d.consumer == consumer)
-        ]
-        rows.sort(key=lambda c: (c.delivery.consumer, c.delivery.run_id, c.delivery.seq))
-        return rows[:limit]
-
 
 class _Idempotency(_Store):
     async def get(self, scope: str, key: str) -> IdempotencyRecord | None:
         return self._tx.read("idempotency").get((scope, key))
-
-    async def insert(self, record: IdempotencyRecord) -> bool:
-        table = self._tx.write("idempotency")
-        if (record.scope, record.key) in table:
-            return False
-        table[(record.scope, record.key)] = record
-        return True
-
-    async def save(self, record: IdempotencyRecord) -> None:
-        self._tx.write("idempotency")[(record.scope, record.key)] = record
 
     async def purge_expired(self, now: datetime) -> int:
         table = self._tx.write("idempotency")
@@ -355,20 +349,3 @@ class _Idempotency(_Store):
         for k in expired:
             del table[k]
         return len(expired)
-
-
-class _Logs(_Store):
-    async def append(self, records: Sequence[LogRecord]) -> None:
-        table = self._tx.write("logs")
-        for record in records:
-            table[self._tx.owner.next_log_id()] = record
-
-    async def for_run(
-        self, run_id: str, *, stage_id: str | None = None, limit: int = 1000
-    ) -> list[LogRecord]:
-        rows = [
-            r
-            for _, r in sorted(self._tx.read("logs").items())
-            if r.run_id == run_id and (stage_id is None or r.stage_id == stage_id)
-        ]
-        return rows[:limit]

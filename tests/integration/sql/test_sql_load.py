@@ -1,6 +1,6 @@
-"""`runs.lock_many` and `lock_with_stages` on PostgreSQL: overlapping sets in any order never
-deadlock, the locks hold until commit, and stages written while a locker waited are read as
-committed."""
+"""`runs.load` on PostgreSQL: it locks in run_id order, so overlapping sets asked for in any
+order never deadlock; the locks hold until commit; `skip_locked` leaves out what another
+transaction holds; and stages written while a loader waited are read as committed."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ from dataclasses import replace
 import pytest
 from sqlalchemy import text
 
+from stagewise._records import Changeset, RunRecord, RunWrite
 from stagewise_sql import SqlBackend
 from tests.conftest import Adapters, extra_backends
-from tests.contract.factories import run, stage
+from tests.contract.factories import insert, run, stage
 
 pytestmark = pytest.mark.postgres
 
@@ -26,10 +27,14 @@ RUN_IDS = [f"r{i}" for i in range(6)]
 async def lockers(pg_backend: Adapters) -> AsyncIterator[list[SqlBackend]]:
     """Four more backends on the same database, one connection each, and the runs to lock."""
     async with pg_backend.persistence.transaction() as tx:
-        for run_id in RUN_IDS:
-            await tx.runs.insert(run(run_id))
+        await insert(tx, *(run(run_id) for run_id in RUN_IDS))
     async with extra_backends(pg_backend, 4) as backends:
         yield backends
+
+
+def update(before: RunRecord, after: RunRecord) -> RunWrite:
+    """`after` written over `before`, at the next version."""
+    return RunWrite(replace(after, version=before.version + 1), expected_version=before.version)
 
 
 async def waiting_on_a_lock(backend: SqlBackend) -> int:
@@ -53,30 +58,35 @@ async def until_blocked_or(done: asyncio.Event, observer: SqlBackend) -> None:
     raise AssertionError("the second locker neither waited nor got its locks")
 
 
-async def test_overlapping_lock_many_in_any_order_never_deadlocks_nor_loses_an_update(
+async def test_overlapping_loads_in_any_order_never_deadlock_nor_lose_an_update(
     lockers: list[SqlBackend],
 ) -> None:
     locked: Counter[str] = Counter()
+    orders: list[list[str]] = []
 
     async def locker(n: int, backend: SqlBackend) -> None:
         rng = random.Random(n)
         for _ in range(25):
             wanted = rng.sample(RUN_IDS, 4)  # overlapping sets, each in its own order
             async with backend.persistence.transaction() as tx:
-                runs = await tx.runs.lock_many(wanted)
+                loaded = await tx.runs.load(wanted)
                 await asyncio.sleep(0)  # let the others queue up on these rows
-                await tx.runs.save_many([replace(r, event_seq=r.event_seq + 1) for r in runs])
+                writes = (update(r, replace(r, event_seq=r.event_seq + 1)) for r, _ in loaded)
+                await tx.apply(Changeset(runs=tuple(writes)))
+            orders.append([r.run_id for r, _ in loaded])
             locked.update(wanted)
 
     async with asyncio.timeout(60):
         await asyncio.gather(*(locker(n, b) for n, b in enumerate(lockers)))
 
+    assert all(order == sorted(order) for order in orders)  # run_id order, asked any way
     async with lockers[0].persistence.transaction() as tx:
-        runs = await tx.runs.lock_many(RUN_IDS)
+        runs = [r for r, _ in await tx.runs.load(RUN_IDS)]
     assert {r.run_id: r.event_seq for r in runs} == {r: locked[r] for r in RUN_IDS}
+    assert {r.run_id: r.version for r in runs} == {r: 1 + locked[r] for r in RUN_IDS}
 
 
-async def test_lock_many_holds_its_locks_until_commit(lockers: list[SqlBackend]) -> None:
+async def test_load_holds_its_locks_until_commit(lockers: list[SqlBackend]) -> None:
     first, second, observer = lockers[:3]
     committing = asyncio.Event()
     second_locked = asyncio.Event()
@@ -84,12 +94,12 @@ async def test_lock_many_holds_its_locks_until_commit(lockers: list[SqlBackend])
 
     async def lock_after_first(run_ids: list[str]) -> None:
         async with second.persistence.transaction() as tx:
-            await tx.runs.lock_many(run_ids)
+            await tx.runs.load(run_ids)
             committed_before_second_locked.append(committing.is_set())
             second_locked.set()
 
     async with first.persistence.transaction() as tx:
-        await tx.runs.lock_many(["r1", "r2", "r3"])
+        await tx.runs.load(["r1", "r2", "r3"])
         waiter = asyncio.create_task(lock_after_first(["r4", "r3", "r0"]))
         await until_blocked_or(second_locked, observer)
         committing.set()
@@ -99,44 +109,55 @@ async def test_lock_many_holds_its_locks_until_commit(lockers: list[SqlBackend])
     assert committed_before_second_locked == [True]
 
 
+async def test_load_with_skip_locked_leaves_out_the_runs_another_transaction_holds(
+    lockers: list[SqlBackend],
+) -> None:
+    first, second = lockers[:2]
+    async with first.persistence.transaction() as tx:
+        await tx.runs.load(["r1", "r3"])
+        async with asyncio.timeout(5), second.persistence.transaction() as other:
+            free = await other.runs.load(["r4", "r3", "r2", "r1"], skip_locked=True)
+
+    assert [r.run_id for r, _ in free] == ["r2", "r4"]
+
+
 async def _stage_seen_after_a_wait(lockers: list[SqlBackend], *, touch_run: bool) -> int:
-    """The attempt of r1's stage `a` that a `lock_with_stages` sees when it waited for the
-    lock while another transaction changed the stage (and the run row, if `touch_run`)."""
+    """The attempt of r1's stage `a` that a `load` sees when it waited for the lock while
+    another transaction changed the stage (and the run row, at its next version, if
+    `touch_run`)."""
     first, second, observer = lockers[:3]
     async with first.persistence.transaction() as tx:
-        await tx.stages.save_many([stage("r1", "a", attempt=1)])
+        await tx.apply(Changeset(stages=(stage("r1", "a", attempt=1),)))
     seen: list[int] = []
     got_it = asyncio.Event()
 
     async def read_after_first() -> None:
         async with second.persistence.transaction() as tx:
-            [(_, stages)] = await tx.runs.lock_with_stages(["r1"])
+            [(_, stages)] = await tx.runs.load(["r1"])
             seen.append(stages[0].attempt)
             got_it.set()
 
     async with first.persistence.transaction() as tx:
-        [(r1, _)] = await tx.runs.lock_with_stages(["r1"])
+        [(r1, _)] = await tx.runs.load(["r1"])
         waiter = asyncio.create_task(read_after_first())
         await until_blocked_or(got_it, observer)
-        await tx.stages.save_many([stage("r1", "a", attempt=2)])
-        if touch_run:
-            await tx.runs.save(replace(r1, event_seq=r1.event_seq + 1))
+        touched = (update(r1, replace(r1, event_seq=r1.event_seq + 1)),) if touch_run else ()
+        await tx.apply(Changeset(runs=touched, stages=(stage("r1", "a", attempt=2),)))
     async with asyncio.timeout(10):
         await waiter
     return seen[0]
 
 
-async def test_lock_with_stages_reads_stages_written_while_it_waited(
-    lockers: list[SqlBackend],
-) -> None:
-    # The writer keeps the kernel's rule (the run row is written with its stages): the
-    # stages come back as committed, not as the waiting statement's snapshot had them.
+async def test_load_reads_stages_written_while_it_waited(lockers: list[SqlBackend]) -> None:
+    # The writer keeps the kernel's rule (the run row is written with its stages, at its
+    # next version): the stages come back as committed, not as the waiting statement's
+    # snapshot had them.
     assert await _stage_seen_after_a_wait(lockers, touch_run=True) == 2
 
 
-async def test_lock_with_stages_relies_on_the_run_row_being_written_with_its_stages(
+async def test_load_relies_on_the_run_row_being_written_with_its_stages(
     lockers: list[SqlBackend],
 ) -> None:
     # What the rule is for: stages changed behind an unchanged run row go unnoticed by the
-    # one-statement read. The kernel never writes stages that way (see RunScope).
+    # one-statement read. The kernel never writes stages that way.
     assert await _stage_seen_after_a_wait(lockers, touch_run=False) == 1

@@ -1,0 +1,235 @@
+"""The moves several decisions of the run aggregate share: how a run goes from group to
+group (`_advance`), completes, fails or is closed, and how a stage's outcome is applied
+(`_complete_stage`, `_suspend`, `_fail_or_retry`, `_report`).
+
+`RunFlow` sits between the bookkeeping (`_run_rows.RunRows`) and the decisions callers make
+(`_run.Run`, whose docstring is the theory of operation).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import timedelta
+
+from stagewise._decisions import BlobWrite, Output, Recorded, Reports, Suspension
+from stagewise._errors import StageOutputError
+from stagewise._events import (
+    EventError,
+    RunCompleted,
+    RunFailed,
+    RunSuspended,
+    StageCompleted,
+    StageFailed,
+    StageProgress,
+    StageRetrying,
+    StageSuspended,
+)
+from stagewise._records import ErrorInfo, Json, StageRecord
+from stagewise._run_rows import RunRows, S
+from stagewise._states import RunStatus, StageTrigger
+
+
+class RunFlow(RunRows):
+    """The shared moves of the aggregate's decisions (see the module docstring)."""
+
+    def _start_group(self, index: int) -> None:
+        for sdef in self._plan.groups[index]:
+            self._new_stage(sdef.id, index)
+        self._bump(current_group=index)
+
+    def _new_stage(self, stage_id: str, index: int) -> None:
+        """A fresh PENDING row at attempt 1, due now, its job enqueued."""
+        now = self.now
+        stage = StageRecord(
+            run_id=self.record.run_id,
+            stage_id=stage_id,
+            group_index=index,
+            status=S.PENDING,
+            created_at=now,
+            updated_at=now,
+            due_at=now,
+            enqueued_at=now,
+        )
+        self.stages[stage_id] = stage
+        self._decision.save_stage(stage)
+        self._enqueue(stage_id, 1, now)
+
+    def _advance(self, outputs: Mapping[str, Json]) -> str:
+        """Decide what comes next for a RUNNING run from its rows (never from what a caller
+        remembers): next group, completed, failed, or nothing yet."""
+        run = self.record
+        if run.status is not RunStatus.RUNNING or run.current_group < 0:
+            return "noop"
+        plan = self._plan
+        index = run.current_group
+        group = [self.stages.get(s.id) for s in plan.groups[index]]
+        failed = next((s for s in group if s is not None and s.status is S.FAILED), None)
+        if failed is not None:
+            self._fail_run(
+                failed.error or ErrorInfo("StageFailed", "stage failed"), failed.stage_id
+            )
+            return "failed"
+        if any(s is None or s.status is not S.COMPLETED for s in group):
+            return "noop"
+        if index + 1 < len(plan.groups):
+            self._start_group(index + 1)
+            return "advanced"
+        return self._complete_run(outputs)
+
+    def _complete_run(self, outputs: Mapping[str, Json]) -> str:
+        plan = self._plan
+        values = {s.id: self._value(s.id, outputs) for s in plan.groups[-1]}
+        try:
+            output = plan.validate_output(plan.group_output(len(plan.groups) - 1, values))
+        except StageOutputError as exc:
+            self._fail_run(ErrorInfo("StageOutputError", exc.message, retryable=False), None)
+            return "failed"
+        ref = None
+        data = json.dumps(output, separators=(",", ":")).encode()
+        if len(data) > self.rules.settings.inline_output_bytes:
+            ref = f"runs/{self.record.run_id}/output.json"
+            self._decision.blob_writes.append(BlobWrite(ref, data))
+            output = None
+        self._transition_run("complete", output=output, output_ref=ref, finished_at=self.now)
+        self._emit(RunCompleted)
+        return "completed"
+
+    def _complete_stage(
+        self, stage_id: str, trigger: StageTrigger, output: Output, outputs: Mapping[str, Json]
+    ) -> None:
+        stage = self._set_stage(
+            stage_id,
+            trigger,
+            output=output.value if output.ref is None else None,
+            output_ref=output.ref,
+            metrics=output.metrics,
+            artifacts=output.artifact_refs,
+            lease_expires_at=None,
+            due_at=None,
+            error=None,
+            finished_at=self.now,
+        )
+        # A large output's row keeps only its blob key; the value is in hand now, and the
+        # run's own output may need it before this transaction ends (the last stage).
+        self._values[stage_id] = output.value
+        self._emit(StageCompleted, stage_id=stage_id, attempt=stage.attempt, metrics=output.metrics)
+        self._advance(outputs)
+
+    def _suspend(self, stage_id: str, wait: Suspension) -> None:
+        now = self.now
+        deadline = now + timedelta(seconds=wait.max_wait)
+        due = min(now + timedelta(seconds=wait.poll_interval), deadline)
+        envelope = {
+            "state": wait.state,
+            "poll_interval": wait.poll_interval,
+            "max_wait": wait.max_wait,
+        }
+        stage = self._set_stage(
+            stage_id,
+            "suspend",
+            suspend_state=envelope,
+            due_at=due,
+            suspend_deadline=deadline,
+            lease_expires_at=None,
+        )
+        self._emit(
+            StageSuspended,
+            stage_id=stage_id,
+            attempt=stage.attempt,
+            next_check_at=due,
+            deadline=deadline,
+        )
+        open_ = [
+            s
+            for s in self.stages.values()
+            if s.group_index == self.record.current_group and not s.status.is_terminal
+        ]
+        # The run waits on the outside world only once nothing of its group can move by
+        # itself: tell that once, when the last open stage suspends.
+        if all(s.status is S.SUSPENDED for s in open_):
+            self._emit(RunSuspended, stage_ids=[s.stage_id for s in open_])
+
+    def _fail_or_retry(
+        self, stage_id: str, error: ErrorInfo, *, trigger: StageTrigger, at_once: bool = False
+    ) -> Recorded:
+        """A failed attempt: retried per the stage's policy, or the stage fails (and the
+        run with it)."""
+        now = self.now
+        attempt = self.stages[stage_id].attempt
+        policy = self._plan.stage(stage_id).retry
+        if error.retryable and attempt < policy.max_attempts:
+            # Jitter derived from (run, stage, attempt), not drawn: a fake clock replays the
+            # same schedule, and a decision stays a pure function of its inputs.
+            key = f"{self.record.run_id}/{stage_id}/{attempt}"
+            delay = 0.0 if at_once else policy.backoff(attempt, key)
+            at = now + timedelta(seconds=delay)
+            self._set_stage(
+                stage_id,
+                trigger,
+                attempt=attempt + 1,
+                error=error,
+                due_at=at,
+                enqueued_at=now,
+                lease_expires_at=None,
+            )
+            self._emit(
+                StageRetrying,
+                stage_id=stage_id,
+                attempt=attempt,
+                next_attempt=attempt + 1,
+                retry_at=at,
+                error=EventError.of(error),
+            )
+            self._enqueue(stage_id, attempt + 1, at)
+            return Recorded("retry", error=error.message, retry_after=delay)
+        self._fail_stage(stage_id, error)
+        return Recorded("failed", error=error.message)
+
+    def _fail_stage(self, stage_id: str, error: ErrorInfo) -> None:
+        stage = self._set_stage(
+            stage_id, "fail", error=error, lease_expires_at=None, finished_at=self.now
+        )
+        self._emit(
+            StageFailed, stage_id=stage_id, attempt=stage.attempt, error=EventError.of(error)
+        )
+        # A retry that runs out after its run already ended (reaped while waiting) fails
+        # the stage alone: the run's own end was decided before.
+        if self.record.status is RunStatus.RUNNING:
+            self._fail_run(error, stage_id)
+
+    def _fail_run(self, error: ErrorInfo, stage_id: str | None) -> None:
+        self._close_open_stages()
+        self._transition_run("fail", error=error, finished_at=self.now)
+        self._emit(RunFailed, stage_id=stage_id, error=EventError.of(error))
+
+    def _close_open_stages(self) -> None:
+        """Cancel every unfinished stage and drop the run's queued jobs."""
+        for stage in list(self.stages.values()):
+            if not stage.status.is_terminal:
+                self._set_stage(
+                    stage.stage_id,
+                    "cancel",
+                    job_id=None,
+                    worker_id=None,
+                    lease_expires_at=None,
+                    due_at=None,
+                    finished_at=self.now,
+                )
+        # Their queued jobs would only be refused by the fence one by one: drop them now, in
+        # this transaction (a transport in the same database) or right after it.
+        self._decision.discard_jobs = True
+
+    def _report(self, stage: StageRecord, reports: Reports) -> None:
+        """Write what a running attempt reported: its log lines, its latest progress."""
+        self._decision.logs += reports.logs
+        if reports.progress is not None:
+            percent, message = reports.progress
+            self._set_stage(stage.stage_id, progress=percent, progress_message=message)
+            self._emit(
+                StageProgress,
+                stage_id=stage.stage_id,
+                attempt=stage.attempt,
+                percent=percent,
+                message=message,
+            )
