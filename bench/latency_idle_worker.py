@@ -104,10 +104,11 @@ async def measure(kernel: Any, persistence: Any, runs: int, *, claim: bool) -> l
 
 
 async def in_process(url: str, runs: int) -> list[float]:
-    from stagewise_node.cli._compose import build_host, connect
+    from stagewise_node import node_host
+    from stagewise_sql import SqlBackend
 
-    backend = await connect(url)
-    host = build_host(
+    backend = await SqlBackend.connect(url)
+    host = node_host(
         backend,
         WorkflowRegistry(workflows),
         worker_id="bench",
@@ -145,10 +146,10 @@ def text(log: Path) -> str:
 
 
 async def two_processes(url: str, runs: int) -> list[float]:
-    from stagewise_node.cli._compose import build_kernel, connect
+    from stagewise_sql import SqlBackend
 
-    backend = await connect(url)
-    kernel = build_kernel(backend, WorkflowRegistry(workflows))
+    backend = await SqlBackend.connect(url)
+    kernel = backend.kernel(WorkflowRegistry(workflows))
     with tempfile.TemporaryDirectory() as tmp:
         log = Path(tmp) / "worker.log"
         worker = start_worker(url, log)

@@ -150,24 +150,23 @@ class Bench:
     hosts: list[Any] = field(default_factory=list)
 
     async def open(self) -> None:
-        from stagewise_node.cli._compose import build_kernel, connect
+        from stagewise_sql import SqlBackend
 
-        self.backend = await connect(self.url)
-        self.kernel = build_kernel(self.backend, WorkflowRegistry(workflows))
+        self.backend = await SqlBackend.connect(self.url)
+        self.kernel = self.backend.kernel(WorkflowRegistry(workflows))
 
     async def start_local_host(self, worker_id: str, *, concurrency: int) -> Any:
         """A node host in this process, on the client's backend (an application embedding
         stagewise); stopped by `close`."""
         from stagewise import KernelSettings
-        from stagewise_node import NodeHostSettings
-        from stagewise_node.cli._compose import build_host
+        from stagewise_node import NodeHostSettings, node_host
 
         settings = NodeHostSettings(
             concurrency=concurrency,
             job_poll_interval=self.poll_interval,
             claim_interval=self.poll_interval,
         )
-        host = build_host(
+        host = node_host(
             self.backend,
             WorkflowRegistry(workflows),
             worker_id=worker_id,
@@ -262,7 +261,9 @@ class Bench:
             return list(await conn.execute(stmt))
 
     async def status_counts(self, workflow_id: str) -> Counter[str]:
-        from stagewise_sql._schema import runs
+        from stagewise_sql import metadata
+
+        runs = metadata.tables["stagewise_runs"]
 
         rows = await self.query(
             select(runs.c.status, func.count())
@@ -288,7 +289,9 @@ class Bench:
 
     async def span(self, workflow_id: str) -> tuple[datetime, datetime]:
         """(first created_at, last finished_at) of the workflow's runs: the kernel's times."""
-        from stagewise_sql._schema import runs
+        from stagewise_sql import metadata
+
+        runs = metadata.tables["stagewise_runs"]
 
         rows = await self.query(
             select(func.min(runs.c.created_at), func.max(runs.c.finished_at)).where(
@@ -299,7 +302,9 @@ class Bench:
         return _aware(first), _aware(last)
 
     async def latencies(self, workflow_id: str) -> list[float]:
-        from stagewise_sql._schema import runs
+        from stagewise_sql import metadata
+
+        runs = metadata.tables["stagewise_runs"]
 
         rows = await self.query(
             select(runs.c.created_at, runs.c.finished_at).where(
@@ -407,7 +412,9 @@ async def w2(db: str, sizes: Sizes, poll: float, variant: str) -> dict[str, Any]
         for i in range(3):  # warm-up, not counted
             await one(i)
         await asyncio.sleep(0.2)
-        from stagewise_sql._schema import runs as runs_t
+        from stagewise_sql import metadata
+
+        runs_t = metadata.tables["stagewise_runs"]
 
         warm = {r[0] for r in await b.query(select(runs_t.c.run_id))}
         for i in range(runs):
@@ -435,7 +442,9 @@ async def w2(db: str, sizes: Sizes, poll: float, variant: str) -> dict[str, Any]
 
 
 async def _latencies_by_run(b: Bench, workflow_id: str) -> list[tuple[str, float]]:
-    from stagewise_sql._schema import runs
+    from stagewise_sql import metadata
+
+    runs = metadata.tables["stagewise_runs"]
 
     rows = await b.query(
         select(runs.c.run_id, runs.c.created_at, runs.c.finished_at).where(

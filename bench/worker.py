@@ -7,7 +7,7 @@ Exactly the CLI's worker (`stagewise_node.cli`), plus two things the runner need
 * when the host has started, it writes `$BENCH_READY` (a file), so the runner knows when
   the worker is serving without parsing logs (the benchmark runs at log level warning);
 * it counts the transactions it commits, the statements it sends and its round trips to
-  the driver (`stagewise_sql._counting`), and
+  the driver (`stagewise_sql.count_statements`), and
   writes them as JSON to `$BENCH_COUNTS` when it exits after SIGTERM (a SIGKILLed worker
   writes nothing).
 """
@@ -20,11 +20,11 @@ import os
 import resource
 from pathlib import Path
 
-from stagewise_node import _host
+from stagewise_node import NodeHost
 from stagewise_node.cli import main
-from stagewise_sql._counting import counting
+from stagewise_sql import count_statements
 
-_counting = counting()  # every engine of this process, for its whole life
+_counting = count_statements()  # every engine of this process, for its whole life
 counts = _counting.__enter__()
 
 
@@ -44,7 +44,7 @@ def _write_counts() -> None:
 
 atexit.register(_write_counts)
 
-_start = _host.NodeHost.start
+_start = NodeHost.start
 
 
 def _tell_ready(worker_id: str) -> None:
@@ -53,12 +53,12 @@ def _tell_ready(worker_id: str) -> None:
         Path(ready).write_text(worker_id)
 
 
-async def _start_and_tell(self: _host.NodeHost) -> None:
+async def _start_and_tell(self: NodeHost) -> None:
     await _start(self)
     _tell_ready(self.worker_id)
 
 
-_host.NodeHost.start = _start_and_tell  # type: ignore[method-assign]
+NodeHost.start = _start_and_tell  # type: ignore[method-assign]
 
 if __name__ == "__main__":
     main()

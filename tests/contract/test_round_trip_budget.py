@@ -1,11 +1,12 @@
 """The hot path's database budget (DESIGN.md): at most two transactions per stage
 (claim+start, finish+advance) and one per run creation; with eager dispatch, one per stage.
 
-Counted deterministically on the real SQLite and PostgreSQL adapters (`stagewise_sql._counting`:
-SQLAlchemy engine events, and asyncpg's query loggers for what PostgreSQL's hot path sends
-on the driver): commits, and statements sent to the database. The figures are printed so a
-change in the statement count shows up in the test log; the assertions hold the transaction budget
-and a ceiling on statements that catches per-row round trips creeping in.
+Counted deterministically on the real SQLite and PostgreSQL adapters
+(`stagewise_sql.count_statements`: SQLAlchemy engine events, and asyncpg's query loggers for
+what PostgreSQL's hot path sends on the driver): commits, and statements sent to the
+database. The figures are printed so a change in the statement count shows up in the test
+log; the assertions hold the transaction budget and a ceiling on statements that catches
+per-row round trips creeping in.
 
 Not counted here: the transport's dequeue, which hands a worker up to N jobs in one
 statement before `job.execute` runs (amortized over the batch; see bench/ for figures).
@@ -18,8 +19,7 @@ from contextlib import contextmanager
 
 from stagewise import JobExecute, JobMessage, RunClaimPending, RunCreate, RunStatus
 from stagewise.testing import TestEnvironment
-from stagewise_sql._counting import Counts
-from stagewise_sql._counting import counting as count_statements
+from stagewise_sql import Counts, count_statements
 from tests.conftest import Adapters
 from tests.contract.test_kernel_scenarios import make_env
 from tests.unit.workflows import Num

@@ -50,8 +50,7 @@ from stagewise.testing import (
     RecordingScheduler,
     SequentialIds,
 )
-from stagewise_sql import SqlBackend, _rows
-from stagewise_sql import _schema as schema
+from stagewise_sql import SqlBackend, _rows, metadata
 
 RETRY = RetryPolicy(max_attempts=4, initial_backoff=2.0, max_backoff=10.0)
 """Every stage may lose one attempt to a crash (reaping counts as an attempt) and still
@@ -325,11 +324,13 @@ class SqlWorld(World):
             return await tx.stages.for_run(run_id)
 
     async def events(self) -> list[EventRecord]:
-        rows = [_rows.event_from_row(r) for r in await self._table(schema.events)]
+        table = metadata.tables["stagewise_events"]
+        rows = [_rows.event_from_row(r) for r in await self._table(table)]
         return sorted(rows, key=lambda e: (e.run_id, e.seq))
 
     async def deliveries(self) -> list[Delivery]:
-        return [_rows.delivery_from_row(r) for r in await self._table(schema.deliveries)]
+        table = metadata.tables["stagewise_deliveries"]
+        return [_rows.delivery_from_row(r) for r in await self._table(table)]
 
     async def jobs(self) -> list[JobMessage]:
         jobs: list[JobMessage] = await self.backend.job_transport.jobs()

@@ -13,9 +13,9 @@ import pytest
 from typer.testing import CliRunner
 
 from stagewise import KernelSettings, RunStatus, WorkflowRegistry
-from stagewise_node import NodeHostSettings
+from stagewise_node import NodeHostSettings, node_host
 from stagewise_node.cli import app
-from stagewise_node.cli._compose import build_host, connect
+from stagewise_sql import SqlBackend
 from tests.integration.node.flows import SIDE_DB_ENV, workflows
 from tests.integration.node.processes import ROOT
 
@@ -51,8 +51,8 @@ def run_id_in(output: str) -> str:
 
 async def serve_until_idle(url: str, run_id: str) -> None:
     """A node host in this process until the run finishes."""
-    backend = await connect(url)
-    host = build_host(
+    backend = await SqlBackend.connect(url)
+    host = node_host(
         backend,
         WorkflowRegistry(workflows),
         worker_id="cli-test",

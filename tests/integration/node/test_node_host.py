@@ -614,6 +614,7 @@ def test_the_public_surface_is_pinned() -> None:
         "NodeHost",
         "NodeHostSettings",
         "default_worker_id",
+        "node_host",
     ]
     for name in stagewise_node.__all__:
         assert hasattr(stagewise_node, name)

@@ -8,6 +8,7 @@ import stagewise_sql
 def test_the_public_names_are_exactly_these() -> None:
     assert sorted(stagewise_sql.__all__) == [
         "CHANNEL",
+        "Counts",
         "DatabaseUnavailableError",
         "DuplicateRecordError",
         "InvalidDatabaseUrlError",
@@ -20,6 +21,7 @@ def test_the_public_names_are_exactly_these() -> None:
         "SqlSettings",
         "SqlTransaction",
         "VERSION_TABLE",
+        "count_statements",
         "head_revision",
         "metadata",
         "render_item",

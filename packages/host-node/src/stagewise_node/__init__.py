@@ -1,15 +1,16 @@
 """stagewise's node host: a long-running worker process around one kernel.
 
-    scheduler = HostScheduler()
-    kernel = create_kernel(..., scheduler=scheduler)
-    host = NodeHost(kernel=kernel, job_transport=transport, worker_id="w1",
-                    settings=NodeHostSettings(concurrency=8), scheduler=scheduler)
+    backend = await SqlBackend.connect("postgresql://app@db/stagewise")
+    host = node_host(backend, registry, worker_id="w1",
+                     settings=NodeHostSettings(concurrency=8))
     await host.run()   # serves until SIGTERM/SIGINT, then drains
 
-The `stagewise` command line lives in `stagewise_node.cli`; it is the one place that wires
-the SQL backend (the host itself depends on the kernel only).
+`node_host` wires a kernel and a host to a database; `NodeHost` itself depends on the
+kernel only (build it from any kernel and transport). The `stagewise` command line lives in
+`stagewise_node.cli`.
 """
 
+from stagewise_node._compose import node_host
 from stagewise_node._host import NodeHost, default_worker_id
 from stagewise_node._jobs import JobWakeups
 from stagewise_node._scheduler import HostScheduler
@@ -26,4 +27,5 @@ __all__ = [
     "NodeHost",
     "NodeHostSettings",
     "default_worker_id",
+    "node_host",
 ]

@@ -5,14 +5,17 @@
     async with await SqlBackend.connect("sqlite+aiosqlite:///stagewise.db") as backend:
         backend.persistence, backend.job_transport, backend.blob_store
 
-`metadata` and `render_item` let an application manage our schema in its own Alembic
-environment (see the package README).
+`backend.kernel(registry)` wires a kernel to those ports. `metadata` and `render_item` let
+an application manage our schema in its own Alembic environment (see the package README);
+`count_statements()` counts what the database is sent, for tests and benchmarks.
 """
 
 from stagewise._errors import DuplicateRecordError
 from stagewise_sql._alembic import render_item
 from stagewise_sql._backend import SqlBackend, SqlSettings, upgrade
 from stagewise_sql._blobs import SqlBlobStore
+from stagewise_sql._counting import Counts
+from stagewise_sql._counting import counting as count_statements
 from stagewise_sql._errors import (
     DatabaseUnavailableError,
     InvalidDatabaseUrlError,
@@ -27,6 +30,7 @@ __all__ = [
     "CHANNEL",
     "MIGRATIONS",
     "VERSION_TABLE",
+    "Counts",
     "DatabaseUnavailableError",
     "DuplicateRecordError",
     "InvalidDatabaseUrlError",
@@ -37,6 +41,7 @@ __all__ = [
     "SqlPersistence",
     "SqlSettings",
     "SqlTransaction",
+    "count_statements",
     "head_revision",
     "metadata",
     "render_item",

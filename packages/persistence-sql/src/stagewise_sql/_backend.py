@@ -2,16 +2,30 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 
 from sqlalchemy import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from stagewise._clock import SystemClock
+from stagewise import (
+    Clock,
+    Event,
+    EventSink,
+    IdGenerator,
+    Kernel,
+    KernelSettings,
+    Plugin,
+    Scheduler,
+    SystemClock,
+    WakeCommand,
+    WorkflowSource,
+    create_kernel,
+)
 from stagewise._errors import PersistenceError
-from stagewise._ports import Clock
 from stagewise_sql._blobs import SqlBlobStore
 from stagewise_sql._connect import create_engine, is_memory_sqlite, parse_url
 from stagewise_sql._engine import Database
@@ -38,9 +52,7 @@ class SqlBackend:
     """Persistence, job transport and blob store on one SQLite or PostgreSQL database.
 
         backend = await SqlBackend.connect("sqlite+aiosqlite:///stagewise.db")
-        kernel = create_kernel(persistence=backend.persistence,
-                               transport=backend.job_transport,
-                               blobs=backend.blob_store, ...)
+        kernel = backend.kernel(registry)
         ...
         await backend.close()
 
@@ -48,6 +60,9 @@ class SqlBackend:
 
         async with await SqlBackend.connect(url) as backend:
             ...
+
+    `kernel()` wires a kernel to the three ports (`create_kernel` with them, for the
+    pieces you want to choose yourself); `stagewise_node.node_host` adds a worker host.
     """
 
     def __init__(self, db: Database, clock: Clock) -> None:
@@ -103,6 +118,40 @@ class SqlBackend:
             raise
         return cls(db, clock or SystemClock())
 
+    def kernel(
+        self,
+        registry: WorkflowSource,
+        *,
+        scheduler: Scheduler | None = None,
+        event_sink: EventSink | None = None,
+        plugins: Sequence[Plugin] = (),
+        settings: KernelSettings | None = None,
+        ids: IdGenerator | None = None,
+    ) -> Kernel:
+        """A kernel on this database's persistence, job transport and blob store, timed by
+        the backend's clock.
+
+        Args:
+            registry: the workflows it runs (a `WorkflowRegistry`).
+            scheduler: where the kernel leaves wake-up hints (a host's `HostScheduler`);
+                without one they are dropped, and hosts find the work at their polls.
+            event_sink: where this kernel's `outbox.flush` delivers events; without one
+                they are delivered to nobody (plugins still get theirs).
+            plugins, settings, ids: as for `create_kernel`.
+        """
+        return create_kernel(
+            persistence=self.persistence,
+            blob_store=self.blob_store,
+            job_transport=self.job_transport,
+            event_sink=event_sink or _NoSink(),
+            scheduler=scheduler or _NoHints(),
+            clock=self.clock,
+            registry=registry,
+            plugins=plugins,
+            ids=ids,
+            settings=settings,
+        )
+
     @property
     def dialect(self) -> str:
         """`"sqlite"` or `"postgresql"`."""
@@ -141,6 +190,20 @@ class SqlBackend:
         tb: TracebackType | None,
     ) -> None:
         await self.close()
+
+
+class _NoHints:
+    """A kernel's Scheduler when nobody in this process runs the work it hints at."""
+
+    async def wake(self, command: WakeCommand, at: datetime) -> None:
+        return None
+
+
+class _NoSink:
+    """An EventSink for a kernel whose events nobody in this process wants."""
+
+    async def publish(self, event: Event) -> None:
+        return None
 
 
 def _check_sqlite_directory(url: URL) -> None:

@@ -1,6 +1,6 @@
-"""The composition root of the command line: load the user's workflows, open the database,
-wire a kernel (and a host) to it. The only module of stagewise_node that knows stagewise_sql.
-"""
+"""The command line's wiring: load the user's workflows, open or upgrade the database, and
+build a kernel (`SqlBackend.kernel`) or a worker (`stagewise_node.node_host`) on it. The
+one module of the command line that knows stagewise_sql."""
 
 from __future__ import annotations
 
@@ -10,25 +10,17 @@ import sys
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from stagewise import (
-    Event,
-    Kernel,
-    KernelSettings,
-    SystemClock,
-    WakeCommand,
-    Workflow,
-    WorkflowRegistry,
-    create_kernel,
-)
+from stagewise import Event, Kernel, KernelSettings, Workflow, WorkflowRegistry
+from stagewise_node._compose import node_host
 from stagewise_node._host import NodeHost
-from stagewise_node._scheduler import HostScheduler
 from stagewise_node._settings import NodeHostSettings
 from stagewise_node.cli._output import CliError, events_logger
-from stagewise_sql import SqlBackend
+from stagewise_sql import SqlBackend, upgrade
+
+__all__ = ["LoggingEventSink", "build_host", "client", "connect", "load_workflows", "upgrade"]
 
 DEFAULT_DATABASE = "sqlite+aiosqlite:///stagewise.db"
 """The embedded default: a SQLite file in the current directory."""
@@ -92,32 +84,6 @@ class LoggingEventSink:
         )
 
 
-class _NoHints:
-    """The Scheduler of a short-lived client: nobody here runs the work it hints at."""
-
-    async def wake(self, command: WakeCommand, at: datetime) -> None:
-        return None
-
-
-def build_kernel(
-    backend: SqlBackend,
-    registry: WorkflowRegistry,
-    *,
-    scheduler: Any = None,
-    settings: KernelSettings | None = None,
-) -> Kernel:
-    return create_kernel(
-        persistence=backend.persistence,
-        blob_store=backend.blob_store,
-        job_transport=backend.job_transport,
-        event_sink=LoggingEventSink(),
-        scheduler=scheduler or _NoHints(),
-        clock=backend.clock,
-        registry=registry,
-        settings=settings,
-    )
-
-
 @dataclass
 class Client:
     backend: SqlBackend
@@ -130,7 +96,7 @@ async def client(db: str, app: str | None) -> AsyncIterator[Client]:
     """A kernel on the database for one command, closed on the way out."""
     registry = load_workflows(app)
     backend = await connect(db)
-    kernel = build_kernel(backend, registry)
+    kernel = backend.kernel(registry, event_sink=LoggingEventSink())
     try:
         yield Client(backend, kernel, registry)
     finally:
@@ -146,16 +112,14 @@ def build_host(
     settings: NodeHostSettings,
     kernel_settings: KernelSettings,
 ) -> NodeHost:
-    """A kernel and a node host on `backend`, the host attached as the kernel's Scheduler."""
-    scheduler = HostScheduler()
-    kernel = build_kernel(backend, registry, scheduler=scheduler, settings=kernel_settings)
-    return NodeHost(
-        kernel=kernel,
-        job_transport=backend.job_transport,
+    """The CLI's worker: `node_host` with events logged."""
+    return node_host(
+        backend,
+        registry,
         worker_id=worker_id,
         settings=settings,
-        scheduler=scheduler,
-        clock=SystemClock(),
+        kernel_settings=kernel_settings,
+        event_sink=LoggingEventSink(),
     )
 
 

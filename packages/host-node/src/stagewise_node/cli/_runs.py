@@ -23,11 +23,10 @@ from stagewise import (
     RunStatus,
     SystemClock,
 )
-from stagewise_node.cli._compose import client, connect
+from stagewise_node.cli._compose import client, connect, upgrade
 from stagewise_node.cli._output import CliError, console
 from stagewise_node.cli._render import duration, run_details, runs_table, stages_table, status
 from stagewise_node.cli._views import RunView, load_run
-from stagewise_sql import upgrade
 
 
 def parse_input(raw: str | None) -> Any:
