@@ -543,3 +543,25 @@ async def test_a_delivery_inserted_twice_is_refused(backend: Adapters) -> None:
 def test_a_run_write_moves_the_run_to_the_next_version_only() -> None:
     with pytest.raises(ValueError, match="next version"):
         RunWrite(replace(run("r1"), version=3), expected_version=1)
+
+
+async def test_claim_pending_takes_only_runs_of_the_workflow_versions_asked_for(
+    backend: Adapters,
+) -> None:
+    await insert_runs(
+        backend,
+        run("v1", workflow_version="v1"),
+        run("v2", workflow_version="v2", created=1),
+        run("old", created=2),  # made before versions were: goes with its workflow id
+        run("other", workflow_id="other", workflow_version="v2", created=3),
+    )
+
+    async with backend.persistence.transaction() as tx:
+        mine = await tx.runs.claim_pending(10, workflows=[("wf", "v2")])
+        nothing = await tx.runs.claim_pending(10, workflows=[])
+        every = await tx.runs.claim_pending(10)
+
+    assert [r.run_id for r in mine] == ["v2", "old"]
+    assert mine[0].workflow_version == "v2"
+    assert nothing == []
+    assert [r.run_id for r in every] == ["v1", "v2", "old", "other"]

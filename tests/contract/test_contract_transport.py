@@ -8,6 +8,7 @@ from dataclasses import replace
 import pytest
 
 from stagewise._errors import BlobNotFoundError
+from stagewise._records import JobMessage
 from stagewise.testing import InMemoryPersistence
 from tests.conftest import Adapters
 from tests.contract.factories import assert_aware, at, job
@@ -236,3 +237,29 @@ async def test_blobs_put_get_has_delete_and_list(backend: Adapters) -> None:
     with pytest.raises(BlobNotFoundError) as raised:
         await blobs.get("runs/r1/a")
     assert raised.value.key == "runs/r1/a"
+
+
+async def test_dequeue_takes_only_jobs_of_the_workflow_versions_asked_for(
+    backend: Adapters,
+) -> None:
+    def versioned(job_id: str, workflow: str, version: str | None) -> JobMessage:
+        return replace(job(job_id), workflow_id=workflow, workflow_version=version)
+
+    await backend.job_transport.enqueue(
+        [
+            versioned("v1", "wf", "v1"),
+            versioned("v2", "wf", "v2"),
+            versioned("old", "wf", None),  # made before versions were: goes with its id
+            versioned("other", "other", "v1"),
+        ]
+    )
+    transport = backend.job_transport
+
+    mine = await transport.dequeue(worker_id="w", limit=10, lease_for=30, workflows=[("wf", "v2")])
+    none = await transport.dequeue(worker_id="w", limit=10, lease_for=30, workflows=[])
+    rest = await transport.dequeue(worker_id="w", limit=10, lease_for=30)
+
+    assert sorted(j.job_id for j in mine) == ["old", "v2"]
+    assert [j.workflow_version for j in mine if j.job_id == "v2"] == ["v2"]
+    assert none == []
+    assert sorted(j.job_id for j in rest) == ["other", "v1"]

@@ -133,8 +133,8 @@ class _RunsHook:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
-    async def claim_pending(self, limit: int) -> Any:
-        claimed = await self._inner.claim_pending(limit)
+    async def claim_pending(self, limit: int, **kwargs: Any) -> Any:
+        claimed = await self._inner.claim_pending(limit, **kwargs)
         self._watch.claimed_runs = self._watch.claimed_runs or bool(claimed)
         return claimed
 
@@ -175,10 +175,8 @@ class DyingTransport:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
-    async def dequeue(self, *, worker_id: str, limit: int, lease_for: float) -> list[JobMessage]:
-        jobs: list[JobMessage] = await self._inner.dequeue(
-            worker_id=worker_id, limit=limit, lease_for=lease_for
-        )
+    async def dequeue(self, **kwargs: Any) -> list[JobMessage]:
+        jobs: list[JobMessage] = await self._inner.dequeue(**kwargs)
         if jobs and phase() == "claim-job":
             die(f"dequeue of {len(jobs)} job(s)")
         return jobs

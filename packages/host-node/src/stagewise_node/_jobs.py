@@ -147,7 +147,10 @@ class JobRunner:
             self.alarm.take()
             try:
                 jobs = await self._transport.dequeue(
-                    worker_id=self._worker_id, limit=free, lease_for=lease
+                    worker_id=self._worker_id,
+                    limit=free,
+                    lease_for=lease,
+                    workflows=self._kernel.registry.known(),  # others: for who has them
                 )
             except Exception as exc:
                 failures += 1

@@ -185,7 +185,8 @@ class ServerlessHost:
 
     def _need(self, job: JobMessage) -> float:
         """Seconds a job may need. Raises the kernel's not-found errors for unknown ids."""
-        stage = self._kernel.registry.get_workflow(job.workflow_id).stage(job.stage_id)
+        workflow = self._kernel.registry.get_workflow(job.workflow_id, job.workflow_version)
+        stage = workflow.stage(job.stage_id)
         return stage.timeout if stage.timeout is not None else self._settings.job_time_budget
 
     def _time_left(self, deadline: datetime | None) -> float | None:
@@ -257,7 +258,10 @@ class ServerlessHost:
                         break
                     try:
                         jobs = await self._transport.dequeue(
-                            worker_id=self._worker_id, limit=1, lease_for=lease
+                            worker_id=self._worker_id,
+                            limit=1,
+                            lease_for=lease,
+                            workflows=self._kernel.registry.known(),
                         )
                     except Exception as exc:
                         logger.exception("could not take jobs from the transport")

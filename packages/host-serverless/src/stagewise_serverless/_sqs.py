@@ -81,7 +81,14 @@ class SqsJobTransport:
                     f"the queue refused {len(failed)} job message(s) {ids}: {', '.join(reasons)}"
                 )
 
-    async def dequeue(self, *, worker_id: str, limit: int, lease_for: float) -> list[JobMessage]:
+    async def dequeue(
+        self,
+        *,
+        worker_id: str,
+        limit: int,
+        lease_for: float,
+        workflows: Sequence[tuple[str, str]] | None = None,
+    ) -> list[JobMessage]:
         """Nothing: SQS pushes its messages to the function (see `LambdaAdapter`)."""
         return []
 

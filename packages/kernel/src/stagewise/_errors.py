@@ -33,6 +33,20 @@ class WorkflowNotFoundError(NotFoundError):
         self.workflow_id = workflow_id
 
 
+class WorkflowVersionNotFoundError(WorkflowNotFoundError):
+    """The workflow is registered here, but not at the version asked for (a run created by
+    other code): this process must not drive it with another plan."""
+
+    def __init__(self, workflow_id: str, version: str, known: list[str]) -> None:
+        NotFoundError.__init__(
+            self,
+            f"workflow {workflow_id!r} has no version {version!r} here; registered versions: "
+            f"{', '.join(known) or 'none'}",
+        )
+        self.workflow_id = workflow_id
+        self.version = version
+
+
 class RunNotFoundError(NotFoundError):
     def __init__(self, run_id: str) -> None:
         super().__init__(f"run {run_id!r} does not exist")

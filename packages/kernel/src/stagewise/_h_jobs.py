@@ -64,7 +64,9 @@ def _result(job: JobMessage, outcome: str, **kw: Any) -> JobExecuteResult:
 
 async def job_execute(rt: Runtime, cmd: JobExecute) -> JobExecuteResult:
     job = cmd.job
-    workflow = rt.registry.get_workflow(job.workflow_id)
+    # Only the run's own version may run it (a job of another version is refused before
+    # anything is read: a worker that has that version takes it).
+    workflow = rt.registry.get_workflow(job.workflow_id, job.workflow_version)
     stage_def = workflow.stage(job.stage_id)
 
     handed = rt.handoffs.pop(job.job_id, None)

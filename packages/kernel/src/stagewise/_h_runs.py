@@ -24,7 +24,7 @@ from stagewise._commands import (
     RunTransition,
     RunTransitionResult,
 )
-from stagewise._decisions import Decision, StartedAttempt
+from stagewise._decisions import StartedAttempt
 from stagewise._errors import (
     DuplicateRecordError,
     IdempotencyInProgressError,
@@ -33,11 +33,10 @@ from stagewise._errors import (
     InvalidRunInputError,
     PayloadTooLargeError,
     RunNotFoundError,
-    WorkflowNotFoundError,
 )
 from stagewise._execution import has_nul
 from stagewise._h_jobs import hand_off
-from stagewise._records import ErrorInfo, IdempotencyRecord, Json
+from stagewise._records import IdempotencyRecord, Json
 from stagewise._run import Run
 from stagewise._runtime import Runtime
 from stagewise._states import RunStatus
@@ -97,7 +96,7 @@ async def _create(rt: Runtime, cmd: RunCreate) -> RunCreateResult:
         if cmd.worker_id is not None:
             # Start at creation: the claim and the first stage's start ride along, so an
             # in-process host runs it without a NOTIFY, a claim or a start transaction.
-            started = _start(run)
+            started = run.start()
             if started.outcome:
                 handoff = hand_off(unit, run, cmd.worker_id, started.changes.jobs)
         result = RunCreateResult(run_id=run_id, status=run.record.status, created=True)
@@ -163,25 +162,19 @@ def _fingerprint(workflow_id: str, data: Json, config: Json, priority: int) -> s
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _start(run: Run) -> Decision[bool]:
-    """Start a PENDING run this transaction holds (just claimed, or just created): RUNNING,
-    its first group's stages created and their jobs enqueued. A run whose workflow is
-    unknown here fails with the reason instead: nothing could ever run it from there."""
-    unrunnable = None
-    if run.workflow is None:
-        unknown = WorkflowNotFoundError(run.record.workflow_id)
-        unrunnable = ErrorInfo(type(unknown).__name__, unknown.message, retryable=False)
-    return run.start(unrunnable=unrunnable)
-
-
 async def run_claim_pending(rt: Runtime, cmd: RunClaimPending) -> RunClaimPendingResult:
     started: list[StartedAttempt] = []
     run_ids: list[str] = []
     enqueued = 0
     async with rt.unit(cmd.type) as unit:
-        for record in await unit.tx.runs.claim_pending(cmd.limit):
+        # Only runs of workflow versions this process has: the others wait for a worker
+        # that has theirs (never started, or failed, by the wrong plan).
+        known = rt.registry.known()
+        for record in await unit.tx.runs.claim_pending(cmd.limit, workflows=known):
             run = unit.adopt(record)
-            decision = _start(run)
+            if run.workflow is None:  # (the adapter did not filter): left PENDING for others
+                continue
+            decision = run.start()
             if not decision.outcome:
                 continue
             run_ids.append(record.run_id)
@@ -228,5 +221,6 @@ async def _require(unit: UnitOfWork, run_id: str, rt: Runtime | None = None) -> 
     if run is None:
         raise RunNotFoundError(run_id)
     if rt is not None and run.workflow is None:
-        rt.registry.get_workflow(run.record.workflow_id)  # raises WorkflowNotFoundError
+        record = run.record  # raises WorkflowNotFoundError (or its version's)
+        rt.registry.get_workflow(record.workflow_id, record.workflow_version)
     return run

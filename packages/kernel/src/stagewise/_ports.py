@@ -65,11 +65,15 @@ class RunStore(Protocol):
         run's stages comes with the run's row at the next `version`."""
         ...
 
-    async def claim_pending(self, limit: int) -> list[RunRecord]:
+    async def claim_pending(
+        self, limit: int, *, workflows: Sequence[tuple[str, str]] | None = None
+    ) -> list[RunRecord]:
         """Lock up to `limit` PENDING runs, highest priority first, then oldest.
 
         Rows locked by another transaction are skipped (`FOR UPDATE SKIP LOCKED`), so
-        concurrent claimers never get the same run. A PENDING run has no stage rows."""
+        concurrent claimers never get the same run. A PENDING run has no stage rows. With
+        `workflows`, only runs of those (workflow id, version) pairs (a run with no version
+        recorded: of those workflow ids)."""
         ...
 
     async def get(self, run_id: str) -> RunRecord | None:
@@ -200,9 +204,18 @@ class JobTransport(Protocol):
         """Make jobs deliverable from their `available_at`."""
         ...
 
-    async def dequeue(self, *, worker_id: str, limit: int, lease_for: float) -> list[JobMessage]:
+    async def dequeue(
+        self,
+        *,
+        worker_id: str,
+        limit: int,
+        lease_for: float,
+        workflows: Sequence[tuple[str, str]] | None = None,
+    ) -> list[JobMessage]:
         """Take up to `limit` available jobs (priority, then availability order), each
-        invisible to other dequeuers until its lease expires or it is acked."""
+        invisible to other dequeuers until its lease expires or it is acked. With
+        `workflows`, only jobs of those (workflow id, version) pairs (a job with no version:
+        of those workflow ids): the others are left to workers that have them."""
         ...
 
     async def ack(self, job_ids: Sequence[str], *, tx: Transaction | None = None) -> None:
@@ -280,3 +293,16 @@ class Clock(Protocol):
 
 class IdGenerator(Protocol):
     def new_id(self) -> str: ...
+
+
+def of_workflows(
+    workflow_id: str, version: str | None, workflows: Sequence[tuple[str, str]] | None
+) -> bool:
+    """Whether a run or job of (`workflow_id`, `version`) is among `workflows` (None: any), as
+    `RunStore.claim_pending` and `JobTransport.dequeue` filter them: one with no version
+    recorded (made before versions were) goes with its workflow id."""
+    if workflows is None:
+        return True
+    if version is None:
+        return any(w == workflow_id for w, _ in workflows)
+    return (workflow_id, version) in workflows

@@ -80,6 +80,10 @@ class RunRecord:
     """Bumped by one in every transaction that changes the run or any of its stages: the
     expected version of a write (`RunWrite`), so that no change is ever made on top of a
     state its maker did not see."""
+    workflow_version: str | None = None
+    """The version of the workflow the run was created with: only that plan ever drives it
+    (None: created before versions were recorded; the newest registered version drives
+    it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,12 +143,15 @@ class JobMessage:
     priority: int = 0
     lease_expires_at: datetime | None = None
     """Set by the transport on dequeue: the delivery's visibility lease."""
+    workflow_version: str | None = None
+    """The run's workflow version: a worker that lacks it leaves the job to one that has it."""
 
     def to_json(self) -> dict[str, Json]:
         return {
             "job_id": self.job_id,
             "run_id": self.run_id,
             "workflow_id": self.workflow_id,
+            "workflow_version": self.workflow_version,
             "stage_id": self.stage_id,
             "attempt": self.attempt,
             "available_at": self.available_at.isoformat(),
@@ -174,6 +181,7 @@ class JobMessage:
                     else datetime.fromtimestamp(0, UTC)
                 ),
                 priority=int(data.get("priority") or 0),
+                workflow_version=_optional_text(data, "workflow_version"),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise InvalidInputError(f"not a stagewise job message: {exc!r}") from None
@@ -184,6 +192,10 @@ def _text(data: dict[str, Json], name: str) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError(f"{name} must be a non-empty string")
     return value
+
+
+def _optional_text(data: dict[str, Json], name: str) -> str | None:
+    return None if data.get(name) is None else _text(data, name)
 
 
 @dataclass(frozen=True, slots=True)

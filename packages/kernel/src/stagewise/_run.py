@@ -102,6 +102,7 @@ class Run(RunFlow):
             updated_at=now,
             priority=priority,
             idempotency_key=idempotency_key,
+            workflow_version=workflow.version,
         )
         run = cls(record, (), workflow=workflow, rules=rules, new=True)
         run._emit(RunCreated, priority=priority)
@@ -109,17 +110,13 @@ class Run(RunFlow):
 
     # --- starting ----------------------------------------------------------------------
 
-    def start(self, *, unrunnable: ErrorInfo | None = None) -> Decision[bool]:
+    def start(self) -> Decision[bool]:
         """Claim a PENDING run: RUNNING, its first group's stages created and their jobs
-        enqueued. False when it was not PENDING any more, or when it is `unrunnable` here
-        (its workflow is unknown): then it fails with that reason."""
+        enqueued. False when it was not PENDING any more."""
         if self.record.status is not RunStatus.PENDING:
             return self._decided(False)
         self._transition_run("claim", started_at=self.now)
         self._emit(RunStarted)
-        if unrunnable is not None:
-            self._fail_run(unrunnable, None)
-            return self._decided(False)
         self._start_group(0)
         return self._decided(True)
 

@@ -151,6 +151,7 @@ class RunRows:
                 attempt,
                 available_at=at,
                 priority=run.priority,
+                workflow_version=run.workflow_version,
             )
         )
 

@@ -89,7 +89,7 @@ class Runtime:
         """`Kernel.wait_for_run` callers, resolved after the commit that ends their run."""
         self.group = GroupCommit(self.unit, settings.group_commit)
         self._executor: ThreadPoolExecutor | None = None
-        self._unknown_workflows: set[str] = set()
+        self._unknown_workflows: set[tuple[str, str | None]] = set()
 
     @property
     def now(self) -> datetime:
@@ -109,26 +109,27 @@ class Runtime:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
 
-    def workflow(self, workflow_id: str) -> Workflow | None:
-        """The workflow, or None when this process does not know it."""
+    def workflow(self, workflow_id: str, version: str | None) -> Workflow | None:
+        """The workflow at `version` (None: its newest), or None when this process does
+        not have it: a run is only ever driven by the plan it was created with."""
         try:
-            return self.registry.get_workflow(workflow_id)
+            return self.registry.get_workflow(workflow_id, version)
         except WorkflowNotFoundError:
             return None
 
     def left_to_others(self, run: Run) -> bool:
-        """Whether maintenance must leave `run` to workers that know its workflow (logged
-        once per workflow): a run this process cannot plan for is skipped, never failed,
-        and never fails the batch it came in."""
+        """Whether maintenance must leave `run` to workers that have its workflow version
+        (logged once per version): a run this process cannot plan for is skipped, never
+        failed, and never fails the batch it came in."""
         if run.workflow is not None:
             return False
-        workflow_id = run.record.workflow_id
-        if workflow_id not in self._unknown_workflows:
-            self._unknown_workflows.add(workflow_id)
+        key = (run.record.workflow_id, run.record.workflow_version)
+        if key not in self._unknown_workflows:
+            self._unknown_workflows.add(key)
             logger.warning(
-                "workflow %r is not registered in this process; its runs are left to "
-                "workers that know it",
-                workflow_id,
+                "workflow %r version %r is not registered in this process; its runs are "
+                "left to workers that have it",
+                *key,
             )
         return True
 

@@ -144,6 +144,11 @@ class Stage:
         return self.check_completion is not None
 
     @property
+    def kind(self) -> str:
+        """What kind of stage it is, as a workflow's version fingerprint sees it."""
+        return "async_batch" if self.is_async_batch else "code"
+
+    @property
     def execute_is_async(self) -> bool:
         return inspect.iscoroutinefunction(self.execute)
 

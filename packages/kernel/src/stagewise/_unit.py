@@ -74,7 +74,7 @@ class UnitOfWork:
         tx: Transaction,
         *,
         rules: Rules,
-        workflows: Callable[[str], Workflow | None],
+        workflows: Callable[[str, str | None], Workflow | None],
         consumers: Callable[[str], list[str]],
         transport: JobTransport,
         blobs: BlobStore,
@@ -129,7 +129,7 @@ class UnitOfWork:
         return run
 
     def _hold(self, record: RunRecord, stages: Iterable[StageRecord]) -> Run:
-        workflow = self._workflows(record.workflow_id)
+        workflow = self._workflows(record.workflow_id, record.workflow_version)
         run = Run(record, stages, workflow=workflow, rules=self.rules)
         self.runs[record.run_id] = run
         return run

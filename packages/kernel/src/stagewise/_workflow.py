@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Protocol, Self
 
@@ -14,6 +16,7 @@ from stagewise._errors import (
     StageOutputError,
     WorkflowDefinitionError,
     WorkflowNotFoundError,
+    WorkflowVersionNotFoundError,
 )
 from stagewise._records import Json
 from stagewise._stages import Stage, _check_id
@@ -37,6 +40,7 @@ class Workflow:
         input: type[BaseModel] | None,
         output: type[BaseModel] | None,
         groups: tuple[tuple[Stage, ...], ...],
+        version: str | None = None,
     ) -> None:
         self.id = id
         self.name = name
@@ -46,9 +50,24 @@ class Workflow:
         self.groups = groups
         self._stages = {s.id: s for group in groups for s in group}
         self._group_of = {s.id: i for i, group in enumerate(groups) for s in group}
+        self.version = version or self.fingerprint()
+        """What runs of this workflow are pinned to: given, or a fingerprint of the plan."""
 
     def __repr__(self) -> str:
-        return f"Workflow({self.id!r}, plan={self.plan})"
+        return f"Workflow({self.id!r}, version={self.version!r}, plan={self.plan})"
+
+    def fingerprint(self) -> str:
+        """A short hash of what a run's rows depend on: the stage ids, group by group, each
+        stage's kind, and the input, output and config schemas (the workflow's too). Retry
+        policies, timeouts and the code itself are not in it: changing them is compatible
+        with runs in flight."""
+        plan = [
+            [[s.id, s.kind, _schema(s.input), _schema(s.output), _schema(s.config)] for s in g]
+            for g in self.groups
+        ]
+        shape = [self.id, plan, _schema(self.input), _schema(self.output)]
+        blob = json.dumps(shape, sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
     @property
     def plan(self) -> list[list[str]]:
@@ -153,11 +172,18 @@ class WorkflowBuilder:
         *,
         input: type[BaseModel] | None = None,
         output: type[BaseModel] | None = None,
+        version: str | None = None,
     ) -> None:
+        """`version` pins runs to this plan (letters, digits, `_`, `-`, `.`); by default it
+        is a fingerprint of the plan (`Workflow.fingerprint`), so a changed plan is a new
+        version by itself."""
         try:
             _check_id(id)
+            if version is not None:
+                _check_id(version)
         except WorkflowDefinitionError as exc:
             raise WorkflowDefinitionError(f"workflow {exc.message}") from None
+        self._version = version
         self._id = id
         self._name = name or id
         self._description = description
@@ -214,43 +240,77 @@ class WorkflowBuilder:
             input=self._input,
             output=self._output,
             groups=tuple(self._groups),
+            version=self._version,
         )
 
 
 class WorkflowSource(Protocol):
     """What `create_kernel(registry=...)` needs: `WorkflowRegistry` is one."""
 
-    def get_workflow(self, workflow_id: str) -> Workflow:
-        """Raises `WorkflowNotFoundError` for an unknown id."""
+    def get_workflow(self, workflow_id: str, version: str | None = None) -> Workflow:
+        """The workflow at `version`, or its newest version when None.
+
+        Raises `WorkflowNotFoundError` (`WorkflowVersionNotFoundError` for a version)."""
+        ...
+
+    def known(self) -> list[tuple[str, str]]:
+        """Every (workflow id, version) this source has."""
         ...
 
 
 class WorkflowRegistry:
-    """The workflows a kernel knows, by id."""
+    """The workflows a kernel knows, by id and version.
+
+    One id may be registered at several versions (keep the old one registered while its runs
+    drain, see docs/deploys.md); new runs take the one registered last.
+    """
 
     def __init__(self, workflows: Iterable[Workflow] = ()) -> None:
-        self._workflows: dict[str, Workflow] = {}
+        self._versions: dict[str, dict[str, Workflow]] = {}
         for workflow in workflows:
             self.register(workflow)
 
     def register(self, workflow: Workflow) -> None:
+        """Raises `WorkflowDefinitionError` for another workflow at a registered version."""
         if not isinstance(workflow, Workflow):
             raise WorkflowDefinitionError(f"{workflow!r} is not a built workflow")
-        if workflow.id in self._workflows and self._workflows[workflow.id] is not workflow:
-            raise WorkflowDefinitionError(f"workflow id {workflow.id!r} is registered twice")
-        self._workflows[workflow.id] = workflow
+        versions = self._versions.setdefault(workflow.id, {})
+        held = versions.get(workflow.version)
+        if held is not None and held is not workflow:
+            raise WorkflowDefinitionError(
+                f"workflow {workflow.id!r} version {workflow.version!r} is registered twice"
+            )
+        versions.pop(workflow.version, None)
+        versions[workflow.version] = workflow  # the last registered is the newest
 
-    def get_workflow(self, workflow_id: str) -> Workflow:
+    def get_workflow(self, workflow_id: str, version: str | None = None) -> Workflow:
+        versions = self._versions.get(workflow_id)
+        if not versions:
+            raise WorkflowNotFoundError(workflow_id, list(self._versions))
+        if version is None:
+            return next(reversed(versions.values()))
         try:
-            return self._workflows[workflow_id]
+            return versions[version]
         except KeyError:
-            raise WorkflowNotFoundError(workflow_id, list(self._workflows)) from None
+            raise WorkflowVersionNotFoundError(workflow_id, version, list(versions)) from None
+
+    def versions(self, workflow_id: str) -> list[str]:
+        """The registered versions of `workflow_id`, oldest first."""
+        return list(self._versions.get(workflow_id, {}))
+
+    def known(self) -> list[tuple[str, str]]:
+        return [(w, v) for w, versions in self._versions.items() for v in versions]
 
     def __iter__(self) -> Iterator[Workflow]:
-        return iter(self._workflows.values())
+        """The newest version of each workflow."""
+        return (next(reversed(v.values())) for v in self._versions.values())
 
     def __len__(self) -> int:
-        return len(self._workflows)
+        return len(self._versions)
+
+
+def _schema(model: type[BaseModel] | None) -> Any:
+    return None if model is None else model.model_json_schema()
 
 
 def _to_json(data: Any) -> Json:

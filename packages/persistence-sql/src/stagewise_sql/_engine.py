@@ -73,7 +73,9 @@ class DriverPath(Protocol):
     async def load(
         self, run_ids: Sequence[str], *, skip_locked: bool = False
     ) -> list[tuple[RunRecord, list[StageRecord]]]: ...
-    async def claim_pending(self, limit: int) -> list[RunRecord]: ...
+    async def claim_pending(
+        self, limit: int, *, workflows: Sequence[tuple[str, str]] | None = None
+    ) -> list[RunRecord]: ...
 
 
 class Checkout(NamedTuple):

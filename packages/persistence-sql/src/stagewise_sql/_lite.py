@@ -134,8 +134,13 @@ _STAGES_OF_RUNS = (
 )
 _RUNS_PENDING = (
     f"SELECT {_columns(runs_t)} FROM {runs_t.name} WHERE status = 'PENDING' "
+    "AND (? OR EXISTS (SELECT 1 FROM json_each(?) AS k "
+    "WHERE json_extract(k.value, '$[0]') = workflow_id "
+    "AND (workflow_version IS NULL OR json_extract(k.value, '$[1]') = workflow_version))) "
     "ORDER BY priority DESC, created_at, run_id LIMIT ?"
 )
+"""Pending runs, of the given (workflow, version) pairs (a JSON array) unless the first
+parameter (any) is true."""
 
 
 def _params(how: TableWrite) -> tuple[str, ...]:
@@ -286,6 +291,9 @@ class LitePath:
         )
         return with_stages(self._runs(runs), self._stages(stages))
 
-    async def claim_pending(self, limit: int) -> list[RunRecord]:
-        (rows,) = await self._trip([(_RUNS_PENDING, (limit,), "rows")])
+    async def claim_pending(
+        self, limit: int, *, workflows: Sequence[tuple[str, str]] | None = None
+    ) -> list[RunRecord]:
+        params = (workflows is None, json.dumps(list(workflows or ())), limit)
+        (rows,) = await self._trip([(_RUNS_PENDING, params, "rows")])
         return self._runs(rows)

@@ -83,8 +83,10 @@ class SqlRunStore(Store):
             return []
         return await self.path.load(ids, skip_locked=skip_locked)
 
-    async def claim_pending(self, limit: int) -> list[RunRecord]:
-        return await self.path.claim_pending(limit)
+    async def claim_pending(
+        self, limit: int, *, workflows: Sequence[tuple[str, str]] | None = None
+    ) -> list[RunRecord]:
+        return await self.path.claim_pending(limit, workflows=workflows)
 
     async def get(self, run_id: str) -> RunRecord | None:
         row = (await self._link.execute(_RUN_BY_ID, {"run_id": run_id})).first()

@@ -84,8 +84,11 @@ row at the next version) nobody wrote its stages either, and the stages read are
 A run whose versions differ has its stages read again, now that it is locked."""
 _RUNS_CLAIM_PENDING = (
     f"SELECT {_columns(runs_t)} FROM {runs_t.name} WHERE status = 'PENDING' "
+    "AND ($2::bool OR EXISTS (SELECT 1 FROM unnest($3::text[], $4::text[]) AS k(w, v) "
+    "WHERE k.w = workflow_id AND (workflow_version IS NULL OR k.v = workflow_version))) "
     "ORDER BY priority DESC, created_at, run_id LIMIT $1 FOR UPDATE SKIP LOCKED"
 )
+"""Claim pending runs, of the given (workflow, version) pairs unless $2 (any) is true."""
 
 
 # --- writes ------------------------------------------------------------------------------
@@ -261,6 +264,10 @@ class PgPath:
             current += [_rows.stage_from_row(row) for row in stale]
         return with_stages([_rows.run_from_row(row) for row in rows], current)
 
-    async def claim_pending(self, limit: int) -> list[RunRecord]:
-        rows = await self._fetch(_RUNS_CLAIM_PENDING, limit)
+    async def claim_pending(
+        self, limit: int, *, workflows: Sequence[tuple[str, str]] | None = None
+    ) -> list[RunRecord]:
+        pairs = workflows or ()
+        ids, versions = [w for w, _ in pairs], [v for _, v in pairs]
+        rows = await self._fetch(_RUNS_CLAIM_PENDING, limit, workflows is None, ids, versions)
         return [_rows.run_from_row(row) for row in rows]

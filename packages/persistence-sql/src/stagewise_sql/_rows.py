@@ -56,6 +56,7 @@ def run_values(run: RunRecord) -> Values:
         "started_at": run.started_at,
         "finished_at": run.finished_at,
         "version": run.version,
+        "workflow_version": run.workflow_version,
     }
 
 
@@ -79,6 +80,7 @@ def run_from_row(row: Any) -> RunRecord:
         started_at=row.started_at,
         finished_at=row.finished_at,
         version=row.version,
+        workflow_version=row.workflow_version,
     )
 
 
@@ -244,6 +246,7 @@ def job_values(job: JobMessage) -> Values:
         "job_id": job.job_id,
         "run_id": job.run_id,
         "workflow_id": job.workflow_id,
+        "workflow_version": job.workflow_version,
         "stage_id": job.stage_id,
         "attempt": job.attempt,
         "priority": job.priority,
@@ -263,4 +266,5 @@ def job_from_row(row: Row[Any]) -> JobMessage:
         available_at=row.available_at,
         priority=row.priority,
         lease_expires_at=row.lease_expires_at,
+        workflow_version=row.workflow_version,
     )

@@ -143,6 +143,8 @@ runs = Table(
     _time("finished_at"),
     # Bumped by every transaction that changes the run or its stages (see `RunWrite`).
     Column("version", Integer, nullable=False, server_default=text("1")),
+    # The workflow version the run is pinned to (NULL: created before versions were).
+    Column("workflow_version", KEY, nullable=True),
     PrimaryKeyConstraint("run_id"),
 )
 Index(
@@ -288,6 +290,7 @@ jobs = Table(
     _time("available_at", nullable=False),
     Column("worker_id", Text, nullable=True),
     _time("lease_expires_at"),
+    Column("workflow_version", KEY, nullable=True),
     PrimaryKeyConstraint("seq"),
     UniqueConstraint("job_id"),
 )

@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, func, literal, or_, select, update
+from sqlalchemy import ColumnElement, and_, delete, func, literal, or_, select, tuple_, update
 
 from stagewise._ports import Clock, Transaction
 from stagewise._records import JobMessage
@@ -58,6 +58,17 @@ def _sqlite_time(value: datetime) -> str:
 
 
 _ORDER = (jobs_t.c.priority.desc(), jobs_t.c.available_at, jobs_t.c.seq)
+
+
+def _of_workflows(workflows: Sequence[tuple[str, str]] | None) -> list[ColumnElement[bool]]:
+    """The condition for jobs of `workflows` (none: any job), as `of_workflows` says."""
+    if workflows is None:
+        return []
+    ids = sorted({w for w, _ in workflows})
+    versioned = tuple_(jobs_t.c.workflow_id, jobs_t.c.workflow_version).in_(list(workflows))
+    return [
+        or_(versioned, and_(jobs_t.c.workflow_version.is_(None), jobs_t.c.workflow_id.in_(ids)))
+    ]
 
 
 class SqlJobTransport:
@@ -132,10 +143,18 @@ class SqlJobTransport:
             inserted = list(await link.execute(stmt, values))
         return max((row.seq for row in inserted), default=0)
 
-    async def dequeue(self, *, worker_id: str, limit: int, lease_for: float) -> list[JobMessage]:
+    async def dequeue(
+        self,
+        *,
+        worker_id: str,
+        limit: int,
+        lease_for: float,
+        workflows: Sequence[tuple[str, str]] | None = None,
+    ) -> list[JobMessage]:
         """Take up to `limit` available jobs, each leased to `worker_id` for `lease_for`
-        seconds (priority first, then availability, then enqueue order)."""
-        if limit <= 0:
+        seconds (priority first, then availability, then enqueue order); with `workflows`,
+        only jobs of those workflow versions."""
+        if limit <= 0 or workflows == []:
             return []
         now = self._clock.now()
         t = time_param("now", now)
@@ -144,6 +163,7 @@ class SqlJobTransport:
             .where(
                 jobs_t.c.available_at <= t,
                 or_(jobs_t.c.lease_expires_at.is_(None), jobs_t.c.lease_expires_at <= t),
+                *_of_workflows(workflows),
             )
             .order_by(*_ORDER)
             .limit(limit)

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from stagewise._errors import BlobNotFoundError
-from stagewise._ports import Clock, Transaction, WakeCommand
+from stagewise._ports import Clock, Transaction, WakeCommand, of_workflows
 from stagewise._records import JobMessage
 from stagewise.testing._memory import InMemoryPersistence, MemoryTransaction
 
@@ -68,9 +68,21 @@ class InMemoryJobQueue:
             return False
         return job.lease_expires_at is None or job.lease_expires_at <= now
 
-    async def dequeue(self, *, worker_id: str, limit: int, lease_for: float) -> list[JobMessage]:
+    async def dequeue(
+        self,
+        *,
+        worker_id: str,
+        limit: int,
+        lease_for: float,
+        workflows: Sequence[tuple[str, str]] | None = None,
+    ) -> list[JobMessage]:
         now = self._clock.now()
-        ready = [j for j in self._jobs.values() if self._visible(j, now)]
+        ready = [
+            j
+            for j in self._jobs.values()
+            if self._visible(j, now)
+            and of_workflows(j.message.workflow_id, j.message.workflow_version, workflows)
+        ]
         ready.sort(key=lambda j: (-j.message.priority, j.message.available_at, j.seq))
         out = []
         expires = now + timedelta(seconds=lease_for)

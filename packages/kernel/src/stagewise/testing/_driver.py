@@ -30,7 +30,7 @@ from stagewise._commands import (
 from stagewise._errors import LeaseLost
 from stagewise._kernel import Kernel, create_kernel
 from stagewise._plugins import Plugin
-from stagewise._ports import BlobStore, EventSink, JobTransport, Persistence
+from stagewise._ports import BlobStore, EventSink, IdGenerator, JobTransport, Persistence
 from stagewise._records import JobMessage, RunRecord, StageRecord
 from stagewise._settings import KernelSettings
 from stagewise._states import RunStatus
@@ -131,7 +131,10 @@ class _Drive:
         if free > 0:
             lease = self.kernel.settings.lease_seconds
             for job in await self.transport.dequeue(
-                worker_id=self.worker_id, limit=free, lease_for=lease
+                worker_id=self.worker_id,
+                limit=free,
+                lease_for=lease,
+                workflows=self.kernel.registry.known(),
             ):
                 self.running[asyncio.ensure_future(self._execute(job))] = job
                 moved = True
@@ -243,11 +246,14 @@ class TestEnvironment:
         persistence: Persistence | None = None,
         job_transport: DrivableTransport | None = None,
         blob_store: BlobStore | None = None,
+        ids: IdGenerator | None = None,
     ) -> None:
         """By default everything is in memory. `external_transport=True` makes the queue
         behave like one outside the database (fed after commit) instead of enlisting in the
         persistence's transactions. Pass `persistence`, `job_transport`, `blob_store` (and
-        the `clock` they use) to run the same tests on other adapters, e.g. SQLite."""
+        the `clock` they use) to run the same tests on other adapters, e.g. SQLite; two
+        environments on the same adapters (two processes, a deploy) need `ids` that do not
+        collide (`SequentialIds("other")`)."""
         self.registry = (
             workflows if isinstance(workflows, WorkflowRegistry) else WorkflowRegistry(workflows)
         )
@@ -269,7 +275,7 @@ class TestEnvironment:
             clock=self.clock,
             registry=self.registry,
             plugins=plugins,
-            ids=SequentialIds(),
+            ids=ids or SequentialIds(),
             settings=settings,
         )
 

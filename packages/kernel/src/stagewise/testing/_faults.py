@@ -269,10 +269,19 @@ class FaultyJobTransport:
             "transport.enqueue", lambda: self.inner.enqueue(jobs, tx=self._tx(tx))
         )
 
-    async def dequeue(self, *, worker_id: str, limit: int, lease_for: float) -> list[JobMessage]:
+    async def dequeue(
+        self,
+        *,
+        worker_id: str,
+        limit: int,
+        lease_for: float,
+        workflows: Sequence[tuple[str, str]] | None = None,
+    ) -> list[JobMessage]:
         return await self._injector.call(
             "transport.dequeue",
-            lambda: self.inner.dequeue(worker_id=worker_id, limit=limit, lease_for=lease_for),
+            lambda: self.inner.dequeue(
+                worker_id=worker_id, limit=limit, lease_for=lease_for, workflows=workflows
+            ),
         )
 
     async def ack(self, job_ids: Sequence[str], *, tx: Transaction | None = None) -> None:

@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from stagewise._errors import ConcurrentUpdateError, DuplicateRecordError
+from stagewise._ports import of_workflows
 from stagewise._records import (
     Changeset,
     ClaimedDelivery,
@@ -201,8 +202,15 @@ class _Runs(_Store):
         stages.sort(key=lambda s: (s.group_index, s.stage_id))
         return with_stages(runs, stages)
 
-    async def claim_pending(self, limit: int) -> list[RunRecord]:
-        pending = [r for r in self._tx.read("runs").values() if r.status is RunStatus.PENDING]
+    async def claim_pending(
+        self, limit: int, *, workflows: Sequence[tuple[str, str]] | None = None
+    ) -> list[RunRecord]:
+        pending = [
+            r
+            for r in self._tx.read("runs").values()
+            if r.status is RunStatus.PENDING
+            and of_workflows(r.workflow_id, r.workflow_version, workflows)
+        ]
         pending.sort(key=lambda r: (-r.priority, r.created_at, r.run_id))
         return pending[:limit]
 
