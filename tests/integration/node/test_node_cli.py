@@ -16,7 +16,7 @@ from stagewise import KernelSettings, RunStatus, WorkflowRegistry
 from stagewise_node import NodeHostSettings, node_host
 from stagewise_node.cli import app
 from stagewise_sql import SqlBackend
-from tests.integration.node.flows import SIDE_DB_ENV, workflows
+from tests.integration.node.flows import SIDE_DB_ENV, create_side_db, workflows
 from tests.integration.node.processes import ROOT
 
 APP = "tests.integration.node.flows:workflows"
@@ -24,6 +24,7 @@ APP = "tests.integration.node.flows:workflows"
 
 @pytest.fixture
 def db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    create_side_db(tmp_path / "side.db")
     monkeypatch.setenv(SIDE_DB_ENV, str(tmp_path / "side.db"))
     monkeypatch.delenv("STAGEWISE_DATABASE_URL", raising=False)
     monkeypatch.delenv("STAGEWISE_APP", raising=False)
