@@ -27,7 +27,7 @@ from stagewise import (
 )
 from stagewise._errors import PersistenceError
 from stagewise_sql._blobs import SqlBlobStore
-from stagewise_sql._connect import create_engine, is_memory_sqlite, parse_url
+from stagewise_sql._connect import create_engine, display_url, is_memory_sqlite, parse_url
 from stagewise_sql._engine import Database
 from stagewise_sql._migrate import current_revision, ensure_schema
 from stagewise_sql._persistence import SqlPersistence
@@ -111,6 +111,7 @@ class SqlBackend:
             echo=settings.echo,
         )
         db = Database(engine)
+        db.url_display = display_url(parsed)  # query-parameter passwords hidden too
         try:
             await ensure_schema(db, migrate=migrate)
         except BaseException:
@@ -168,7 +169,7 @@ class SqlBackend:
 
     @property
     def url(self) -> str:
-        """The database URL, password hidden."""
+        """The database URL, every password hidden (user-info and query parameters)."""
         return self._db.url_display
 
     async def schema_revision(self) -> str | None:
@@ -214,7 +215,7 @@ def _check_sqlite_directory(url: URL) -> None:
     folder = Path(url.database or "").expanduser().absolute().parent
     if not folder.is_dir():
         raise PersistenceError(
-            f"cannot open the database at {url.render_as_string(hide_password=True)}: "
+            f"cannot open the database at {display_url(url)}: "
             f"directory {str(folder)!r} does not exist"
         )
 
