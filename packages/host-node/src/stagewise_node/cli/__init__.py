@@ -160,7 +160,10 @@ def run(
 
 @runs_app.command("list")
 def runs_list(
-    status: Annotated[StatusChoice | None, typer.Option(help="Only runs in this state.")] = None,
+    status: Annotated[
+        StatusChoice | None,
+        typer.Option(case_sensitive=False, help="Only runs in this state (any case)."),
+    ] = None,
     workflow: Annotated[str | None, typer.Option(help="Only runs of this workflow.")] = None,
     limit: Annotated[int, typer.Option(min=1, max=10_000)] = 50,
     db: Db = DEFAULT_DATABASE,

@@ -145,7 +145,7 @@ def report_end(view: RunView) -> int:
 async def list_runs(
     *, db: str, status_filter: RunStatus | None, workflow_id: str | None, limit: int
 ) -> None:
-    backend = await connect(db)
+    backend = await connect(db, migrate=False)
     try:
         async with backend.persistence.transaction() as tx:
             runs = await tx.runs.find(status=status_filter, workflow_id=workflow_id, limit=limit)
@@ -155,7 +155,7 @@ async def list_runs(
 
 
 async def show_run(*, db: str, run_id: str, as_json: bool) -> None:
-    backend = await connect(db)
+    backend = await connect(db, migrate=False)
     try:
         view = await load_run(backend.persistence, backend.blob_store, run_id)
     finally:
@@ -206,7 +206,7 @@ def _as_json(view: RunView) -> dict[str, Any]:
 
 
 async def cancel_run(*, db: str, run_id: str, reason: str | None) -> None:
-    async with client(db, None) as c:
+    async with client(db, None, migrate=False) as c:
         result = await c.kernel.dispatch(RunCancel(run_id=run_id, reason=reason))
     if result.cancelled:
         console.print(f"cancelled run [bold]{run_id}[/]")
@@ -215,7 +215,7 @@ async def cancel_run(*, db: str, run_id: str, reason: str | None) -> None:
 
 
 async def rerun(*, db: str, app: str | None, run_id: str, stage_id: str) -> None:
-    async with client(db, app) as c:
+    async with client(db, app, migrate=False) as c:
         if not len(c.registry):
             raise CliError("rerun needs the workflows: pass --app MODULE:ATTR or set STAGEWISE_APP")
         result = await c.kernel.dispatch(RunRerunFrom(run_id=run_id, stage_id=stage_id))
