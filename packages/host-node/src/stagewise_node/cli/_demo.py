@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import shlex
 import tempfile
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from rich.text import Text
 from stagewise import KernelSettings, RunCreate, RunStatus, WorkflowRegistry
 from stagewise_node._settings import NodeHostSettings
 from stagewise_node.cli._compose import build_host, connect, sqlite_url
+from stagewise_node.cli._invocation import stagewise_command
 from stagewise_node.cli._output import console
 from stagewise_node.cli._render import Times, duration, error_text, short, status
 from stagewise_node.cli._runs import follow
@@ -113,11 +115,14 @@ async def demo(*, path: Path | None, fresh: bool) -> int:
         f"{stats.ticks} tick(s)",
         style="dim",
     )
+    stagewise, db = stagewise_command(), shlex.quote(f"sqlite:///{path}")
     console.print(
-        "\nlook closer:\n"
-        f"  stagewise runs show {run.run_id} --db sqlite:///{path}\n"
-        f"  stagewise runs list --db sqlite:///{path}",
-        style="dim",
+        Text(
+            "\nlook closer:\n"
+            f"  {stagewise} runs show {run.run_id} --db {db}\n"
+            f"  {stagewise} runs list --db {db}",
+            style="dim",
+        ),
         soft_wrap=True,
     )
     return 0 if run.status is RunStatus.COMPLETED else 1

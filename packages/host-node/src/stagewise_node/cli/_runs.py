@@ -24,6 +24,7 @@ from stagewise import (
     SystemClock,
 )
 from stagewise_node.cli._compose import client, connect, upgrade
+from stagewise_node.cli._invocation import stagewise_command
 from stagewise_node.cli._output import CliError, console
 from stagewise_node.cli._render import (
     Times,
@@ -142,7 +143,7 @@ async def follow(
             if give_up_after is not None and time.monotonic() - started > give_up_after:
                 raise CliError(
                     f"run {run_id} is still {view.run.status.value} after {give_up_after:g}s "
-                    "(is a worker running? start one with `stagewise worker`)"
+                    f"(is a worker running? start one with `{stagewise_command()} worker`)"
                 )
             await asyncio.sleep(every)
             view = await load_run(persistence, blobs, run_id, with_output=False)
