@@ -110,18 +110,20 @@ def duration(start: datetime | None, end: datetime | None, now: datetime | None 
     return f"{int(minutes)}m{rest:04.1f}s"
 
 
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def short(value: Any, limit: int = 80) -> str:
     """`value` (text, or JSON for anything else) in at most `limit` characters, escaped."""
     text = value if isinstance(value, str) else json.dumps(value, default=str)
-    text = printable(text)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return _cut(printable(text), limit)
 
 
 def error_text(error: ErrorInfo | str, *, newlines: bool = False) -> str:
     """An error as `Type: message`, escaped, cut only past `ERROR_LIMIT`."""
     text = error if isinstance(error, str) else f"{error.type}: {error.message}"
-    text = printable(text, newlines=newlines)
-    return text if len(text) <= ERROR_LIMIT else text[: ERROR_LIMIT - 1] + "…"
+    return _cut(printable(text, newlines=newlines), ERROR_LIMIT)
 
 
 def runs_table(runs: Sequence[RunRecord], times: Times) -> Table:
