@@ -29,7 +29,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from latency_idle_worker import FALLBACK, report, start_worker, text, workflows
+from latency_idle_worker import FALLBACK, idle_worker, report, workflows
 
 from stagewise import RunClaimPending, RunCreate, RunRerunFrom, WorkflowRegistry
 
@@ -84,36 +84,25 @@ async def main() -> None:
         url = f"sqlite+aiosqlite:///{Path(tmp) / 'bench.db'}"
         backend = await SqlBackend.connect(url)
         kernel = backend.kernel(WorkflowRegistry(workflows))
-        log = Path(tmp) / "worker.log"
-        worker = start_worker(url, log)
+        persistence, clock = backend.persistence, backend.clock
+
+        async def run_command(i: int) -> str:
+            created = await kernel.dispatch(RunCreate(workflow_id="bench-three", input={"n": i}))
+            await kernel.dispatch(RunClaimPending(limit=1))
+            return created.run_id
+
         try:
-            deadline = time.monotonic() + 60
-            while "worker bench-worker started" not in text(log):
-                if worker.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"the worker did not start:\n{text(log)}")
-                await asyncio.sleep(0.05)
-            await asyncio.sleep(0.5)  # its first tick is done: idle
+            async with idle_worker(url):
+                first = await run_command(0)
+                await finished(persistence, first)
 
-            async def run_command(i: int) -> str:
-                created = await kernel.dispatch(
-                    RunCreate(workflow_id="bench-three", input={"n": i})
-                )
-                await kernel.dispatch(RunClaimPending(limit=1))
-                return created.run_id
+                async def rerun(i: int) -> str:
+                    await kernel.dispatch(RunRerunFrom(run_id=first, stage_id="a"))
+                    return first
 
-            first = await run_command(0)
-            await finished(backend.persistence, first)
-
-            async def rerun(i: int) -> str:
-                await kernel.dispatch(RunRerunFrom(run_id=first, stage_id="a"))
-                return first
-
-            persistence, clock = backend.persistence, backend.clock
-            report("stagewise run", await measure(args.runs, clock, persistence, run_command))
-            report("rerun (jobs)", await measure(args.runs, clock, persistence, rerun))
+                report("stagewise run", await measure(args.runs, clock, persistence, run_command))
+                report("rerun (jobs)", await measure(args.runs, clock, persistence, rerun))
         finally:
-            worker.terminate()
-            worker.wait(30)
             await kernel.aclose()
             await backend.close()
 
