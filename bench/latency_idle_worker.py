@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import statistics
 import subprocess
@@ -29,6 +30,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -150,6 +152,18 @@ async def two_processes(url: str, runs: int) -> list[float]:
 
     backend = await SqlBackend.connect(url)
     kernel = backend.kernel(WorkflowRegistry(workflows))
+    try:
+        async with idle_worker(url):
+            return await measure(kernel, backend.persistence, runs, claim=True)
+    finally:
+        await kernel.aclose()
+        await backend.close()
+
+
+@contextlib.asynccontextmanager
+async def idle_worker(url: str) -> AsyncIterator[None]:
+    """A `stagewise worker` process on `url`, started and idle (its first tick and LISTEN
+    done); terminated on the way out."""
     with tempfile.TemporaryDirectory() as tmp:
         log = Path(tmp) / "worker.log"
         worker = start_worker(url, log)
@@ -159,13 +173,11 @@ async def two_processes(url: str, runs: int) -> list[float]:
                 if worker.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"the worker did not start:\n{text(log)}")
                 await asyncio.sleep(0.05)
-            await asyncio.sleep(0.5)  # its first tick and LISTEN are done: idle
-            return await measure(kernel, backend.persistence, runs, claim=True)
+            await asyncio.sleep(0.5)
+            yield
         finally:
             worker.terminate()
             worker.wait(30)
-            await kernel.aclose()
-            await backend.close()
 
 
 def report(name: str, figures: list[float]) -> None:

@@ -1,4 +1,5 @@
-"""Fixtures of the node tests: a database URL per backend, worker processes, a client."""
+"""Fixtures of the node tests: a database URL per backend, worker processes, a client, and
+the command line's database (`db`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import create_pg_database, drop_pg_database
+from tests.integration.node.flows import SIDE_DB_ENV, create_side_db
 from tests.integration.node.processes import Client, Workers
 
 
@@ -41,3 +43,14 @@ async def client(db_url: str) -> AsyncIterator[Client]:
         yield c
     finally:
         await c.close()
+
+
+@pytest.fixture
+def db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A SQLite URL for the command line (not created yet), with the side table ready and
+    no database or app taken from the environment."""
+    create_side_db(tmp_path / "side.db")
+    monkeypatch.setenv(SIDE_DB_ENV, str(tmp_path / "side.db"))
+    monkeypatch.delenv("STAGEWISE_DATABASE_URL", raising=False)
+    monkeypatch.delenv("STAGEWISE_APP", raising=False)
+    return f"sqlite:///{tmp_path / 'cli.db'}"

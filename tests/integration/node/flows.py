@@ -23,18 +23,34 @@ from stagewise import StageContext, WorkflowBuilder, define_stage
 SIDE_DB_ENV = "NODE_TEST_SIDE_DB"
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS executions (
+CREATE TABLE executions (
     run_id TEXT NOT NULL, stage_id TEXT NOT NULL, attempt INTEGER NOT NULL,
     pid INTEGER NOT NULL, started REAL NOT NULL, finished REAL
 )
 """
 
 
+def create_side_db(path: str | os.PathLike[str]) -> None:
+    """Create the side database, once, before any process uses it.
+
+    WAL is a property of the file, so it is set here only. Switching the journal mode needs
+    a lock of its own, which SQLite may refuse at once (SQLITE_BUSY) rather than wait for
+    through the busy timeout: a `PRAGMA journal_mode=WAL` on every connection, with several
+    worker processes opening and closing theirs, now and then failed a stage with
+    "database is locked".
+    """
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(_SCHEMA)
+    finally:
+        conn.close()
+
+
 def side_db(path: str | None = None) -> sqlite3.Connection:
+    """A connection to the side database (made by `create_side_db`)."""
     conn = sqlite3.connect(path or os.environ[SIDE_DB_ENV], timeout=30, isolation_level=None)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")  # survives SIGKILL; no fsync per row
-    conn.execute(_SCHEMA)
+    conn.execute("PRAGMA synchronous=NORMAL")  # per connection; survives SIGKILL, no fsync
     return conn
 
 

@@ -17,7 +17,7 @@ from typing import Any
 from stagewise import Kernel, RunCreate, RunStatus, WorkflowRegistry, create_kernel
 from stagewise.testing import NoopEventSink, NoopScheduler
 from stagewise_sql import SqlBackend
-from tests.integration.node.flows import SIDE_DB_ENV, side_db, workflows
+from tests.integration.node.flows import SIDE_DB_ENV, create_side_db, side_db, workflows
 
 ROOT = Path(__file__).resolve().parents[3]
 APP = "tests.integration.node.flows:workflows"
@@ -56,6 +56,9 @@ class Workers:
     tmp: Path
     side: Path
     started: list[Worker] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        create_side_db(self.side)  # before any worker opens it
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -121,8 +124,6 @@ class Workers:
     # --- the side table ----------------------------------------------------------------
 
     def executions(self) -> list[dict[str, Any]]:
-        if not self.side.exists():
-            return []
         conn = side_db(str(self.side))
         try:
             rows = conn.execute(

@@ -4,49 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
 from stagewise import KernelSettings, RunStatus, WorkflowRegistry
 from stagewise_node import NodeHostSettings, node_host
-from stagewise_node.cli import app
 from stagewise_sql import SqlBackend
-from tests.integration.node.flows import SIDE_DB_ENV, workflows
+from tests.integration.node.cli_support import APP, one_error_line, run_id_in, stagewise
+from tests.integration.node.flows import workflows
 from tests.integration.node.processes import ROOT
-
-APP = "tests.integration.node.flows:workflows"
-
-
-@pytest.fixture
-def db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv(SIDE_DB_ENV, str(tmp_path / "side.db"))
-    monkeypatch.delenv("STAGEWISE_DATABASE_URL", raising=False)
-    monkeypatch.delenv("STAGEWISE_APP", raising=False)
-    return f"sqlite:///{tmp_path / 'cli.db'}"
-
-
-def stagewise(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(app, list(args))
-    assert "Traceback" not in result.output, result.output
-    return result.exit_code, result.output
-
-
-def one_error_line(output: str) -> str:
-    lines = [line for line in output.splitlines() if line.strip()]
-    assert len(lines) == 1, output
-    assert lines[0].startswith("error: "), output
-    return lines[0]
-
-
-def run_id_in(output: str) -> str:
-    match = re.search(r"run ([0-9a-f-]{36})", output)
-    assert match, output
-    return match.group(1)
 
 
 async def serve_until_idle(url: str, run_id: str) -> None:

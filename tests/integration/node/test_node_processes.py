@@ -9,7 +9,7 @@ import signal
 
 import pytest
 
-from stagewise import RunClaimPending, RunStatus, StageStatus
+from stagewise import RunClaimPending, RunRerunFrom, RunStatus, StageStatus
 from tests.integration.node.processes import Client, Workers
 
 pytestmark = pytest.mark.slow
@@ -143,3 +143,25 @@ async def test_an_idle_worker_wakes_on_notify_not_on_its_polling_interval(
     await client.wait_finished([run_id], within=60, why=workers)
     run, _ = await client.run(run_id)
     assert run.status is RunStatus.COMPLETED
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_an_idle_sqlite_worker_wakes_for_work_of_another_process_every_time(
+    workers: Workers, client: Client
+) -> None:
+    # SQLite has no NOTIFY: the worker watches the file. It must hear of every run and job
+    # another process makes due, not only the first: acked jobs are deleted, so the queue
+    # empties after each run, and SQLite then numbers the next job as it did the last one.
+    worker = workers.spawn("watcher", poll=120.0)
+    await workers.ready(worker)
+    await asyncio.sleep(0.5)  # its first tick is done: from now on it is idle
+    for i in range(3):  # as `stagewise run` does: create, then start (a claim, one job)
+        run_id = await client.create("three", {"n": i})
+        await client.kernel.dispatch(RunClaimPending(limit=1))
+        await client.wait_finished([run_id], within=60, why=workers)
+    for _ in range(3):  # as `stagewise runs rerun` does: only a job, into an empty queue
+        await client.kernel.dispatch(RunRerunFrom(run_id=run_id, stage_id="a"))
+        await client.wait_finished([run_id], within=60, why=workers)
+    run, _ = await client.run(run_id)
+    assert run.status is RunStatus.COMPLETED
+    assert workers.counts()[(run_id, "a")] == 4

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -122,6 +123,7 @@ async def test_plain_urls_get_the_async_drivers_and_memory_sqlite_works(tmp_path
 async def test_migrate_false_on_an_empty_database_names_the_missing_table(
     tmp_path: Path,
 ) -> None:
+    sqlite3.connect(tmp_path / "db.sqlite").close()  # an empty file (a missing one: no file)
     with pytest.raises(SchemaMissingError) as raised:
         await SqlBackend.connect(sqlite_url(tmp_path), migrate=False)
     message = one_line(raised.value)

@@ -20,7 +20,8 @@ Stopping is a drain: the job and tick loops stop (no new claims, no new jobs), i
 attempts may finish until the deadline and keep heartbeating meanwhile, the ones still
 running are cancelled, and `lease.reapStale` for this worker's own id hands their stages to
 the next attempt and gives back every delivery this worker holds, so another worker takes
-them at once instead of after the lease.
+them at once instead of after the lease. Last, the outbox is flushed, so the events of what
+this host did reach the sink before `stop()` returns.
 
 The host holds no state that matters for correctness: the stage rows are the truth and the
 kernel fences every delivery, so a host killed at any point loses nothing but time.
@@ -184,7 +185,8 @@ class NodeHost:
     async def stop(self, drain_timeout: float | None = None) -> None:
         """Stop claiming and dequeuing, let in-flight stages finish for up to
         `drain_timeout` seconds (default: the settings'), then cancel the rest and release
-        their leases so that another worker takes them at once. Safe to call twice."""
+        their leases so that another worker takes them at once; then deliver the outbox's
+        pending events (up to `settings.stop_flush_timeout`). Safe to call twice."""
         if self._state == "new":
             self._state = "stopped"
             self._detach()
@@ -344,6 +346,7 @@ class NodeHost:
                 exc,
                 extra={"worker_id": self.worker_id},
             )
+        await self._ticker.flush_all(self._counters, self.settings.stop_flush_timeout)
         self._state = "stopped"
         self._stopped = time.monotonic()
         self._detach()

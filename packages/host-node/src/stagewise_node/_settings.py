@@ -45,6 +45,10 @@ class NodeHostSettings:
     drain_timeout: float = 30.0
     """On stop: how long in-flight stages may take to finish before their leases are
     released for another worker (used by `run()` and by `stop()` without an argument)."""
+    stop_flush_timeout: float = 10.0
+    """On stop, after the drain: how long delivering the outbox's last events may take
+    (the run's last `stage.completed` and `run.completed` reach the sink before `stop()`
+    returns; what a slow or failing sink did not take is delivered by the next flusher)."""
     reap_own_leases_on_start: bool = True
     """On start, retry at once every attempt the same worker id still holds (this worker
     restarting after a crash). Worker ids must therefore be unique among live workers."""
@@ -70,8 +74,12 @@ class NodeHostSettings:
                 raise ValueError(f"{name} must be positive, got {value!r}")
         if self.flush_batch_window < 0:
             raise ValueError("flush_batch_window must not be negative")
-        if self.drain_timeout < 0:
-            raise ValueError(f"drain_timeout must not be negative, got {self.drain_timeout!r}")
+        for name, value in (
+            ("drain_timeout", self.drain_timeout),
+            ("stop_flush_timeout", self.stop_flush_timeout),
+        ):
+            if value < 0:
+                raise ValueError(f"{name} must not be negative, got {value!r}")
         for name, batch in (
             ("claim_batch", self.claim_batch),
             ("poll_batch", self.poll_batch),

@@ -206,6 +206,30 @@ class Ticker:
             counters.ticks += 1
         return results
 
+    async def flush_all(self, counters: Counters, timeout: float) -> None:  # noqa: ASYNC109
+        """Deliver every pending event now, batch after batch, for up to `timeout` seconds
+        (at stop: the last events of this host's runs go out before it returns). A failed
+        or slow flush is logged and ends it; the next flusher delivers the rest."""
+        step = self._steps["outbox.flush"]
+
+        async def flush() -> None:
+            while True:
+                result = await self._command("outbox.flush", step.batch)()
+                if not _full(result, step.batch):
+                    return
+
+        try:
+            async with self._lock:  # never beside a tick's own flush
+                await asyncio.wait_for(flush(), timeout)
+        except Exception as exc:
+            counters.error("outbox.flush", exc)
+            logger.warning(
+                "could not deliver every event before stopping: %s: %s",
+                type(exc).__name__,
+                exc,
+                extra={"step": "outbox.flush", "worker_id": self._worker_id},
+            )
+
     def _command(self, name: WakeCommand, batch: int) -> Callable[[], Awaitable[CommandResult]]:
         kernel, worker = self._kernel, self._worker_id
         if name == "run.claimPending":

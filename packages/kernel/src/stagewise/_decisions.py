@@ -141,10 +141,18 @@ class RunChanges:
 
 
 class ChangeLog:
-    """The changes being made, collected by the aggregate as it decides; `take` hands them
-    over as one `Changes` (a stage written twice is written once, in its last state)."""
+    """The changes of one transaction, collected by the aggregate as it decides.
+
+    One log per transaction, with a mark where the current decision began: `decision()`
+    hands over what was changed since the mark (and moves it), `take()` everything (and
+    starts over). A stage written twice is written once, in its last state; the run's row
+    likewise. The flags (`discard_jobs`, `stop_attempts`) only ever turn on.
+    """
 
     __slots__ = (
+        "_marks",
+        "_run_touched",
+        "_touched",
         "acks",
         "blob_deletes",
         "blob_writes",
@@ -173,51 +181,64 @@ class ChangeLog:
         self.blob_writes: list[BlobWrite] = []
         self.blob_deletes: list[str] = []
         self.stop_attempts = False
+        self._mark()
 
-    def __bool__(self) -> bool:
-        return any(
-            (
-                self.run,
-                self.stages,
-                self.deleted,
-                self.events,
-                self.logs,
-                self.jobs,
-                self.acks,
-                self.discard_jobs,
-                self.blob_writes,
-                self.blob_deletes,
-                self.stop_attempts,
-            )
+    def _mark(self) -> None:
+        self._touched: dict[str, None] = {}  # stage ids written or deleted since the mark
+        self._run_touched = False
+        self._marks = (
+            len(self.events),
+            len(self.logs),
+            len(self.jobs),
+            len(self.acks),
+            len(self.blob_writes),
+            len(self.blob_deletes),
+            self.discard_jobs,
+            self.stop_attempts,
         )
+
+    @property
+    def needs_run(self) -> bool:
+        """Whether the current decision changed a stage but not the run's row (which must
+        change with it)."""
+        return bool(self._touched) and not self._run_touched
+
+    def set_run(self, run: RunRecord) -> None:
+        self.run = run
+        self._run_touched = True
 
     def save_stage(self, stage: StageRecord) -> None:
         self.deleted.pop(stage.stage_id, None)
         self.stages[stage.stage_id] = stage
+        self._touched[stage.stage_id] = None
 
     def delete_stage(self, stage_id: str) -> None:
         self.stages.pop(stage_id, None)
         self.deleted[stage_id] = None
+        self._touched[stage_id] = None
 
-    def merge(self, changes: Changes) -> None:
-        """Add a later decision's changes on top of these."""
-        if changes.run is not None:
-            self.run = changes.run
-        for stage_id in changes.deleted:
-            self.delete_stage(stage_id)
-        for stage in changes.stages:
-            self.save_stage(stage)
-        self.events += changes.events
-        self.logs += changes.logs
-        self.jobs += changes.jobs
-        self.acks += changes.acks
-        self.discard_jobs = self.discard_jobs or changes.discard_jobs
-        self.blob_writes += changes.blob_writes
-        self.blob_deletes += changes.blob_deletes
-        self.stop_attempts = self.stop_attempts or changes.stop_attempts
+    def decision(self) -> Changes:
+        """What changed since the mark, as data; the mark moves here."""
+        events, logs, jobs, acks, writes, deletes, discarded, stopped = self._marks
+        touched = self._touched
+        changes = Changes(
+            run=self.run if self._run_touched else None,
+            stages=tuple(self.stages[s] for s in touched if s in self.stages),
+            deleted=tuple(s for s in touched if s in self.deleted),
+            events=tuple(self.events[events:]),
+            logs=tuple(self.logs[logs:]),
+            jobs=tuple(self.jobs[jobs:]),
+            acks=tuple(self.acks[acks:]),
+            discard_jobs=self.discard_jobs and not discarded,
+            blob_writes=tuple(self.blob_writes[writes:]),
+            blob_deletes=tuple(self.blob_deletes[deletes:]),
+            stop_attempts=self.stop_attempts and not stopped,
+        )
+        self._mark()
+        return changes
 
     def take(self) -> Changes:
-        """The changes collected so far, as data; the log starts over."""
+        """Everything collected since the last `take`, as data; the log starts over."""
         changes = Changes(
             run=self.run,
             stages=tuple(self.stages.values()),

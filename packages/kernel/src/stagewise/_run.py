@@ -311,7 +311,7 @@ class Run(RunFlow):
         self._close_open_stages()
         self._transition_run("cancel", finished_at=self.now)
         self._emit(RunCancelled, reason=reason)
-        self._decision.stop_attempts = True
+        self._log.stop_attempts = True
         return self._decided(True)
 
     def rerun_from(self, stage_id: str) -> Decision[list[str]]:
@@ -352,10 +352,10 @@ class Run(RunFlow):
         for sid in reset + later:
             self._values.pop(sid, None)
             if sid in self.stages:
-                self._decision.blob_deletes += blob_keys(self.stages[sid])
+                self._log.blob_deletes += blob_keys(self.stages[sid])
         for sid in later:
             self.stages.pop(sid)
-            self._decision.delete_stage(sid)
+            self._log.delete_stage(sid)
         for sid in reset:
             if sid in self.stages:
                 self._set_stage(sid, "reset")  # checks the table

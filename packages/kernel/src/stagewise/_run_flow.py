@@ -52,7 +52,7 @@ class RunFlow(RunRows):
             enqueued_at=now,
         )
         self.stages[stage_id] = stage
-        self._decision.save_stage(stage)
+        self._log.save_stage(stage)
         self._enqueue(stage_id, 1, now)
 
     def _advance(self, outputs: Mapping[str, Json]) -> str:
@@ -89,7 +89,7 @@ class RunFlow(RunRows):
         data = json.dumps(output, separators=(",", ":")).encode()
         if len(data) > self.rules.settings.inline_output_bytes:
             ref = f"runs/{self.record.run_id}/output.json"
-            self._decision.blob_writes.append(BlobWrite(ref, data))
+            self._log.blob_writes.append(BlobWrite(ref, data))
             output = None
         self._transition_run("complete", output=output, output_ref=ref, finished_at=self.now)
         self._emit(RunCompleted)
@@ -218,11 +218,11 @@ class RunFlow(RunRows):
                 )
         # Their queued jobs would only be refused by the fence one by one: drop them now, in
         # this transaction (a transport in the same database) or right after it.
-        self._decision.discard_jobs = True
+        self._log.discard_jobs = True
 
     def _report(self, stage: StageRecord, reports: Reports) -> None:
         """Write what a running attempt reported: its log lines, its latest progress."""
-        self._decision.logs += reports.logs
+        self._log.logs += reports.logs
         if reports.progress is not None:
             percent, message = reports.progress
             self._set_stage(stage.stage_id, progress=percent, progress_message=message)

@@ -54,12 +54,11 @@ class RunRows:
         self.rules = rules
         self._version = None if new else record.version  # as stored; None: not yet stored
         self._values: dict[str, Json] = {}  # outputs known in memory, by stage id
-        self._decision = ChangeLog()
-        self._transaction = ChangeLog()
+        self._log = ChangeLog()
 
     def take_changes(self) -> RunChanges:
         """Everything decided since the last call, to write (and forget: it is written)."""
-        changes = self._transaction.take()
+        changes = self._log.take()
         expected = self._version
         if changes.run is not None:
             self._version = changes.run.version
@@ -106,7 +105,7 @@ class RunRows:
         """Change the run's row: always at the version after the one stored."""
         version = 1 if self._version is None else self._version + 1
         self.record = replace(self.record, updated_at=self.now, version=version, **fields)
-        self._decision.run = self.record
+        self._log.set_run(self.record)
         return self.record
 
     def _set_stage(
@@ -119,7 +118,7 @@ class RunRows:
             )
         stage = replace(current, updated_at=self.now, **fields)
         self.stages[stage_id] = stage
-        self._decision.save_stage(stage)
+        self._log.save_stage(stage)
         return stage
 
     def _emit(self, event_type: type[Event], **fields: Any) -> None:
@@ -134,7 +133,7 @@ class RunRows:
             occurred_at=self.now,
             **fields,
         )
-        self._decision.events.append(
+        self._log.events.append(
             EventRecord(
                 event.event_id, run.run_id, seq, event.type, self.now, event.model_dump(mode="json")
             )
@@ -142,7 +141,7 @@ class RunRows:
 
     def _enqueue(self, stage_id: str, attempt: int, at: datetime) -> None:
         run = self.record
-        self._decision.jobs.append(
+        self._log.jobs.append(
             JobMessage(
                 self.rules.new_id(),
                 run.run_id,
@@ -158,14 +157,12 @@ class RunRows:
     def _decided(self, outcome: T, drop: JobMessage | str | None = None) -> Decision[T]:
         """Close the decision: its changes (with the run's row whenever a stage changed,
         and `drop`'s delivery acknowledged), kept for the transaction and returned."""
-        log = self._decision
+        log = self._log
         if drop is not None:
             log.acks.append(drop if isinstance(drop, str) else drop.job_id)
-        if (log.stages or log.deleted) and log.run is None:
+        if log.needs_run:
             self._bump()
-        changes = log.take()
-        self._transaction.merge(changes)
-        return Decision(outcome, changes)
+        return Decision(outcome, log.decision())
 
 
 def holds(stage: StageRecord, job: JobMessage) -> bool:

@@ -196,8 +196,11 @@ class UnitOfWork:
     def _collect(self, after: AfterCommit, run: Run, changes: Changes, *, new: bool) -> None:
         """The transport's part of a run's changes, and the wake-ups they call for."""
         run_id = run.record.run_id
-        jobs = [j for j in changes.jobs if j.job_id not in self._withdrawn]
-        after.jobs += jobs
+        wake = after.wakeups
+        for job in changes.jobs:
+            if job.job_id not in self._withdrawn:
+                after.jobs.append(job)
+                wake.add(("job.execute", job.available_at))
         after.acks += changes.acks
         if changes.discard_jobs:
             after.discard_runs.append(run_id)
@@ -205,13 +208,13 @@ class UnitOfWork:
             after.stop_runs.append(run_id)
         after.runs.append(run.record)
         after.blob_deletes += changes.blob_deletes
-        wake = after.wakeups
-        wake.update(("job.execute", j.available_at) for j in jobs)
         for stage in changes.stages:
-            if stage.status is StageStatus.RUNNING and stage.lease_expires_at is not None:
-                wake.add(("lease.reapStale", stage.lease_expires_at))
+            status = stage.status
+            if status is StageStatus.RUNNING:
+                if stage.lease_expires_at is not None:
+                    wake.add(("lease.reapStale", stage.lease_expires_at))
             elif (
-                stage.status is StageStatus.SUSPENDED
+                status is StageStatus.SUSPENDED
                 and stage.due_at is not None
                 and stage.lease_expires_at is None  # not held by a poller right now
             ):

@@ -8,7 +8,7 @@ from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 
-from sqlalchemy import URL
+from sqlalchemy import URL, Connection, inspect
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from stagewise import (
@@ -27,10 +27,12 @@ from stagewise import (
 )
 from stagewise._errors import PersistenceError
 from stagewise_sql._blobs import SqlBlobStore
-from stagewise_sql._connect import create_engine, is_memory_sqlite, parse_url
+from stagewise_sql._connect import create_engine, display_url, is_memory_sqlite, parse_url
 from stagewise_sql._engine import Database
+from stagewise_sql._errors import DatabaseNotFoundError, SchemaMissingError
 from stagewise_sql._migrate import current_revision, ensure_schema
 from stagewise_sql._persistence import SqlPersistence
+from stagewise_sql._schema import TABLES, VERSION_TABLE
 from stagewise_sql._transport import SqlJobTransport
 
 
@@ -87,7 +89,8 @@ class SqlBackend:
             url: `sqlite+aiosqlite:///path.db` (or `sqlite:///path.db`; `sqlite://` for an
                 in-memory database) or `postgresql+asyncpg://user:pw@host/db` (or
                 `postgresql://...`).
-            migrate: upgrade the schema to this code's revision when it is behind.
+            migrate: create the schema, or upgrade it to this code's revision when it is
+                behind. With False, nothing is created or changed: not even a SQLite file.
             clock: the time every lease and availability is computed with (the system
                 clock by default; a `FakeClock` in tests). Never the database's clock.
             settings: pool size and timeouts.
@@ -95,6 +98,8 @@ class SqlBackend:
         Raises:
             InvalidDatabaseUrlError: the URL is malformed or names an unsupported database.
             DatabaseUnavailableError: the server cannot be reached.
+            DatabaseNotFoundError: `migrate` is False and there is no stagewise database
+                at `url` (no SQLite file, or no stagewise table): a `SchemaMissingError`.
             SchemaMissingError: a stagewise table is missing and `migrate` is False.
             SchemaVersionError: the schema is behind (with `migrate=False`) or ahead of
                 this code.
@@ -103,6 +108,9 @@ class SqlBackend:
         settings = settings or SqlSettings()
         parsed = parse_url(url)
         _check_sqlite_directory(parsed)
+        file = _sqlite_file(parsed)
+        if not migrate and file is not None and not file.exists():  # never create it
+            raise DatabaseNotFoundError(display_url(parsed), TABLES[0].name, "no such file")
         engine = create_engine(
             parsed,
             pool_size=settings.pool_size,
@@ -111,8 +119,16 @@ class SqlBackend:
             echo=settings.echo,
         )
         db = Database(engine)
+        db.url_display = display_url(parsed)  # query-parameter passwords hidden too
         try:
-            await ensure_schema(db, migrate=migrate)
+            try:
+                await ensure_schema(db, migrate=migrate)
+            except SchemaMissingError as exc:
+                if await _has_no_stagewise_table(db):
+                    raise DatabaseNotFoundError(
+                        db.url_display, exc.table, f"table {exc.table!r} does not exist"
+                    ) from exc
+                raise
         except BaseException:
             await db.close()
             raise
@@ -168,7 +184,7 @@ class SqlBackend:
 
     @property
     def url(self) -> str:
-        """The database URL, password hidden."""
+        """The database URL, every password hidden (user-info and query parameters)."""
         return self._db.url_display
 
     async def schema_revision(self) -> str | None:
@@ -206,15 +222,32 @@ class _NoSink:
         return None
 
 
+def _sqlite_file(url: URL) -> Path | None:
+    """The file of a SQLite URL (None for PostgreSQL, in-memory and `uri=true` databases)."""
+    if url.get_backend_name() != "sqlite" or is_memory_sqlite(url) or url.query.get("uri"):
+        return None
+    return Path(url.database or "").expanduser().absolute()
+
+
+async def _has_no_stagewise_table(db: Database) -> bool:
+    def tables(connection: Connection) -> set[str]:
+        return set(inspect(connection).get_table_names())
+
+    async with db.single(write=False) as link:
+        present = await link.run_sync(tables)
+    return not present & {VERSION_TABLE, *(t.name for t in TABLES)}
+
+
 def _check_sqlite_directory(url: URL) -> None:
     # Refused here rather than by the driver: aiosqlite leaves a thread behind on a failed
     # open, and "unable to open database file" does not say why.
-    if url.get_backend_name() != "sqlite" or is_memory_sqlite(url) or url.query.get("uri"):
+    file = _sqlite_file(url)
+    if file is None:
         return
-    folder = Path(url.database or "").expanduser().absolute().parent
+    folder = file.parent
     if not folder.is_dir():
         raise PersistenceError(
-            f"cannot open the database at {url.render_as_string(hide_password=True)}: "
+            f"cannot open the database at {display_url(url)}: "
             f"directory {str(folder)!r} does not exist"
         )
 

@@ -28,13 +28,12 @@ def parse_url(url: str | URL) -> URL:
     Raises:
         InvalidDatabaseUrlError: malformed, or a database or driver stagewise does not support.
     """
-    shown = _mask(url) if isinstance(url, str) else url.render_as_string(hide_password=True)
     try:
         parsed = make_url(url)
         _ = parsed.port  # a non-numeric port fails here, not at connect time
     except (sa_exc.ArgumentError, ValueError, TypeError) as exc:
-        raise InvalidDatabaseUrlError(shown, f"cannot parse it; {_SUPPORTED}") from exc
-    shown = parsed.render_as_string(hide_password=True)
+        raise InvalidDatabaseUrlError(display_url(url), f"cannot parse it; {_SUPPORTED}") from exc
+    shown = display_url(parsed)
     backend, _, driver = parsed.drivername.partition("+")
     if backend == "sqlite" and driver in ("", "pysqlite", "aiosqlite"):
         return parsed.set(drivername=SQLITE_DRIVER)
@@ -47,9 +46,35 @@ def parse_url(url: str | URL) -> URL:
     raise InvalidDatabaseUrlError(shown, f"database {backend!r} is not supported; {_SUPPORTED}")
 
 
+_SECRET_PARAM = re.compile(r"pass|secret|token", re.IGNORECASE)
+"""Query parameters whose values are hidden (`password`, `sslpassword`, `passfile`...)."""
+_HIDDEN = "***"
+
+
+def display_url(url: str | URL) -> str:
+    """The URL as stagewise shows it, in messages and logs: every password hidden, in the
+    user-info (`user:***@host`) and in query parameters (`?password=***`)."""
+    if isinstance(url, str):
+        try:
+            parsed = make_url(url)
+        except (sa_exc.ArgumentError, ValueError, TypeError):
+            return _mask(url)
+        return display_url(parsed)
+    marker = "stagewisehidden"  # a value the URL renders as it is, replaced after
+    secrets = {key: marker for key in url.query if _SECRET_PARAM.search(key)}
+    shown = url.update_query_dict(secrets).render_as_string(hide_password=True)
+    return shown.replace(marker, _HIDDEN)
+
+
 def _mask(raw: str) -> str:
-    """`raw` with any password hidden, for messages about URLs that do not parse."""
-    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", raw)
+    """`raw` with any password hidden, for URLs that do not parse."""
+    raw = re.sub(r"(://[^:/@?#]*:)[^@/?#]*@", rf"\1{_HIDDEN}@", raw)
+    return re.sub(
+        r"([?&;][^=&;#]*(?:pass|secret|token)[^=&;#]*=)[^&;#]*",
+        rf"\1{_HIDDEN}",
+        raw,
+        flags=re.IGNORECASE,
+    )
 
 
 def is_memory_sqlite(url: URL) -> bool:

@@ -57,6 +57,21 @@ class SchemaMissingError(SchemaVersionError):
         self.url = url
 
 
+class DatabaseNotFoundError(SchemaMissingError):
+    """There is no stagewise database at the URL, and nothing may create one
+    (`SqlBackend.connect(url, migrate=False)`): a SQLite file that does not exist, or a
+    database without any stagewise table."""
+
+    def __init__(self, url: str, table: str, reason: str) -> None:
+        SchemaVersionError.__init__(
+            self, f"no stagewise database at {url} ({reason}); {UPGRADE_HINT}"
+        )
+        self.table = table
+        """The first of the missing tables (all of them are)."""
+        self.url = url
+        self.reason = reason
+
+
 # PostgreSQL SQLSTATEs (and classes) that mean "try again".
 _PG_TRANSIENT = frozenset(
     {

@@ -45,16 +45,27 @@ CHANNEL = "stagewise_jobs"
 SQLITE_WATCH_INTERVAL = 0.005
 """SQLite: how often (seconds) a waiting worker looks for commits by other processes."""
 
-_NEWEST_PENDING_RUN = "SELECT max(rowid) FROM stagewise_runs WHERE status = 'PENDING'"
+# The newest row of each kind of work, by id. Not by rowid (`seq` for jobs): SQLite gives a
+# new row the largest rowid plus one, so once the rows with the largest ones are gone (acked
+# jobs) the same numbers come again, and "newer than the newest seen" would never be true.
+# A new row always has the largest rowid of those present, though, so the newest row changes
+# whenever one is added; ids are never reused.
+_NEWEST_PENDING_RUN = (
+    "SELECT run_id FROM stagewise_runs WHERE status = 'PENDING' ORDER BY rowid DESC LIMIT 1"
+)
 _NEWEST_DUE_JOB = (
-    "SELECT max(seq) FROM stagewise_jobs WHERE available_at <= ? "
-    "AND (lease_expires_at IS NULL OR lease_expires_at <= ?)"
+    "SELECT job_id FROM stagewise_jobs WHERE available_at <= ? "
+    "AND (lease_expires_at IS NULL OR lease_expires_at <= ?) ORDER BY seq DESC LIMIT 1"
 )
 
 
 def _sqlite_time(value: datetime) -> str:
     """A time as SQLAlchemy stores it in SQLite (naive UTC text), for raw comparisons."""
     return value.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
+
+
+def _first(row: tuple[Any, ...] | None) -> Any:
+    return None if row is None else row[0]
 
 
 _ORDER = (jobs_t.c.priority.desc(), jobs_t.c.available_at, jobs_t.c.seq)
@@ -85,8 +96,7 @@ class SqlJobTransport:
         self._listener: Any = None  # an asyncpg connection, on PostgreSQL once listening
         self._listen_lock = asyncio.Lock()
         self._watcher: asyncio.Task[None] | None = None  # SQLite: see _watch_sqlite
-        self._seen_job_seq = 0  # SQLite: the newest job this process enqueued or heard of
-        self._seen_run = 0  # SQLite: the newest PENDING run (rowid) it heard of
+        self._own_newest: str | None = None  # SQLite: the last job this process enqueued
 
     def joins(self, tx: Transaction) -> bool:
         return isinstance(tx, SqlTransaction) and tx.db is self._db
@@ -113,23 +123,23 @@ class SqlJobTransport:
         for job in reversed(jobs):
             last.setdefault(job.job_id, _rows.job_values(job))
         values = list(reversed(last.values()))
+        newest = values[-1]["job_id"]  # inserted last: the largest `seq` of them
         if tx is not None and self.joins(tx):
             assert isinstance(tx, SqlTransaction)
-            newest = await self._insert(tx.link, values)
+            await self._insert(tx.link, values)
             tx.link.on_commit.append(lambda: self._enqueued(newest))
             return
         async with self._db.atomic() as link:
-            newest = await self._insert(link, values)
+            await self._insert(link, values)
             link.on_commit.append(lambda: self._enqueued(newest))
 
-    def _enqueued(self, newest: int) -> None:
-        """After commit: wake our own waiters, and tell the SQLite watcher these are ours."""
-        self._seen_job_seq = max(self._seen_job_seq, newest)
+    def _enqueued(self, newest: str) -> None:
+        """After commit: wake our own waiters, and tell the SQLite watcher this one is ours."""
+        self._own_newest = newest
         self._wakeup.set()
 
-    async def _insert(self, link: UnitConnection, values: list[dict[str, Any]]) -> int:
-        """Insert the jobs; returns the newest `seq` given to them."""
-        stmt = insert_ignore(jobs_t, self._db.dialect).returning(jobs_t.c.job_id, jobs_t.c.seq)
+    async def _insert(self, link: UnitConnection, values: list[dict[str, Any]]) -> None:
+        stmt = insert_ignore(jobs_t, self._db.dialect).returning(jobs_t.c.job_id)
         if self._db.dialect == "postgresql":
             # NOTIFY rides on the insert itself (no extra round trip); PostgreSQL sends it
             # on commit, once per transaction however many rows call it.
@@ -140,8 +150,7 @@ class SqlJobTransport:
             # in call order (the enqueue order is the last tie-break of dequeue order).
             ids = [v["job_id"] for v in values]
             await link.execute(delete(jobs_t).where(jobs_t.c.job_id.in_(ids)))
-            inserted = list(await link.execute(stmt, values))
-        return max((row.seq for row in inserted), default=0)
+            await link.execute(stmt, values)
 
     async def dequeue(
         self,
@@ -287,17 +296,22 @@ class SqlJobTransport:
         """SQLite has no NOTIFY: watch the file for commits by other connections instead.
 
         Every `SQLITE_WATCH_INTERVAL` seconds, `PRAGMA data_version` on a connection of its
-        own says whether anyone else committed (it reads shared memory: no I/O, no lock, a
-        few microseconds, so it runs on the loop). Only then two indexed reads ask for the
-        newest PENDING run and the newest deliverable job, and wake the waiters when one is
-        newer than any this process enqueued or heard of before. So a worker process hears
-        of work another process created within a few milliseconds, without opening a write
-        transaction to find out, and is not woken again for work it already knows of.
+        own says whether any other connection committed (it reads shared memory: no I/O, no
+        lock, a few microseconds, so it runs on the loop). Only then two indexed reads ask
+        for the newest PENDING run and the newest deliverable job, and wake the waiters when
+        either is another one than at the last look (and, for a job, not the newest this
+        process enqueued: that woke it on commit). So a worker process hears of work
+        another process created within a few milliseconds, without opening a write
+        transaction to find out, and is woken once for each new piece of work, not at every
+        commit while it is still there (a run its claim keeps failing on does not make it
+        claim at every commit).
         """
         path = self._sqlite_path()
         assert path is not None
         conn: sqlite3.Connection | None = None
         last: int | None = None
+        run: str | None = None  # the newest PENDING run and deliverable job at the last look
+        job: str | None = None
         while True:
             try:
                 if conn is None:
@@ -305,15 +319,14 @@ class SqlJobTransport:
                 (version,) = conn.execute("PRAGMA data_version").fetchone()
                 if version != last:
                     last = version
-                    (run,) = conn.execute(_NEWEST_PENDING_RUN).fetchone()
-                    if run is not None and run > self._seen_run:
-                        self._seen_run = run
+                    newest_run = _first(conn.execute(_NEWEST_PENDING_RUN).fetchone())
+                    if newest_run is not None and newest_run != run:
                         self._runs_wakeup.set()
                     now = _sqlite_time(self._clock.now())
-                    (seq,) = conn.execute(_NEWEST_DUE_JOB, (now, now)).fetchone()
-                    if seq is not None and seq > self._seen_job_seq:
-                        self._seen_job_seq = seq
+                    newest_job = _first(conn.execute(_NEWEST_DUE_JOB, (now, now)).fetchone())
+                    if newest_job not in (None, job, self._own_newest):
                         self._wakeup.set()
+                    run, job = newest_run, newest_job
             except sqlite3.Error as exc:  # a locked or recovering file: look again soon
                 _log.debug("sqlite watch: %s", exc)
                 if conn is not None:

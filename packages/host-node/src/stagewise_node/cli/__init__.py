@@ -59,6 +59,10 @@ App = Annotated[
     ),
 ]
 
+Utc = Annotated[
+    bool, typer.Option("--utc", help="Show times in UTC (default: local time, with its offset).")
+]
+
 
 class LogFormatChoice(StrEnum):
     text = "text"
@@ -135,8 +139,10 @@ def run(
     ] = None,
     db: Db = DEFAULT_DATABASE,
     app_spec: App = None,
+    utc: Utc = False,
 ) -> None:
     """Create a run of a workflow (validated against its input model)."""
+    from stagewise_node.cli._render import Times
     from stagewise_node.cli._runs import create_run, parse_input
 
     try:
@@ -153,6 +159,7 @@ def run(
             give_up_after=timeout,
             priority=priority,
             idempotency_key=idempotency_key,
+            times=Times(utc=utc),
         )
     )
     raise typer.Exit(code)
@@ -160,12 +167,17 @@ def run(
 
 @runs_app.command("list")
 def runs_list(
-    status: Annotated[StatusChoice | None, typer.Option(help="Only runs in this state.")] = None,
+    status: Annotated[
+        StatusChoice | None,
+        typer.Option(case_sensitive=False, help="Only runs in this state (any case)."),
+    ] = None,
     workflow: Annotated[str | None, typer.Option(help="Only runs of this workflow.")] = None,
     limit: Annotated[int, typer.Option(min=1, max=10_000)] = 50,
     db: Db = DEFAULT_DATABASE,
+    utc: Utc = False,
 ) -> None:
     """List runs, newest first."""
+    from stagewise_node.cli._render import Times
     from stagewise_node.cli._runs import list_runs
 
     run_async(
@@ -174,6 +186,7 @@ def runs_list(
             status_filter=RunStatus(status.value) if status else None,
             workflow_id=workflow,
             limit=limit,
+            times=Times(utc=utc),
         )
     )
 
@@ -183,11 +196,13 @@ def runs_show(
     run_id: Annotated[str, typer.Argument()],
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON instead.")] = False,
     db: Db = DEFAULT_DATABASE,
+    utc: Utc = False,
 ) -> None:
     """Show a run: its stages, every attempt, timings and errors."""
+    from stagewise_node.cli._render import Times
     from stagewise_node.cli._runs import show_run
 
-    run_async(show_run(db=db, run_id=run_id, as_json=json_output))
+    run_async(show_run(db=db, run_id=run_id, as_json=json_output, times=Times(utc=utc)))
 
 
 @runs_app.command("cancel")

@@ -19,6 +19,7 @@ from stagewise_node._host import NodeHost
 from stagewise_node._settings import NodeHostSettings
 from stagewise_node.cli._output import CliError, events_logger
 from stagewise_sql import SqlBackend, upgrade
+from stagewise_sql._errors import DatabaseNotFoundError
 
 __all__ = ["LoggingEventSink", "build_host", "client", "connect", "load_workflows", "upgrade"]
 
@@ -68,8 +69,16 @@ def load_workflows(spec: str | None) -> WorkflowRegistry:
 
 
 async def connect(url: str, *, migrate: bool = True) -> SqlBackend:
-    """Open the database; every failure is a `StagewiseError` with a one-line message."""
-    return await SqlBackend.connect(url, migrate=migrate)
+    """Open the database; every failure is a `StagewiseError` with a one-line message.
+
+    Commands that write new work (`run`, `worker`, `db upgrade`) create or upgrade the
+    schema; the ones that act on what is there (`runs ...`) pass `migrate=False`, and
+    create nothing: a mistyped `--db` is `no stagewise database at URL`, not an empty one.
+    """
+    try:
+        return await SqlBackend.connect(url, migrate=migrate)
+    except DatabaseNotFoundError as exc:  # the library's hint to create it would mislead
+        raise CliError(f"no stagewise database at {exc.url}") from exc
 
 
 class LoggingEventSink:
@@ -92,10 +101,11 @@ class Client:
 
 
 @asynccontextmanager
-async def client(db: str, app: str | None) -> AsyncIterator[Client]:
-    """A kernel on the database for one command, closed on the way out."""
+async def client(db: str, app: str | None, *, migrate: bool = True) -> AsyncIterator[Client]:
+    """A kernel on the database for one command, closed on the way out (`migrate`: as for
+    `connect`)."""
     registry = load_workflows(app)
-    backend = await connect(db)
+    backend = await connect(db, migrate=migrate)
     kernel = backend.kernel(registry, event_sink=LoggingEventSink())
     try:
         yield Client(backend, kernel, registry)

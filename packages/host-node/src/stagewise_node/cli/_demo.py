@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import shlex
 import tempfile
 from pathlib import Path
 
@@ -14,8 +15,9 @@ from rich.text import Text
 from stagewise import KernelSettings, RunCreate, RunStatus, WorkflowRegistry
 from stagewise_node._settings import NodeHostSettings
 from stagewise_node.cli._compose import build_host, connect, sqlite_url
+from stagewise_node.cli._invocation import stagewise_command
 from stagewise_node.cli._output import console
-from stagewise_node.cli._render import duration, short, status
+from stagewise_node.cli._render import Times, duration, error_text, short, status
 from stagewise_node.cli._runs import follow
 from stagewise_node.cli._views import RunView
 from stagewise_node.demo import DEMO_INPUT, workflows
@@ -87,6 +89,7 @@ async def demo(*, path: Path | None, fresh: bool) -> int:
             backend.persistence,
             backend.blob_store,
             created.run_id,
+            times=Times(),
             give_up_after=DEMO_TIMEOUT,
             every=0.1,
         )
@@ -102,21 +105,24 @@ async def demo(*, path: Path | None, fresh: bool) -> int:
         console.print(
             f"\n[bold green]run completed[/] in {duration(run.started_at, run.finished_at)}"
         )
-        console.print(f"output: {short(view.output, 300)}", soft_wrap=True)
+        console.print(Text(f"output: {short(view.output, 300)}"), soft_wrap=True)
     else:
-        reason = f": {run.error.message}" if run.error else ""
-        console.print(f"\n[bold red]run {run.status.value.lower()}[/]{reason}")
+        reason = f": {error_text(run.error)}" if run.error else ""
+        console.print(Text(f"\nrun {run.status.value.lower()}{reason}", style="bold red"))
     console.print(
         f"worker {stats.worker_id}: {stats.jobs_processed} job(s) — {stats.jobs_succeeded} "
         f"succeeded, {stats.jobs_retried} retried, {stats.jobs_failed} failed; "
         f"{stats.ticks} tick(s)",
         style="dim",
     )
+    stagewise, db = stagewise_command(), shlex.quote(f"sqlite:///{path}")
     console.print(
-        "\nlook closer:\n"
-        f"  stagewise runs show {run.run_id} --db sqlite:///{path}\n"
-        f"  stagewise runs list --db sqlite:///{path}",
-        style="dim",
+        Text(
+            "\nlook closer:\n"
+            f"  {stagewise} runs show {run.run_id} --db {db}\n"
+            f"  {stagewise} runs list --db {db}",
+            style="dim",
+        ),
         soft_wrap=True,
     )
     return 0 if run.status is RunStatus.COMPLETED else 1
@@ -148,7 +154,7 @@ def _story(view: RunView, stage_id: str) -> Text:
         if story:
             story.append("; ")
         if attempt.outcome == "retried":
-            error = short(attempt.error or "", 60)
+            error = error_text(attempt.error or "")
             story.append(f"attempt {attempt.attempt} failed ({error})", style="red")
             continue
         if attempt.suspended_at is not None:

@@ -14,9 +14,10 @@ from typing import Any, Literal, TypeVar
 
 import typer
 from rich.console import Console
-from rich.markup import escape
+from rich.text import Text
 
 from stagewise import StagewiseError
+from stagewise_node.cli._text import printable, safe_text
 
 T = TypeVar("T")
 
@@ -45,8 +46,10 @@ class CliError(Exception):
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
-    """Print `error: message` on stderr; returns the `typer.Exit` to raise."""
-    err_console.print(f"[bold red]error:[/] {escape(message)}")
+    """Print `error: message` on stderr, on one line (controls escaped); returns the
+    `typer.Exit` to raise."""
+    line = Text.assemble(("error:", "bold red"), " ", safe_text(message))
+    err_console.print(line, soft_wrap=True)  # the terminal wraps it, not Rich: one line
     return typer.Exit(code)
 
 
@@ -91,7 +94,7 @@ def run_async(main: Coroutine[Any, Any, T]) -> T:
 
 def _debug_traceback(exc: BaseException) -> None:
     if os.environ.get(DEBUG_ENV):
-        err_console.print(escape("".join(traceback.format_exception(exc))))
+        err_console.print(safe_text("".join(traceback.format_exception(exc)), newlines=True))
 
 
 # --- logging ---------------------------------------------------------------------------
@@ -109,15 +112,20 @@ def _when(record: logging.LogRecord) -> str:
 
 
 class KeyValueFormatter(logging.Formatter):
-    """`time LEVEL logger: message key=value ...` (the structured fields last)."""
+    """`time LEVEL logger: message key=value ...` (the structured fields last).
+
+    One record, one line: control characters in the message and the fields (user text:
+    errors, ids) are escaped, so a newline in a message cannot forge a line of its own. A
+    traceback follows on lines of its own, each indented, so none of them reads as a record.
+    """
 
     def format(self, record: logging.LogRecord) -> str:
         fields = " ".join(f"{k}={v}" for k, v in _fields(record).items())
         line = f"{_when(record)} {record.levelname:<7} {record.name}: {record.getMessage()}"
-        if fields:
-            line = f"{line}  {fields}"
+        line = printable(f"{line}  {fields}" if fields else line)
         if record.exc_info:
-            line = f"{line}\n{self.formatException(record.exc_info)}"
+            lines = printable(self.formatException(record.exc_info), newlines=True)
+            line += "".join(f"\n    {text}" for text in lines.splitlines())
         return line
 
 

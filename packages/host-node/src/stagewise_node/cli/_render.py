@@ -1,18 +1,24 @@
-"""Rich tables for runs, stages and attempts."""
+"""Rich tables for runs, stages and attempts.
+
+Every text that came from users or the database (ids, inputs, outputs, errors, notes) goes
+in as `safe_text` (escaped, no markup read). Times are local with their UTC offset, or UTC
+with `--utc` (`Times`); errors are shown whole, wrapped to the room there is.
+"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from rich.console import Group, RenderableType
-from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from stagewise import RunRecord, StageRecord
+from stagewise import ErrorInfo, RunRecord, StageRecord, StageStatus
+from stagewise_node.cli._text import printable, safe_text
 from stagewise_node.cli._views import RunView
 
 STATUS_STYLE = {
@@ -33,18 +39,62 @@ OUTCOME_STYLE = {
     "running": "yellow",
     "cancelled": "red",
 }
+ERROR_LIMIT = 4000
+"""Longer error messages are cut (tracebacks are shown whole, under the tables)."""
+
+
+@dataclass(frozen=True)
+class Column:
+    """A column of times: its title and its cells."""
+
+    title: str
+    cells: list[str]
+
+
+@dataclass(frozen=True)
+class Times:
+    """How times are shown: in the local zone with its UTC offset, or in UTC (`--utc`)."""
+
+    utc: bool = False
+
+    def _at(self, at: datetime) -> datetime:
+        return at.astimezone(UTC) if self.utc else at.astimezone()
+
+    def zone(self, at: datetime) -> str:
+        """`UTC`, or the offset of the local zone at `at` (`+01:00`)."""
+        if self.utc:
+            return "UTC"
+        offset = self._at(at).utcoffset() or timedelta(0)
+        sign, minutes = ("-", -offset) if offset < timedelta(0) else ("+", offset)
+        hours, rest = divmod(int(minutes.total_seconds()) // 60, 60)
+        return f"{sign}{hours:02d}:{rest:02d}"
+
+    def _clock(self, at: datetime, fmt: str) -> str:
+        text = self._at(at).strftime(fmt)
+        return text[:-3] if fmt.endswith("%f") else text  # milliseconds
+
+    def full(self, at: datetime | None) -> str:
+        """`2026-12-03 07:08:09.123 +01:00`."""
+        if at is None:
+            return "-"
+        return f"{self._clock(at, '%Y-%m-%d %H:%M:%S.%f')} {self.zone(at)}"
+
+    def column(self, title: str, times: Sequence[datetime | None], fmt: str) -> Column:
+        """Times as `fmt`: their zone in the title when they share one (as they do unless
+        a clock change falls among them), else in each cell."""
+        zones = {self.zone(t) for t in times if t is not None}
+        shared = next(iter(zones)) if len(zones) == 1 else None
+        cells = []
+        for t in times:
+            if t is None:
+                cells.append("-")
+            else:
+                cells.append(self._clock(t, fmt) + ("" if shared else f" {self.zone(t)}"))
+        return Column(f"{title} ({shared})" if shared else title, cells)
 
 
 def status(value: str) -> Text:
     return Text(value, style=STATUS_STYLE.get(value, ""))
-
-
-def when(at: datetime | None) -> str:
-    return "-" if at is None else at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def clock_time(at: datetime | None) -> str:
-    return "-" if at is None else at.astimezone(UTC).strftime("%H:%M:%S.%f")[:-3]
 
 
 def duration(start: datetime | None, end: datetime | None, now: datetime | None = None) -> str:
@@ -60,128 +110,158 @@ def duration(start: datetime | None, end: datetime | None, now: datetime | None 
     return f"{int(minutes)}m{rest:04.1f}s"
 
 
-def short(value: Any, limit: int = 80) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, default=str)
+def _cut(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def runs_table(runs: Sequence[RunRecord]) -> Table:
+def short(value: Any, limit: int = 80) -> str:
+    """`value` (text, or JSON for anything else) in at most `limit` characters, escaped."""
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return _cut(printable(text), limit)
+
+
+def error_text(error: ErrorInfo | str, *, newlines: bool = False) -> str:
+    """An error as `Type: message`, escaped, cut only past `ERROR_LIMIT`."""
+    text = error if isinstance(error, str) else f"{error.type}: {error.message}"
+    return _cut(printable(text, newlines=newlines), ERROR_LIMIT)
+
+
+def runs_table(runs: Sequence[RunRecord], times: Times) -> Table:
     table = Table(title=f"{len(runs)} run(s)", title_justify="left")
+    created = times.column("created", [r.created_at for r in runs], "%m-%d %H:%M:%S")
     table.add_column("run id", no_wrap=True, min_width=36)
     table.add_column("workflow", overflow="fold")
     table.add_column("status", no_wrap=True, min_width=9)
-    table.add_column("created", no_wrap=True)
+    table.add_column(created.title, no_wrap=True)
     table.add_column("duration", justify="right", no_wrap=True)
-    table.add_column("error", overflow="fold", max_width=40)
-    for run in runs:
+    table.add_column("error", overflow="fold", ratio=1)
+    for run, when in zip(runs, created.cells, strict=True):
         table.add_row(
-            run.run_id,
-            run.workflow_id,
+            safe_text(run.run_id),
+            safe_text(run.workflow_id),
             status(run.status.value),
-            run.created_at.astimezone(UTC).strftime("%m-%d %H:%M:%S"),
+            when,
             duration(run.started_at, run.finished_at),
-            escape(short(run.error.message, 60)) if run.error else "",
+            Text(error_text(run.error)) if run.error else "",
         )
     return table
 
 
-def stages_table(view: RunView, *, now: datetime | None = None, title: str | None = None) -> Table:
+def _started(stage: StageRecord) -> datetime | None:
+    return None if stage.status is StageStatus.PENDING else stage.started_at
+
+
+def stages_table(
+    view: RunView, times: Times, *, now: datetime | None = None, title: str | None = None
+) -> Table:
     table = Table(title=title, title_justify="left")
+    started = times.column("started", [_started(s) for s in view.stages], "%H:%M:%S.%f")
     table.add_column("group", justify="right", no_wrap=True)
-    table.add_column("stage", no_wrap=True)
+    table.add_column("stage", overflow="fold")
     table.add_column("status", no_wrap=True, min_width=9)
     table.add_column("attempts", justify="right", no_wrap=True)
-    table.add_column("started", no_wrap=True)
+    table.add_column(started.title, no_wrap=True)
     table.add_column("duration", justify="right", no_wrap=True)
-    table.add_column("notes", overflow="fold", max_width=44)
-    for stage in view.stages:
+    table.add_column("notes", overflow="fold", ratio=1)
+    for stage, when in zip(view.stages, started.cells, strict=True):
+        pending = stage.status is StageStatus.PENDING  # no attempt has started yet
         table.add_row(
             str(stage.group_index + 1),
-            stage.stage_id,
+            safe_text(stage.stage_id),
             status(stage.status.value),
-            str(stage.attempt),
-            clock_time(stage.started_at),
-            duration(stage.started_at, stage.finished_at, now),
-            _notes(view, stage),
+            "-" if pending else str(stage.attempt),
+            when,
+            "-" if pending else duration(stage.started_at, stage.finished_at, now),
+            notes(view, stage, times),
         )
     return table
 
 
-def _notes(view: RunView, stage: StageRecord) -> Text:
-    notes = Text()
-    if stage.progress is not None and not stage.status.is_terminal:
-        notes.append(f"{stage.progress:.0f}% ")
-    if stage.progress_message and not stage.status.is_terminal:
-        notes.append(stage.progress_message)
+def notes(view: RunView, stage: StageRecord, times: Times) -> Text:
+    """What else there is to know about a stage, one note after another: `;`-separated."""
+    parts: list[Text] = []
+    if not stage.status.is_terminal and (stage.progress is not None or stage.progress_message):
+        progress = "" if stage.progress is None else f"{stage.progress:.0f}%"
+        message = printable(stage.progress_message or "")
+        parts.append(Text(" ".join(p for p in (progress, message) if p)))
     retried = [a for a in view.attempts_of(stage.stage_id) if a.outcome == "retried"]
+    failed = stage.status is StageStatus.FAILED and stage.error is not None
     if retried:
         noun = "retry" if len(retried) == 1 else "retries"
-        notes.append(
-            f"{len(retried)} {noun}; last: {short(retried[-1].error or '', 60)}", style="red"
-        )
-    if stage.error is not None and stage.status.value == "FAILED":
-        notes.append(short(stage.error.message, 80), style="bold red")
-    if stage.status.value == "SUSPENDED" and stage.due_at is not None:
-        notes.append(f"waiting; next check {clock_time(stage.due_at)}", style="magenta")
-    return notes
+        last = "" if failed else f", last: {error_text(retried[-1].error or '')}"
+        parts.append(Text(f"{len(retried)} {noun}{last}", style="red"))
+    if failed and stage.error is not None:
+        parts.append(Text(error_text(stage.error), style="bold red"))
+    if stage.status is StageStatus.SUSPENDED and stage.due_at is not None:
+        parts.append(Text(f"waiting; next check {times.full(stage.due_at)}", style="magenta"))
+    return Text("; ").join(parts)
 
 
-def attempts_table(view: RunView) -> Table:
+def attempts_table(view: RunView, times: Times) -> Table:
     table = Table(title="attempts", title_justify="left")
-    table.add_column("stage", no_wrap=True)
+    started = times.column("started", [a.started_at for a in view.attempts], "%H:%M:%S.%f")
+    table.add_column("stage", overflow="fold")
     table.add_column("attempt", justify="right", no_wrap=True)
     table.add_column("worker", overflow="fold", max_width=24)
-    table.add_column("started", no_wrap=True)
+    table.add_column(started.title, no_wrap=True)
     table.add_column("duration", justify="right", no_wrap=True)
     table.add_column("outcome", no_wrap=True)
-    table.add_column("error", overflow="fold", max_width=44)
-    stage_status = {s.stage_id: s.status.value for s in view.stages}
-    for a in view.attempts:
+    table.add_column("error", overflow="fold", ratio=1)
+    stage_status = {s.stage_id: s.status for s in view.stages}
+    for a, when in zip(view.attempts, started.cells, strict=True):
         outcome = a.outcome
-        if outcome in ("running", "suspended") and stage_status.get(a.stage_id) == "CANCELLED":
+        cancelled = stage_status.get(a.stage_id) is StageStatus.CANCELLED
+        if outcome in ("running", "suspended") and cancelled:
             outcome = "cancelled"
         table.add_row(
-            a.stage_id,
+            safe_text(a.stage_id),
             str(a.attempt),
-            a.worker_id or "-",
-            clock_time(a.started_at),
+            safe_text(a.worker_id or "-"),
+            when,
             duration(a.started_at, a.ended_at),
             Text(outcome, style=OUTCOME_STYLE.get(outcome, "")),
-            escape(short(a.error, 80)) if a.error else "",
+            Text(error_text(a.error)) if a.error else "",
         )
     return table
 
 
-def run_header(view: RunView) -> Table:
+def run_header(view: RunView, times: Times) -> Table:
     run = view.run
     grid = Table.grid(padding=(0, 2))
-    grid.add_column(style="bold")
-    grid.add_column()
-    grid.add_row("run", run.run_id)
-    grid.add_row("workflow", run.workflow_id)
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column(overflow="fold")
+    grid.add_row("run", safe_text(run.run_id))
+    grid.add_row("workflow", safe_text(run.workflow_id))
     grid.add_row("status", status(run.status.value))
-    grid.add_row("created", when(run.created_at))
-    grid.add_row("started", when(run.started_at))
-    grid.add_row("finished", when(run.finished_at))
+    if view.cancel_reason is not None:
+        grid.add_row("reason", safe_text(view.cancel_reason, "red"))
+    grid.add_row("created", times.full(run.created_at))
+    grid.add_row("started", times.full(run.started_at))
+    grid.add_row("finished", times.full(run.finished_at))
     grid.add_row("duration", duration(run.started_at, run.finished_at))
-    grid.add_row("input", escape(short(run.input, 200)))
+    grid.add_row("input", Text(short(run.input, 200)))
     if run.error is not None:
-        grid.add_row("error", Text(f"{run.error.type}: {run.error.message}", style="bold red"))
+        grid.add_row("error", Text(error_text(run.error, newlines=True), style="bold red"))
     if view.output is not None:
-        grid.add_row("output", escape(short(view.output, 200)))
+        grid.add_row("output", Text(short(view.output, 200)))
     return grid
 
 
-def run_details(view: RunView) -> RenderableType:
-    parts: list[RenderableType] = [run_header(view), Text(), stages_table(view, title="stages")]
+def run_details(view: RunView, times: Times) -> RenderableType:
+    parts: list[RenderableType] = [
+        run_header(view, times),
+        Text(),
+        stages_table(view, times, title="stages"),
+    ]
     if view.attempts:
-        parts += [Text(), attempts_table(view)]
-    failed = [s for s in view.stages if s.error is not None and s.error.traceback]
-    for stage in failed:
-        if stage.status.value == "FAILED" and stage.error is not None:
+        parts += [Text(), attempts_table(view, times)]
+    for stage in view.stages:
+        if stage.status is StageStatus.FAILED and stage.error and stage.error.traceback:
             parts += [
                 Text(),
-                Text(f"traceback of stage {stage.stage_id}:", style="bold red"),
-                Text(stage.error.traceback or ""),
+                Text.assemble(
+                    ("traceback of stage ", "bold red"), safe_text(stage.stage_id, "bold red")
+                ),
+                safe_text(stage.error.traceback, newlines=True),
             ]
     return Group(*parts)

@@ -24,8 +24,18 @@ from stagewise import (
     SystemClock,
 )
 from stagewise_node.cli._compose import client, connect, upgrade
+from stagewise_node.cli._invocation import stagewise_command
 from stagewise_node.cli._output import CliError, console
-from stagewise_node.cli._render import duration, run_details, runs_table, stages_table, status
+from stagewise_node.cli._render import (
+    Times,
+    duration,
+    error_text,
+    run_details,
+    runs_table,
+    stages_table,
+    status,
+)
+from stagewise_node.cli._text import json_text, safe_text
 from stagewise_node.cli._views import RunView, load_run
 
 
@@ -59,6 +69,7 @@ async def create_run(
     give_up_after: float | None,
     priority: int,
     idempotency_key: str | None,
+    times: Times,
 ) -> int:
     """Create a run (and, with `wait`, follow it to the end); returns the exit code."""
     async with client(db, app) as c:
@@ -80,11 +91,19 @@ async def create_run(
         # an idle worker at once.
         await c.kernel.dispatch(RunClaimPending(limit=1))
         note = "" if result.created else " (replayed: the idempotency key was used before)"
-        console.print(f"created run [bold]{result.run_id}[/] of {workflow_id}{note}")
+        console.print(
+            Text.assemble(
+                "created run ", (result.run_id, "bold"), " of ", safe_text(workflow_id), note
+            )
+        )
         if not wait:
             return 0
         view = await follow(
-            c.backend.persistence, c.backend.blob_store, result.run_id, give_up_after=give_up_after
+            c.backend.persistence,
+            c.backend.blob_store,
+            result.run_id,
+            times=times,
+            give_up_after=give_up_after,
         )
         return report_end(view)
 
@@ -94,6 +113,7 @@ async def follow(
     blobs: BlobStore,
     run_id: str,
     *,
+    times: Times,
     give_up_after: float | None = None,
     every: float = 0.2,
 ) -> RunView:
@@ -115,7 +135,7 @@ async def follow(
                 status(view.run.status.value),
                 (f"  {duration(view.run.started_at, view.run.finished_at, now)}", "dim"),
             )
-            body = stages_table(view, now=now)
+            body = stages_table(view, times, now=now)
             if view.run.status.is_terminal:
                 live.update(Group(head, body))
                 break
@@ -123,7 +143,7 @@ async def follow(
             if give_up_after is not None and time.monotonic() - started > give_up_after:
                 raise CliError(
                     f"run {run_id} is still {view.run.status.value} after {give_up_after:g}s "
-                    "(is a worker running? start one with `stagewise worker`)"
+                    f"(is a worker running? start one with `{stagewise_command()} worker`)"
                 )
             await asyncio.sleep(every)
             view = await load_run(persistence, blobs, run_id, with_output=False)
@@ -135,35 +155,40 @@ async def follow(
 def report_end(view: RunView) -> int:
     run = view.run
     if run.status is RunStatus.COMPLETED:
-        console.print(f"output: {json.dumps(view.output, default=str)}", soft_wrap=True)
+        console.print(Text("output: " + json_text(view.output)), soft_wrap=True)
         return 0
-    message = f": {run.error.message}" if run.error else ""
-    console.print(f"run {run.run_id} {run.status.value.lower()}{message}", style="bold red")
+    message = f": {error_text(run.error)}" if run.error else ""
+    console.print(Text(f"run {run.run_id} {run.status.value.lower()}{message}", "bold red"))
     return 1
 
 
 async def list_runs(
-    *, db: str, status_filter: RunStatus | None, workflow_id: str | None, limit: int
+    *,
+    db: str,
+    status_filter: RunStatus | None,
+    workflow_id: str | None,
+    limit: int,
+    times: Times,
 ) -> None:
-    backend = await connect(db)
+    backend = await connect(db, migrate=False)
     try:
         async with backend.persistence.transaction() as tx:
             runs = await tx.runs.find(status=status_filter, workflow_id=workflow_id, limit=limit)
     finally:
         await backend.close()
-    console.print(runs_table(runs))
+    console.print(runs_table(runs, times))
 
 
-async def show_run(*, db: str, run_id: str, as_json: bool) -> None:
-    backend = await connect(db)
+async def show_run(*, db: str, run_id: str, as_json: bool, times: Times) -> None:
+    backend = await connect(db, migrate=False)
     try:
         view = await load_run(backend.persistence, backend.blob_store, run_id)
     finally:
         await backend.close()
-    if as_json:
-        console.print_json(data=_as_json(view))
+    if as_json:  # escaped JSON (the same values), not Rich's, which passes C1 controls
+        console.print(Text(json_text(_as_json(view))), soft_wrap=True)
     else:
-        console.print(run_details(view))
+        console.print(run_details(view, times))
 
 
 def _as_json(view: RunView) -> dict[str, Any]:
@@ -178,6 +203,7 @@ def _as_json(view: RunView) -> dict[str, Any]:
         "input": run.input,
         "output": view.output,
         "error": run.error.to_json() if run.error else None,
+        "cancel_reason": view.cancel_reason,
         "stages": [
             {
                 "stage_id": s.stage_id,
@@ -206,22 +232,30 @@ def _as_json(view: RunView) -> dict[str, Any]:
 
 
 async def cancel_run(*, db: str, run_id: str, reason: str | None) -> None:
-    async with client(db, None) as c:
+    async with client(db, None, migrate=False) as c:
         result = await c.kernel.dispatch(RunCancel(run_id=run_id, reason=reason))
     if result.cancelled:
-        console.print(f"cancelled run [bold]{run_id}[/]")
+        console.print(Text.assemble("cancelled run ", safe_text(run_id, "bold")))
     else:
-        console.print(f"run {run_id} had already finished ({result.status.value}): unchanged")
+        console.print(
+            safe_text(f"run {run_id} had already finished ({result.status.value}): unchanged")
+        )
 
 
 async def rerun(*, db: str, app: str | None, run_id: str, stage_id: str) -> None:
-    async with client(db, app) as c:
+    async with client(db, app, migrate=False) as c:
         if not len(c.registry):
             raise CliError("rerun needs the workflows: pass --app MODULE:ATTR or set STAGEWISE_APP")
         result = await c.kernel.dispatch(RunRerunFrom(run_id=run_id, stage_id=stage_id))
     console.print(
-        f"run [bold]{run_id}[/] is {result.status.value} again from {stage_id}: "
-        f"{', '.join(result.reset_stages)} queued"
+        Text.assemble(
+            "run ",
+            safe_text(run_id, "bold"),
+            safe_text(
+                f" is {result.status.value} again from {stage_id}: "
+                f"{', '.join(result.reset_stages)} queued"
+            ),
+        )
     )
 
 

@@ -13,6 +13,7 @@ from stagewise import (
     Persistence,
     RunNotFoundError,
     RunRecord,
+    RunStatus,
     StageRecord,
 )
 
@@ -35,6 +36,8 @@ class RunView:
     stages: list[StageRecord]
     attempts: list[Attempt] = field(default_factory=list)
     output: Any = None
+    cancel_reason: str | None = None
+    """The `--reason` of the cancellation, for a CANCELLED run (from its `run.cancelled`)."""
 
     def attempts_of(self, stage_id: str) -> list[Attempt]:
         return [a for a in self.attempts if a.stage_id == stage_id]
@@ -55,6 +58,10 @@ async def load_run(
         stages = await tx.stages.for_run(run_id)
         events = await tx.outbox.events(run_id)
     view = RunView(run=run, stages=stages, attempts=attempts_from(events))
+    if run.status is RunStatus.CANCELLED:
+        cancels = [e for e in events if e.type == "run.cancelled"]
+        reason = max(cancels, key=lambda e: e.seq).payload.get("reason") if cancels else None
+        view.cancel_reason = reason if isinstance(reason, str) else None
     if with_output:
         view.output = run.output
         if run.output_ref is not None:

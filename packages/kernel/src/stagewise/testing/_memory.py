@@ -99,24 +99,21 @@ class MemoryTransaction:
     def _refuse(self, changes: Changeset) -> None:
         """Raise what the changeset breaks: a key that exists, a version that moved."""
         runs = self.read("runs")
-        inserts: list[tuple[str, list[Any], dict[Any, Any]]] = [
-            ("run", [r.run_id for r in changes.new_runs], runs),
-            ("event", [e.event_id for e in changes.events], self.read("events")),
-            (
-                "delivery",
-                [(d.event_id, d.consumer) for d in changes.deliveries],
-                self.read("deliveries"),
-            ),
-            (
-                "idempotency key",
-                [(k.scope, k.key) for k in changes.idempotency],
-                self.read("idempotency"),
-            ),
+        inserts: list[tuple[str, list[Any], str]] = [
+            ("run", [r.run_id for r in changes.new_runs], "runs"),
+            ("event", [e.event_id for e in changes.events], "events"),
+            ("delivery", [(d.event_id, d.consumer) for d in changes.deliveries], "deliveries"),
+            ("idempotency key", [(k.scope, k.key) for k in changes.idempotency], "idempotency"),
         ]
-        for what, keys, table in inserts:
-            taken = [k for k in keys if k in table] or [k for k in keys if keys.count(k) > 1]
-            if taken:
-                raise DuplicateRecordError(f"{what} {taken[0]!r} exists")
+        for what, keys, name in inserts:
+            if not keys:
+                continue
+            table = self.read(name)
+            taken = next((k for k in keys if k in table), None)
+            if taken is None and len(set(keys)) < len(keys):  # named twice in this changeset
+                taken = next(k for i, k in enumerate(keys) if k in keys[:i])
+            if taken is not None:
+                raise DuplicateRecordError(f"{what} {taken!r} exists")
         stale = [
             w.run.run_id
             for w in changes.runs
