@@ -8,7 +8,7 @@ from dataclasses import fields, replace
 import pytest
 
 from stagewise._errors import ConcurrentUpdateError, DuplicateRecordError
-from stagewise._records import Changeset, RunRecord, RunWrite, StageRecord
+from stagewise._records import Changeset, RunRecord, RunWrite, StageRecord, WorkerRecord
 from stagewise._states import RunStatus, StageStatus
 from tests.conftest import Adapters
 from tests.contract.factories import (
@@ -469,7 +469,8 @@ async def test_expired_leases_finds_running_stages_past_their_lease(backend: Ada
     async with backend.persistence.transaction() as tx:
         expired = await tx.stages.expired_leases(at(60), 100)
         limited = await tx.stages.expired_leases(at(60), 1)
-        with_w1 = await tx.stages.expired_leases(at(60), 100, worker_id="w1")
+        with_w1 = await tx.stages.expired_leases(at(60), 100, holders=["w1"])
+        with_both = await tx.stages.expired_leases(at(60), 100, holders=["w1", "w2"])
 
     assert [s.stage_id for s in expired] == ["expired-early", "expired-late", "expires-now"]
     assert [s.stage_id for s in limited] == ["expired-early"]
@@ -481,6 +482,7 @@ async def test_expired_leases_finds_running_stages_past_their_lease(backend: Ada
         "no-lease",
         "alive",
     ]
+    assert len(with_both) == 5
 
 
 async def test_unstarted_finds_due_waiting_stages_enqueued_before_the_cutoff(
@@ -565,3 +567,44 @@ async def test_claim_pending_takes_only_runs_of_the_workflow_versions_asked_for(
     assert mine[0].workflow_version == "v2"
     assert nothing == []
     assert [r.run_id for r in every] == ["v1", "v2", "old", "other"]
+
+
+async def test_workers_are_saved_whole_found_by_id_and_pruned_by_last_beat(
+    backend: Adapters,
+) -> None:
+    def worker(worker_id: str, seen: int, **fields: object) -> WorkerRecord:
+        return WorkerRecord(
+            worker_id=worker_id,
+            host="box-1",
+            pid=4242,
+            started_at=at(1),
+            last_seen_at=at(seen),
+            beat_interval=5.0,
+            streak_since=at(2),
+            **fields,  # type: ignore[arg-type]
+        )
+
+    full = worker(
+        "w-b",
+        30,
+        slots=8,
+        workflows=(("orders", "v1"), ("orders", "v2"), ("émoji ✓", "3")),
+        software="1.2.3",
+        stopped_at=at(31),
+    )
+    async with backend.persistence.transaction() as tx:
+        await tx.workers.save(worker("w-c", 10))
+        await tx.workers.save(worker("w-b", 20))
+        await tx.workers.save(full)  # an upsert: every field is replaced
+    async with backend.persistence.transaction() as tx:
+        found = await tx.workers.find()
+        pruned = await tx.workers.prune(at(15))
+    async with backend.persistence.transaction() as tx:
+        left = await tx.workers.find()
+
+    assert [w.worker_id for w in found] == ["w-b", "w-c"]
+    assert found[0] == full
+    assert_aware(found[0].started_at, found[0].last_seen_at, found[0].streak_since)
+    assert_aware(found[0].stopped_at)
+    assert pruned == 1
+    assert left == [full]

@@ -30,7 +30,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from stagewise import KernelSettings, RunStatus, StageStatus
 from stagewise._decisions import NO_REPORTS, Output, Rules, Suspension
 from stagewise._records import ErrorInfo, JobMessage, RunRecord, StageRecord
-from stagewise._run import Run
+from stagewise._run import Reclaim, Run
 from stagewise.testing import SequentialIds
 from stagewise.testing._clock import DEFAULT_START as T0
 from tests.unit.test_run_aggregate import LEASE, workflow
@@ -154,13 +154,14 @@ class RunAggregateMachine(RuleBasedStateMachine):
         self.now += timedelta(seconds=seconds)
 
     @precondition(lambda self: self.record is not None)
-    @rule(own=st.booleans())
-    def reap(self, own: bool) -> None:
+    @rule(why=st.sampled_from(["lease", "restarted", "stopped", "gone"]))
+    def reap(self, why: Reclaim) -> None:
+        # The reasons other than an expired lease reclaim what one worker ("w1") holds.
         run = self.load()
         for stage in list(run.stages.values()):
             if stage.status is S.RUNNING:
-                mine = own and stage.worker_id == "w1"
-                run.expire_lease(stage.stage_id, stage.job_id, own=mine)
+                reason: Reclaim = why if stage.worker_id == "w1" else "lease"
+                run.expire_lease(stage.stage_id, stage.job_id, why=reason)
         self.commit(run)
 
     @precondition(lambda self: self.record is not None)

@@ -121,7 +121,11 @@ async def test_a_poison_stage_that_kills_its_worker_every_time_fails_after_its_a
     boom = stages["boom"]
     assert boom.status is StageStatus.FAILED
     assert boom.attempt == 3, "max_attempts=3: each crash is reaped as one attempt"
-    assert boom.error is not None and "stopped heartbeating" in boom.error.message
+    # Whichever came first tells: p2 saw the dead worker silent, or it came back under its id.
+    assert boom.error is not None
+    assert any(
+        why in boom.error.message for why in ("stopped heartbeating", "restarted while it ran")
+    ), boom.error.message
     ran = Counter(e["stage_id"] for e in crash_workers.executions() if e["run_id"] == poison)
     assert ran["boom"] == 3, "it stops: no fourth worker dies for it"
     assert restarts >= 3

@@ -30,7 +30,7 @@ from stagewise import (
 )
 from stagewise._decisions import NO_REPORTS, Decision, Output, Reports, Rules, Suspension
 from stagewise._records import ErrorInfo, JobMessage, LogRecord, RunRecord, StageRecord
-from stagewise._run import Run
+from stagewise._run import Reclaim, Run
 from stagewise.testing import SequentialIds
 from stagewise.testing._clock import DEFAULT_START as T0
 
@@ -148,7 +148,7 @@ def decide(run: Run, name: str) -> Decision[Any]:
     if name == "release":
         return run.release(a, NO_REPORTS)
     if name == "expire":
-        return run.expire_lease("a", "j1", own=False)
+        return run.expire_lease("a", "j1")
     if name == "requeue":
         return run.requeue("a", T0 + timedelta(seconds=1))
     if name == "claim_poll":
@@ -383,7 +383,7 @@ def test_a_finished_attempts_last_failure_fails_the_run_and_closes_its_stages() 
 def test_a_reaped_attempt_moves_on_so_the_old_job_can_never_pass_the_fence() -> None:
     run = aggregate(S.RUNNING, now=LATER)
 
-    assert run.expire_lease("a", "j1", own=False).outcome == "retry"
+    assert run.expire_lease("a", "j1").outcome == "retry"
     late = run.record_attempt(job(), Output(1), NO_REPORTS, {})
 
     assert late.outcome.outcome == "lost"
@@ -412,3 +412,34 @@ def test_a_large_run_output_becomes_a_blob_written_with_the_decision() -> None:
     assert run.record.status is R.COMPLETED
     assert run.record.output is None and run.record.output_ref == "runs/r1/output.json"
     assert [w.key for w in decision.changes.blob_writes] == ["runs/r1/output.json"]
+
+
+@pytest.mark.parametrize(
+    ("why", "says"),
+    [
+        ("lease", "worker 'w1' stopped heartbeating attempt 1 of stage 'a': its lease expired"),
+        ("gone", "worker 'w1' stopped heartbeating attempt 1 of stage 'a': the worker is gone"),
+        ("restarted", "worker 'w1' restarted while it ran attempt 1 of stage 'a'"),
+        ("stopped", "worker 'w1' stopped while it still ran attempt 1 of stage 'a'"),
+    ],
+)
+def test_a_reclaimed_attempt_records_the_true_reason(why: Reclaim, says: str) -> None:
+    # A dead or departed worker's attempt is reclaimed before its lease ends and retried at
+    # once (the stage did not fail); a lease that merely ran out keeps the policy's backoff.
+    now = LATER if why == "lease" else T0 + timedelta(seconds=1)
+    run = aggregate(S.RUNNING, now=now)
+
+    assert run.expire_lease("a", "j1", why=why).outcome == "retry"
+
+    a = run.stages["a"]
+    assert a.error is not None and a.error.message.startswith(says)
+    assert a.error.type == "LeaseExpiredError"
+    assert (a.due_at == now) is (why != "lease")
+
+
+def test_an_expired_lease_is_the_only_reason_that_waits_for_the_lease() -> None:
+    run = aggregate(S.RUNNING, now=T0 + timedelta(seconds=1))
+
+    assert run.expire_lease("a", "j1", why="lease").outcome == "skipped"
+    assert run.expire_lease("a", "j-other", why="gone").outcome == "skipped"  # moved on
+    assert run.stages["a"].status is S.RUNNING

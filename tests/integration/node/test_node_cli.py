@@ -189,3 +189,35 @@ def test_the_cli_runs_on_uvloop_unless_told_otherwise(monkeypatch: pytest.Monkey
     assert run_async(loop_type()).startswith("uvloop")
     monkeypatch.setenv(LOOP_ENV, "asyncio")
     assert run_async(loop_type()).startswith("asyncio")
+
+
+def test_runs_show_their_workflow_version_and_list_filters_by_it(db: str) -> None:
+    from tests.integration.node.flows import workflows
+
+    version = next(w for w in workflows if w.id == "three").version
+    code, out = stagewise("run", "three", "--input", '{"n": 1}', "--db", db, "--app", APP)
+    run_id = run_id_in(out)
+
+    code, shown = stagewise("runs", "show", run_id, "--db", db)
+    _, as_json = stagewise("runs", "show", run_id, "--json", "--db", db)
+    _, listed = stagewise("runs", "list", "--version", version, "--db", db)
+    _, other = stagewise("runs", "list", "--version", "not-this-one", "--db", db)
+
+    assert code == 0, shown
+    assert version in shown
+    assert f'"workflow_version": "{version}"' in as_json
+    assert run_id in listed
+    assert run_id not in other and "0 run(s)" in other
+
+
+def test_workers_list_shows_a_worker_that_ran_and_stopped(db: str) -> None:
+    code, out = stagewise("run", "three", "--input", '{"n": 1}', "--db", db, "--app", APP)
+    asyncio.run(serve_until_idle(db, run_id_in(out)))
+
+    code, listed = stagewise("workers", "list", "--db", db)
+
+    assert code == 0, listed
+    assert "0 live worker(s), 1 known" in listed
+    row = next(line for line in listed.splitlines() if "cli-test" in line)
+    assert "stopped" in row and str(os.getpid()) in row
+    assert "three" in listed  # the workflows it had

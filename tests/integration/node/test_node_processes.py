@@ -129,6 +129,34 @@ async def test_a_worker_restarted_under_its_id_takes_its_attempts_back_at_once(
     assert "released this worker's leases on start" in again.text()
 
 
+async def test_a_sigkilled_workers_attempt_is_taken_over_from_its_silence_not_its_lease(
+    workers: Workers, client: Client
+) -> None:
+    # 60 s leases: the run can only finish within the test's 30 s if the survivor takes the
+    # attempt over from the dead worker's missed beats (0.5 s apart), not its lease.
+    pool = [workers.spawn(f"g{i}", lease=60.0, heartbeat=0.5) for i in range(2)]
+    await workers.ready(*pool)
+    run_id = await client.create("three", {"n": 0, "slow": "b", "sleep": 1.0})
+    victim = None
+    for _ in range(400):
+        started = [e for e in workers.executions() if e["stage_id"] == "b"]
+        if started:
+            victim = next(w for w in pool if w.pid == started[0]["pid"])
+            break
+        await asyncio.sleep(0.025)
+    assert victim is not None, workers.logs()
+    victim.signal(signal.SIGKILL)
+    await victim.exit_code(within=10)
+
+    await client.wait_finished([run_id], within=30, why=workers)
+    run, stages = await client.run(run_id)
+    assert run.status is RunStatus.COMPLETED, workers.logs()
+    assert stages["b"].attempt == 2
+    assert workers.counts()[(run_id, "b")] == 2
+    survivor = next(w for w in pool if w is not victim)
+    assert f"worker(s) {victim.worker_id} stopped beating" in survivor.text(), workers.logs()
+
+
 @pytest.mark.postgres
 @pytest.mark.parametrize("db_url", ["postgres"], indirect=True)  # SQLite has no NOTIFY
 async def test_an_idle_worker_wakes_on_notify_not_on_its_polling_interval(

@@ -154,7 +154,7 @@ class FlakyPersistence:
 
 class _FlakyTx:
     def __init__(self, owner: FlakyPersistence, tx: Any) -> None:
-        for name in ("runs", "stages", "outbox", "idempotency"):
+        for name in ("runs", "stages", "outbox", "idempotency", "workers"):
             setattr(self, name, _FlakyStore(owner, name, getattr(tx, name)))
         self.apply = tx.apply
 

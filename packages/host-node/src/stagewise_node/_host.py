@@ -51,6 +51,7 @@ from stagewise import (
 )
 from stagewise_node._heartbeat import Heartbeater
 from stagewise_node._jobs import JobRunner, JobWakeups, RunWakeups
+from stagewise_node._presence import Presence
 from stagewise_node._scheduler import HostScheduler, listen
 from stagewise_node._settings import NodeHostSettings
 from stagewise_node._signals import serve_until_signalled
@@ -107,6 +108,14 @@ class NodeHost:
             kernel, job_transport, self._clock, self.settings, self.worker_id, self._counters
         )
         self._ticker = Ticker(kernel, self._clock, self.settings, self.worker_id, self._jobs)
+        self._presence = Presence(
+            kernel,
+            self._clock,
+            self.worker_id,
+            interval=self.settings.beat_interval,
+            slots=self.settings.concurrency,
+            on_gone=lambda: self._ticker.ring("lease.reapStale"),
+        )
         self._running = self._jobs.running
         self._stopping = asyncio.Event()
         self._beats_stop = asyncio.Event()
@@ -159,6 +168,7 @@ class NodeHost:
             await self._release_own("on start")
         self._state = "running"
         self._started = time.monotonic()
+        self._spawn_loop("presence", self._presence.loop(self._beats_stop, self._counters))
         self._spawn_loop("jobs", self._jobs.loop(self._stopping))
         self._spawn_loop("tick", self._ticker.loop(self._stopping, self._counters))
         self._spawn_loop(
@@ -240,26 +250,10 @@ class NodeHost:
         return await self._ticker.tick(self._counters, STEPS)
 
     def stats(self) -> HostStats:
-        c = self._counters
-        if self._started is None:
-            uptime = 0.0
-        else:
-            uptime = (self._stopped or time.monotonic()) - self._started
-        return HostStats(
-            worker_id=self.worker_id,
-            state=self._state,
-            jobs_processed=c.jobs_processed,
-            jobs_succeeded=c.jobs_succeeded,
-            jobs_failed=c.jobs_failed,
-            jobs_retried=c.jobs_retried,
-            jobs_cancelled=c.jobs_cancelled,
-            jobs_lease_lost=c.jobs_lease_lost,
-            ticks=c.ticks,
-            tick_errors=c.tick_errors,
-            heartbeats=c.heartbeats,
-            in_flight=len(self._running),
-            uptime=uptime,
-            last_error=c.last_error,
+        started, stopped = self._started, self._stopped
+        uptime = 0.0 if started is None else (stopped or time.monotonic()) - started
+        return self._counters.snapshot(
+            self.worker_id, self._state, in_flight=len(self._running), uptime=uptime
         )
 
     # --- loops ---------------------------------------------------------------------------
@@ -332,9 +326,10 @@ class NodeHost:
         await asyncio.gather(*abandoned, return_exceptions=True)
 
         self._beats_stop.set()
-        beats = self._loops.pop("heartbeat", None)
-        if beats is not None:
-            await asyncio.gather(beats, return_exceptions=True)
+        for name in ("heartbeat", "presence"):
+            beats = self._loops.pop(name, None)
+            if beats is not None:
+                await asyncio.gather(beats, return_exceptions=True)
         try:
             await self._release_own("on stop")
         except Exception as exc:
@@ -346,6 +341,8 @@ class NodeHost:
                 exc,
                 extra={"worker_id": self.worker_id},
             )
+        else:
+            await self._presence.stop()  # its attempts are given back: nobody takes it over
         await self._ticker.flush_all(self._counters, self.settings.stop_flush_timeout)
         self._state = "stopped"
         self._stopped = time.monotonic()

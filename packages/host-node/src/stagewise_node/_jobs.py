@@ -225,7 +225,7 @@ class JobRunner:
         batch = self._settings.reap_batch
         while True:
             result = await self._kernel.dispatch(
-                LeaseReapStale(limit=batch, worker_id=self._worker_id)
+                LeaseReapStale(limit=batch, worker_id=self._worker_id, stopping=when == "on stop")
             )
             if result.retried or result.failed or result.released_jobs:
                 logger.info(

@@ -35,6 +35,10 @@ class NodeHostSettings:
     """Extend the leases of running attempts this often; None means a third of the
     kernel's `lease_seconds`. At most half the lease. Attempts younger than half an interval
     are skipped (their lease is fresh), so short stages cost no heartbeat at all."""
+    beat_interval: float = 5.0
+    """How often this worker says it is alive (`worker.beat`). A worker silent for two and
+    a half of its intervals, while the others can reach the database, is presumed gone and
+    its attempts are taken over at once instead of after their leases."""
     claim_batch: int = 20
     poll_batch: int = 50
     reap_batch: int = 100
@@ -66,6 +70,7 @@ class NodeHostSettings:
             "flush_interval": self.flush_interval,
             "step_timeout": self.step_timeout,
             "listen_timeout": self.listen_timeout,
+            "beat_interval": self.beat_interval,
         }
         if self.heartbeat_interval is not None:
             intervals["heartbeat_interval"] = self.heartbeat_interval

@@ -63,3 +63,23 @@ class Counters:
             self.jobs_cancelled += 1
         elif outcome == "lease_lost":
             self.jobs_lease_lost += 1
+
+    def snapshot(
+        self, worker_id: str, state: HostState, *, in_flight: int, uptime: float
+    ) -> HostStats:
+        return HostStats(
+            worker_id=worker_id,
+            state=state,
+            jobs_processed=self.jobs_processed,
+            jobs_succeeded=self.jobs_succeeded,
+            jobs_failed=self.jobs_failed,
+            jobs_retried=self.jobs_retried,
+            jobs_cancelled=self.jobs_cancelled,
+            jobs_lease_lost=self.jobs_lease_lost,
+            ticks=self.ticks,
+            tick_errors=self.tick_errors,
+            heartbeats=self.heartbeats,
+            in_flight=in_flight,
+            uptime=uptime,
+            last_error=self.last_error,
+        )

@@ -237,7 +237,8 @@ class Ticker:
         if name == "stage.pollSuspended":
             return lambda: kernel.dispatch(StagePollSuspended(limit=batch, poller_id=worker))
         if name == "lease.reapStale":
-            return lambda: kernel.dispatch(LeaseReapStale(limit=batch))
+            # As an observer: the attempts of a worker presumed gone are taken over at once.
+            return lambda: kernel.dispatch(LeaseReapStale(limit=batch, observer=worker))
         return lambda: kernel.dispatch(OutboxFlush(limit=batch, flusher_id=worker))
 
     async def _claim(self, batch: int) -> RunClaimPendingResult:

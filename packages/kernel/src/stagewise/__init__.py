@@ -32,6 +32,10 @@ from stagewise._commands import (
     RunTransitionResult,
     StagePollResult,
     StagePollSuspended,
+    WorkerBeat,
+    WorkerBeatResult,
+    WorkerStop,
+    WorkerStopResult,
 )
 from stagewise._context import CancellationToken, RunCancelledError, RunStorage, StageContext
 from stagewise._errors import (
@@ -89,6 +93,7 @@ from stagewise._ports import (
     Scheduler,
     Transaction,
     WakeCommand,
+    WorkerStore,
 )
 from stagewise._records import (
     Changeset,
@@ -102,6 +107,7 @@ from stagewise._records import (
     RunRecord,
     RunWrite,
     StageRecord,
+    WorkerRecord,
 )
 from stagewise._settings import KernelSettings
 from stagewise._stages import (
@@ -223,6 +229,12 @@ __all__ = [
     "WakeCommand",
     "Workflow",
     "WorkflowBuilder",
+    "WorkerBeat",
+    "WorkerBeatResult",
+    "WorkerRecord",
+    "WorkerStop",
+    "WorkerStopResult",
+    "WorkerStore",
     "WorkflowDefinitionError",
     "WorkflowNotFoundError",
     "WorkflowRegistry",

@@ -97,11 +97,16 @@ class StagePollSuspended(_Message):
 
 class LeaseReapStale(_Message):
     """Retry or fail attempts whose lease expired; with `worker_id`, every attempt that
-    worker holds (a worker restarting under the same id reclaims its own leases at once)."""
+    worker holds (a worker restarting under the same id reclaims its own leases at once);
+    with `observer` (the worker running this pass), every attempt of a worker it presumes
+    gone (silent for a few of its beats while the observer was beating: `_workers`)."""
 
     type: Literal["lease.reapStale"] = "lease.reapStale"
     limit: Limit = 100
     worker_id: Ident | None = None
+    stopping: bool = False
+    """With `worker_id`: the worker is stopping (what its drain left), not restarting."""
+    observer: Ident | None = None
 
 
 class OutboxFlush(_Message):
@@ -154,6 +159,26 @@ class JobRelease(_Message):
     worker_id: Ident
 
 
+class WorkerBeat(_Message):
+    """A worker is alive: write its row (what it is, the workflow versions it has, how often
+    it beats), at the database's time."""
+
+    type: Literal["worker.beat"] = "worker.beat"
+    worker_id: Ident
+    host: Annotated[str, StringConstraints(max_length=200)] = ""
+    pid: Annotated[int, Field(ge=0)] = 0
+    slots: Annotated[int, Field(ge=0)] = 0
+    beat_interval: Annotated[float, Field(gt=0, le=3600)]
+    software: Annotated[str, StringConstraints(max_length=100)] = ""
+
+
+class WorkerStop(_Message):
+    """A worker stopped cleanly (its attempts were given back): nobody takes it over."""
+
+    type: Literal["worker.stop"] = "worker.stop"
+    worker_id: Ident
+
+
 Command = Annotated[
     RunCreate
     | RunClaimPending
@@ -166,7 +191,9 @@ Command = Annotated[
     | RunRerunFrom
     | PluginReplayDLQ
     | JobHeartbeat
-    | JobRelease,
+    | JobRelease
+    | WorkerBeat
+    | WorkerStop,
     Field(discriminator="type"),
 ]
 
@@ -281,6 +308,17 @@ class JobReleaseResult(_Message):
     cancelled meanwhile)."""
 
 
+class WorkerBeatResult(_Message):
+    gone: list[str]
+    """Workers this one now presumes gone: `lease.reapStale` with it as `observer` takes
+    their attempts over."""
+
+
+class WorkerStopResult(_Message):
+    stopped: bool
+    """False when the worker had no row (it never beat)."""
+
+
 CommandResult = (
     RunCreateResult
     | RunClaimPendingResult
@@ -294,4 +332,6 @@ CommandResult = (
     | PluginReplayResult
     | HeartbeatResult
     | JobReleaseResult
+    | WorkerBeatResult
+    | WorkerStopResult
 )

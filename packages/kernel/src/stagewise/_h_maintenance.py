@@ -41,9 +41,11 @@ from stagewise._decisions import Output, StartedAttempt
 from stagewise._errors import StageOutputError, StagewiseError, SuspendTimeoutError
 from stagewise._execution import call_user_code, error_info, normalize_output
 from stagewise._records import ErrorInfo, JobMessage, StageRecord
+from stagewise._run import Reclaim
 from stagewise._runtime import Inflight, Runtime
 from stagewise._stages import NotReady, Ready, to_seconds
 from stagewise._unit import UnitOfWork
+from stagewise._workers import presumed_gone
 
 # --- stage.pollSuspended -----------------------------------------------------------------
 
@@ -168,23 +170,42 @@ async def lease_reap_stale(rt: Runtime, cmd: LeaseReapStale) -> LeaseReapResult:
     retried = failed = requeued = 0
     async with rt.unit(cmd.type) as unit:
         now = unit.now
-        expired = await unit.tx.stages.expired_leases(now, cmd.limit, worker_id=cmd.worker_id)
+        gone = await _gone(unit, cmd.observer)
+        holders = [*gone, *([cmd.worker_id] if cmd.worker_id else [])]
+        expired = await unit.tx.stages.expired_leases(now, cmd.limit, holders=holders)
         await unit.lock([s.run_id for s in expired], skip_locked=True)
         for cand in expired:
             run = unit.runs.get(cand.run_id)
             if run is None or rt.left_to_others(run):
                 continue
-            own = cmd.worker_id is not None and cand.worker_id == cmd.worker_id
-            decided = run.expire_lease(cand.stage_id, cand.job_id, own=own).outcome
+            why: Reclaim = "lease"
+            if cand.worker_id is not None and cand.worker_id == cmd.worker_id:
+                why = "stopped" if cmd.stopping else "restarted"
+            elif cand.worker_id in gone:
+                why = "gone"
+            decided = run.expire_lease(cand.stage_id, cand.job_id, why=why).outcome
             retried += decided == "retry"
             failed += decided == "failed"
         if not unit.joined:
             requeued = await _requeue_lost(rt, unit)
         await unit.tx.idempotency.purge_expired(now)
+        await unit.tx.workers.prune(now - timedelta(seconds=rt.settings.worker_retention))
     released = await rt.ports.job_transport.release_expired(worker_id=cmd.worker_id)
     return LeaseReapResult(
         retried=retried, failed=failed, released_jobs=released, requeued=requeued
     )
+
+
+async def _gone(unit: UnitOfWork, observer: str | None) -> list[str]:
+    """The workers `observer` presumes gone (none without an observer, or one that has not
+    beaten: it cannot tell an outage from a death, see `_workers`)."""
+    if observer is None:
+        return []
+    workers = await unit.tx.workers.find()
+    me = next((w for w in workers if w.worker_id == observer), None)
+    if me is None:
+        return []
+    return [w.worker_id for w in workers if presumed_gone(w, me, unit.now)]
 
 
 async def _requeue_lost(rt: Runtime, unit: UnitOfWork) -> int:

@@ -35,6 +35,10 @@ from stagewise._commands import (
     RunTransitionResult,
     StagePollResult,
     StagePollSuspended,
+    WorkerBeat,
+    WorkerBeatResult,
+    WorkerStop,
+    WorkerStopResult,
 )
 from stagewise._errors import InvalidCommandError
 from stagewise._h_jobs import job_execute
@@ -48,6 +52,7 @@ from stagewise._h_runs import (
     run_rerun_from,
     run_transition,
 )
+from stagewise._h_workers import worker_beat, worker_stop
 from stagewise._plugins import Plugin, PluginRunner
 from stagewise._ports import (
     BlobStore,
@@ -79,6 +84,8 @@ HANDLERS: dict[type[BaseModel], Handler] = {
     PluginReplayDLQ: plugin_replay_dlq,
     JobHeartbeat: job_heartbeat,
     JobRelease: job_release,
+    WorkerBeat: worker_beat,
+    WorkerStop: worker_stop,
 }
 
 
@@ -127,6 +134,10 @@ class Kernel:
     async def dispatch(self, command: JobHeartbeat) -> HeartbeatResult: ...
     @overload
     async def dispatch(self, command: JobRelease) -> JobReleaseResult: ...
+    @overload
+    async def dispatch(self, command: WorkerBeat) -> WorkerBeatResult: ...
+    @overload
+    async def dispatch(self, command: WorkerStop) -> WorkerStopResult: ...
     @overload
     async def dispatch(self, command: Mapping[str, Any]) -> CommandResult: ...
 

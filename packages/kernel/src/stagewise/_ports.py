@@ -39,6 +39,7 @@ from stagewise._records import (
     JobMessage,
     RunRecord,
     StageRecord,
+    WorkerRecord,
 )
 from stagewise._states import RunStatus
 
@@ -85,6 +86,7 @@ class RunStore(Protocol):
         *,
         status: RunStatus | None = None,
         workflow_id: str | None = None,
+        workflow_version: str | None = None,
         limit: int = 100,
         offset: int = 0,
     ) -> list[RunRecord]:
@@ -106,10 +108,10 @@ class StageStore(Protocol):
         ...
 
     async def expired_leases(
-        self, now: datetime, limit: int, *, worker_id: str | None = None
+        self, now: datetime, limit: int, *, holders: Sequence[str] = ()
     ) -> list[StageRecord]:
-        """RUNNING stages whose lease expired, plus (with `worker_id`) every RUNNING stage
-        that worker holds, whatever its expiry."""
+        """RUNNING stages whose lease expired, plus every RUNNING stage one of `holders`
+        (worker ids) holds, whatever its expiry."""
         ...
 
     async def unstarted(
@@ -117,6 +119,23 @@ class StageStore(Protocol):
     ) -> list[StageRecord]:
         """PENDING or RETRYING stages that are due (`due_at <= now`) and whose job was
         handed to the transport before `enqueued_before`: their delivery may be lost."""
+        ...
+
+
+class WorkerStore(Protocol):
+    """The workers of the fleet: each one's beat, for `stagewise workers list` and for
+    taking over the attempts of one that is gone."""
+
+    async def save(self, worker: WorkerRecord) -> None:
+        """Write every field of the worker's row (an upsert)."""
+        ...
+
+    async def find(self) -> list[WorkerRecord]:
+        """Every worker that has a row, by worker id."""
+        ...
+
+    async def prune(self, before: datetime) -> int:
+        """Delete the rows of workers not seen since `before`; returns how many."""
         ...
 
 
@@ -175,6 +194,9 @@ class Transaction(Protocol):
 
     @property
     def idempotency(self) -> IdempotencyStore: ...
+
+    @property
+    def workers(self) -> WorkerStore: ...
 
     async def apply(self, changes: Changeset) -> None:
         """Write `changes` in this transaction (see `Changeset` for what refuses it). The

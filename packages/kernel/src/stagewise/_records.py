@@ -18,6 +18,9 @@ from stagewise._states import RunStatus, StageStatus
 Json = Any
 """A JSON-compatible value (what `json.loads` returns)."""
 
+GONE_AFTER = 2.5
+"""Beat intervals of silence after which a worker is presumed gone (`WorkerRecord`)."""
+
 
 def without_nul(text: str) -> str:
     """Diagnostic text (error messages, log lines) with NUL characters made visible as
@@ -265,6 +268,37 @@ class LogRecord:
     message: str
     fields: dict[str, Json]
     at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerRecord:
+    """A worker process as the fleet sees it: what it is, what it can run, when it was last
+    heard of (on the database's clock)."""
+
+    worker_id: str
+    host: str
+    pid: int
+    started_at: datetime
+    last_seen_at: datetime
+    beat_interval: float
+    """Seconds between its beats: it is presumed gone after a few of them without one."""
+    streak_since: datetime
+    """Since when it has beaten without a gap: what it saw of the database is current from
+    then on (see `lease.reapStale`)."""
+    slots: int = 0
+    workflows: tuple[tuple[str, str], ...] = ()
+    """The (workflow id, version) pairs it has registered."""
+    software: str = ""
+    """The stagewise version it runs."""
+    stopped_at: datetime | None = None
+    """When it stopped cleanly (it gave its attempts back first)."""
+
+    def is_live(self, now: datetime) -> bool:
+        """Whether it beat recently enough to count as running: within `GONE_AFTER` of its
+        beat intervals (see `_workers` for when others take its attempts over)."""
+        if self.stopped_at is not None:
+            return False
+        return (now - self.last_seen_at).total_seconds() <= GONE_AFTER * self.beat_interval
 
 
 @dataclass(frozen=True, slots=True)

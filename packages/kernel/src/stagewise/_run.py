@@ -54,6 +54,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime, timedelta
+from typing import Literal
 
 from stagewise._decisions import (
     Beat,
@@ -73,6 +74,11 @@ from stagewise._run_flow import RunFlow
 from stagewise._run_rows import S, blob_keys, holds
 from stagewise._states import RunStatus
 from stagewise._workflow import Workflow
+
+Reclaim = Literal["lease", "restarted", "stopped", "gone"]
+"""Why the reaper takes an attempt back: its lease expired, its worker restarted under the
+same id or stopped with it still running (past its drain deadline), or its worker is
+presumed gone (see `_workers`)."""
 
 
 class Run(RunFlow):
@@ -222,25 +228,33 @@ class Run(RunFlow):
 
     # --- maintenance -------------------------------------------------------------------
 
-    def expire_lease(self, stage_id: str, job_id: str | None, *, own: bool) -> Decision[str]:
-        """The reaper: a RUNNING attempt held by `job_id` whose lease expired (or, `own`,
-        held by a worker restarting under its id) is retried or fails the stage; "retry",
-        "failed", or "skipped" when the stage moved on meanwhile."""
+    def expire_lease(
+        self, stage_id: str, job_id: str | None, *, why: Reclaim = "lease"
+    ) -> Decision[str]:
+        """The reaper: a RUNNING attempt held by `job_id` is retried (or fails the stage)
+        when its lease expired, when its worker restarted or stopped (`why="restarted"`,
+        `"stopped"`) or when its worker is presumed gone (`"gone"`); "retry", "failed", or
+        "skipped" when the stage moved on meanwhile."""
         stage = self.stages.get(stage_id)
         if stage is None or stage.status is not S.RUNNING or stage.job_id != job_id:
             return self._decided("skipped")  # started again, or finished, meanwhile
         stale = stage.lease_expires_at is not None and stage.lease_expires_at <= self.now
-        if not (stale or own):
+        if why == "lease" and not stale:
             return self._decided("skipped")
-        message = (
-            f"worker {stage.worker_id!r} stopped heartbeating attempt {stage.attempt} "
-            f"of stage {stage_id!r}"
-        )
+        who = f"worker {stage.worker_id!r}"
+        what = f"attempt {stage.attempt} of stage {stage_id!r}"
+        message = {
+            "lease": f"{who} stopped heartbeating {what}: its lease expired",
+            "gone": f"{who} stopped heartbeating {what}: the worker is gone (no beat from it)",
+            "restarted": f"{who} restarted while it ran {what}",
+            "stopped": f"{who} stopped while it still ran {what} (past its drain deadline)",
+        }[why]
         retryable = self._plan.stage(stage_id).retry.is_retryable(LeaseExpiredError(message))
         error = ErrorInfo("LeaseExpiredError", message, retryable=retryable)
-        # A worker that takes its own attempts back after a restart: they stopped because
-        # its process died, not because the stage failed, so the retry is due at once.
-        recorded = self._fail_or_retry(stage_id, error, trigger="expire", at_once=own)
+        # A worker that died (gone, or restarting) did not fail the stage: the retry is
+        # due at once, where a lease that merely expired keeps the policy's backoff.
+        at_once = why != "lease"
+        recorded = self._fail_or_retry(stage_id, error, trigger="expire", at_once=at_once)
         return self._decided(recorded.outcome, stage.job_id)
 
     def requeue(self, stage_id: str, enqueued_before: datetime) -> Decision[bool]:

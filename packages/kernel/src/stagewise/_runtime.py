@@ -31,6 +31,7 @@ from stagewise._ports import (
     JobTransport,
     Persistence,
     Scheduler,
+    WakeCommand,
 )
 from stagewise._records import JobMessage
 from stagewise._run import Run
@@ -170,6 +171,13 @@ class Runtime:
             after = await unit.write()
         await self.after_commit(after, command)
 
+    async def wake(self, command: WakeCommand, at: datetime) -> None:
+        """A hint for the scheduler, outside any transaction's changes (best effort)."""
+        try:
+            await self.ports.scheduler.wake(command, at)
+        except Exception:
+            logger.exception("scheduler hint failed (maintenance will find the work)")
+
     async def after_commit(self, after: AfterCommit, command: str) -> None:
         ports = self.ports
         try:
@@ -197,8 +205,5 @@ class Runtime:
                 await ports.blob_store.delete(key)
             except Exception:
                 logger.exception("could not delete blob %s", key)
-        for wake, at in sorted(after.wakeups, key=lambda hint: hint[1]):
-            try:
-                await ports.scheduler.wake(wake, at)
-            except Exception:
-                logger.exception("scheduler hint failed (maintenance will find the work)")
+        for wake_command, at in sorted(after.wakeups, key=lambda hint: hint[1]):
+            await self.wake(wake_command, at)

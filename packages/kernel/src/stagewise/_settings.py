@@ -25,6 +25,8 @@ class KernelSettings:
     ago than this without starting is enqueued again (the first delivery may be lost)."""
     idempotency_ttl: float = 7 * 24 * 3600.0
     """How long a completed idempotency record replays its result."""
+    worker_retention: float = 24 * 3600.0
+    """How long a worker's row is kept after it was last seen (`stagewise workers list`)."""
     group_commit: int = 64
     """Most attempts one transaction starts or records together: `job.execute` calls that
     reach the database while another one's transaction is open wait for it and then share

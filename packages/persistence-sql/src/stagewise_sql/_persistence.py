@@ -17,14 +17,15 @@ from datetime import datetime
 
 from sqlalchemy import and_, bindparam, delete, func, or_, select
 
-from stagewise._records import Changeset, IdempotencyRecord, RunRecord, StageRecord
+from stagewise._records import Changeset, IdempotencyRecord, RunRecord, StageRecord, WorkerRecord
 from stagewise._states import RunStatus, StageStatus
 from stagewise_sql import _rows
 from stagewise_sql._engine import Database, UnitConnection
 from stagewise_sql._outbox import SqlOutboxStore
 from stagewise_sql._schema import idempotency, runs
 from stagewise_sql._schema import stages as stages_t
-from stagewise_sql._statements import Store, time_param
+from stagewise_sql._schema import workers as workers_t
+from stagewise_sql._statements import Store, time_param, upsert
 
 
 class SqlTransaction:
@@ -37,6 +38,7 @@ class SqlTransaction:
         self.stages = SqlStageStore(db, link)
         self.outbox = SqlOutboxStore(db, link)
         self.idempotency = SqlIdempotencyStore(db, link)
+        self.workers = SqlWorkerStore(db, link)
 
     async def apply(self, changes: Changeset) -> None:
         """Hold `changes` to go out with the transaction's next statement or its commit
@@ -97,6 +99,7 @@ class SqlRunStore(Store):
         *,
         status: RunStatus | None = None,
         workflow_id: str | None = None,
+        workflow_version: str | None = None,
         limit: int = 100,
         offset: int = 0,
     ) -> list[RunRecord]:
@@ -105,6 +108,8 @@ class SqlRunStore(Store):
             stmt = stmt.where(runs.c.status == status.value)
         if workflow_id is not None:
             stmt = stmt.where(runs.c.workflow_id == workflow_id)
+        if workflow_version is not None:
+            stmt = stmt.where(runs.c.workflow_version == workflow_version)
         stmt = stmt.order_by(runs.c.created_at.desc(), runs.c.run_id.desc())
         stmt = stmt.limit(limit).offset(offset)
         return [_rows.run_from_row(row) for row in await self._link.execute(stmt)]
@@ -140,11 +145,11 @@ class SqlStageStore(Store):
         return [_rows.stage_from_row(row) for row in await self._link.execute(stmt)]
 
     async def expired_leases(
-        self, now: datetime, limit: int, *, worker_id: str | None = None
+        self, now: datetime, limit: int, *, holders: Sequence[str] = ()
     ) -> list[StageRecord]:
         t = time_param("now", now)
         expired = and_(stages_t.c.lease_expires_at.is_not(None), stages_t.c.lease_expires_at <= t)
-        held = expired if worker_id is None else or_(expired, stages_t.c.worker_id == worker_id)
+        held = or_(expired, stages_t.c.worker_id.in_(list(holders))) if holders else expired
         stmt = (
             select(stages_t)
             .where(stages_t.c.status == StageStatus.RUNNING.value, held)
@@ -192,4 +197,21 @@ class SqlIdempotencyStore(Store):
         stmt = delete(idempotency).where(
             idempotency.c.state == "completed", idempotency.c.expires_at <= time_param("now", now)
         )
+        return (await self._link.execute(stmt)).rowcount
+
+
+# --- workers -----------------------------------------------------------------------------
+
+
+class SqlWorkerStore(Store):
+    async def save(self, worker: WorkerRecord) -> None:
+        stmt = upsert(workers_t, self._dialect)
+        await self._link.execute(stmt, _rows.worker_values(worker))
+
+    async def find(self) -> list[WorkerRecord]:
+        stmt = select(workers_t).order_by(workers_t.c.worker_id)
+        return [_rows.worker_from_row(row) for row in await self._link.execute(stmt)]
+
+    async def prune(self, before: datetime) -> int:
+        stmt = delete(workers_t).where(workers_t.c.last_seen_at < time_param("before", before))
         return (await self._link.execute(stmt)).rowcount

@@ -16,6 +16,7 @@ from stagewise._records import (
     LogRecord,
     RunRecord,
     StageRecord,
+    WorkerRecord,
 )
 from stagewise._states import RunStatus, StageStatus
 
@@ -267,4 +268,36 @@ def job_from_row(row: Row[Any]) -> JobMessage:
         priority=row.priority,
         lease_expires_at=row.lease_expires_at,
         workflow_version=row.workflow_version,
+    )
+
+
+def worker_values(worker: WorkerRecord) -> Values:
+    return {
+        "worker_id": worker.worker_id,
+        "host": worker.host,
+        "pid": worker.pid,
+        "started_at": worker.started_at,
+        "last_seen_at": worker.last_seen_at,
+        "beat_interval": worker.beat_interval,
+        "streak_since": worker.streak_since,
+        "slots": worker.slots,
+        "workflows": [list(pair) for pair in worker.workflows],
+        "software": worker.software,
+        "stopped_at": worker.stopped_at,
+    }
+
+
+def worker_from_row(row: Any) -> WorkerRecord:
+    return WorkerRecord(
+        worker_id=row.worker_id,
+        host=row.host,
+        pid=row.pid,
+        started_at=row.started_at,
+        last_seen_at=row.last_seen_at,
+        beat_interval=row.beat_interval,
+        streak_since=row.streak_since,
+        slots=row.slots,
+        workflows=tuple((w, v) for w, v in row.workflows),
+        software=row.software,
+        stopped_at=row.stopped_at,
     )

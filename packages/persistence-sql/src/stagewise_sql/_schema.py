@@ -302,6 +302,23 @@ Index(
     **_partial("lease_expires_at IS NOT NULL"),
 )
 
+workers = Table(
+    "stagewise_workers",
+    metadata,
+    Column("worker_id", KEY, nullable=False),
+    Column("host", Text, nullable=False),
+    Column("pid", Integer, nullable=False),
+    _time("started_at", nullable=False),
+    _time("last_seen_at", nullable=False),
+    Column("beat_interval", Float, nullable=False),
+    _time("streak_since", nullable=False),
+    Column("slots", Integer, nullable=False),
+    Column("workflows", JSON_VALUE, nullable=False),
+    Column("software", Text, nullable=False),
+    _time("stopped_at"),
+    PrimaryKeyConstraint("worker_id"),
+)
+
 blobs = Table(
     "stagewise_blobs",
     metadata,
@@ -310,5 +327,5 @@ blobs = Table(
     PrimaryKeyConstraint("key"),
 )
 
-TABLES = (runs, stages, events, deliveries, idempotency, logs, jobs, blobs)
+TABLES = (runs, stages, events, deliveries, idempotency, logs, jobs, workers, blobs)
 """Every table, parents before children (the order to create them in)."""

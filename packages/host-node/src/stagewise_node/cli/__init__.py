@@ -38,8 +38,10 @@ app = typer.Typer(
 )
 runs_app = typer.Typer(help="Look at and act on runs.", no_args_is_help=True)
 db_app = typer.Typer(help="Manage the database schema.", no_args_is_help=True)
+workers_app = typer.Typer(help="Look at the fleet's workers.", no_args_is_help=True)
 app.add_typer(runs_app, name="runs")
 app.add_typer(db_app, name="db")
+app.add_typer(workers_app, name="workers")
 
 Db = Annotated[
     str,
@@ -172,6 +174,10 @@ def runs_list(
         typer.Option(case_sensitive=False, help="Only runs in this state (any case)."),
     ] = None,
     workflow: Annotated[str | None, typer.Option(help="Only runs of this workflow.")] = None,
+    version: Annotated[
+        str | None,
+        typer.Option(help="Only runs pinned to this workflow version (see docs/deploys.md)."),
+    ] = None,
     limit: Annotated[int, typer.Option(min=1, max=10_000)] = 50,
     db: Db = DEFAULT_DATABASE,
     utc: Utc = False,
@@ -185,10 +191,21 @@ def runs_list(
             db=db,
             status_filter=RunStatus(status.value) if status else None,
             workflow_id=workflow,
+            workflow_version=version,
             limit=limit,
             times=Times(utc=utc),
         )
     )
+
+
+@workers_app.command("list")
+def workers_list(db: Db = DEFAULT_DATABASE, utc: Utc = False) -> None:
+    """List the workers: live ones first, then those gone silent or stopped (rows age out
+    a day after a worker was last seen)."""
+    from stagewise_node.cli._render import Times
+    from stagewise_node.cli._workers import list_workers
+
+    run_async(list_workers(db=db, times=Times(utc=utc)))
 
 
 @runs_app.command("show")

@@ -131,6 +131,7 @@ def runs_table(runs: Sequence[RunRecord], times: Times) -> Table:
     created = times.column("created", [r.created_at for r in runs], "%m-%d %H:%M:%S")
     table.add_column("run id", no_wrap=True, min_width=36)
     table.add_column("workflow", overflow="fold")
+    table.add_column("version", no_wrap=True)
     table.add_column("status", no_wrap=True, min_width=9)
     table.add_column(created.title, no_wrap=True)
     table.add_column("duration", justify="right", no_wrap=True)
@@ -139,6 +140,7 @@ def runs_table(runs: Sequence[RunRecord], times: Times) -> Table:
         table.add_row(
             safe_text(run.run_id),
             safe_text(run.workflow_id),
+            safe_text(run.workflow_version or "-"),
             status(run.status.value),
             when,
             duration(run.started_at, run.finished_at),
@@ -232,6 +234,7 @@ def run_header(view: RunView, times: Times) -> Table:
     grid.add_column(overflow="fold")
     grid.add_row("run", safe_text(run.run_id))
     grid.add_row("workflow", safe_text(run.workflow_id))
+    grid.add_row("version", safe_text(run.workflow_version or "(recorded before versions)"))
     grid.add_row("status", status(run.status.value))
     if view.cancel_reason is not None:
         grid.add_row("reason", safe_text(view.cancel_reason, "red"))

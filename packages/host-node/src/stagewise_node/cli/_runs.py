@@ -169,11 +169,17 @@ async def list_runs(
     workflow_id: str | None,
     limit: int,
     times: Times,
+    workflow_version: str | None = None,
 ) -> None:
     backend = await connect(db, migrate=False)
     try:
         async with backend.persistence.transaction() as tx:
-            runs = await tx.runs.find(status=status_filter, workflow_id=workflow_id, limit=limit)
+            runs = await tx.runs.find(
+                status=status_filter,
+                workflow_id=workflow_id,
+                workflow_version=workflow_version,
+                limit=limit,
+            )
     finally:
         await backend.close()
     console.print(runs_table(runs, times))
@@ -196,6 +202,7 @@ def _as_json(view: RunView) -> dict[str, Any]:
     return {
         "run_id": run.run_id,
         "workflow_id": run.workflow_id,
+        "workflow_version": run.workflow_version,
         "status": run.status.value,
         "created_at": run.created_at.isoformat(),
         "started_at": run.started_at.isoformat() if run.started_at else None,

@@ -6,6 +6,7 @@ import logging
 import os
 import sys
 import threading
+from dataclasses import replace
 
 from stagewise import KernelSettings
 from stagewise_node._settings import NodeHostSettings
@@ -41,7 +42,10 @@ async def serve(
             drain_timeout=drain_timeout,
         )
         kernel_settings = KernelSettings(lease_seconds=lease, sync_workers=concurrency)
-        settings.heartbeat_every(lease)
+        # The worker says it is alive at least as often as it renews its leases, so that a
+        # dead one's attempts are taken over within a few heartbeats, not after its leases.
+        beat = min(settings.beat_interval, settings.heartbeat_every(lease))
+        settings = replace(settings, beat_interval=beat)
     except ValueError as exc:
         raise CliError(str(exc)) from None
     backend = await connect(db)

@@ -53,6 +53,7 @@ from stagewise._ports import (
     RunStore,
     StageStore,
     Transaction,
+    WorkerStore,
 )
 from stagewise._records import Changeset, JobMessage
 
@@ -202,6 +203,7 @@ class FaultyTransaction:
         self._idempotency = cast(
             IdempotencyStore, _StoreProxy(injector, "idempotency", inner.idempotency)
         )
+        self._workers = cast(WorkerStore, _StoreProxy(injector, "workers", inner.workers))
         self._injector = injector
 
     @property
@@ -219,6 +221,10 @@ class FaultyTransaction:
     @property
     def idempotency(self) -> IdempotencyStore:
         return self._idempotency
+
+    @property
+    def workers(self) -> WorkerStore:
+        return self._workers
 
     async def apply(self, changes: Changeset) -> None:
         await self._injector.call("tx.apply", lambda: self.inner.apply(changes))

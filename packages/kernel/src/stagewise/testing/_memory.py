@@ -26,11 +26,12 @@ from stagewise._records import (
     LogRecord,
     RunRecord,
     StageRecord,
+    WorkerRecord,
     with_stages,
 )
 from stagewise._states import RunStatus, StageStatus
 
-_TABLES = ("runs", "stages", "events", "deliveries", "idempotency", "logs")
+_TABLES = ("runs", "stages", "events", "deliveries", "idempotency", "logs", "workers")
 
 
 class _State:
@@ -41,6 +42,7 @@ class _State:
         self.deliveries: dict[tuple[str, str], Delivery] = {}
         self.idempotency: dict[tuple[str, str], IdempotencyRecord] = {}
         self.logs: dict[int, LogRecord] = {}
+        self.workers: dict[str, WorkerRecord] = {}
 
 
 class MemoryTransaction:
@@ -56,6 +58,7 @@ class MemoryTransaction:
         self.stages = _Stages(self)
         self.outbox = _Outbox(self)
         self.idempotency = _Idempotency(self)
+        self.workers = _Workers(self)
 
     def read(self, table: str) -> dict[Any, Any]:
         copy = self._copies.get(table)
@@ -219,6 +222,7 @@ class _Runs(_Store):
         *,
         status: RunStatus | None = None,
         workflow_id: str | None = None,
+        workflow_version: str | None = None,
         limit: int = 100,
         offset: int = 0,
     ) -> list[RunRecord]:
@@ -227,6 +231,7 @@ class _Runs(_Store):
             for r in self._tx.read("runs").values()
             if (status is None or r.status is status)
             and (workflow_id is None or r.workflow_id == workflow_id)
+            and (workflow_version is None or r.workflow_version == workflow_version)
         ]
         runs.sort(key=lambda r: (r.created_at, r.run_id), reverse=True)
         return runs[offset : offset + limit]
@@ -251,7 +256,7 @@ class _Stages(_Store):
         return rows[:limit]
 
     async def expired_leases(
-        self, now: datetime, limit: int, *, worker_id: str | None = None
+        self, now: datetime, limit: int, *, holders: Sequence[str] = ()
     ) -> list[StageRecord]:
         rows = [
             s
@@ -259,7 +264,7 @@ class _Stages(_Store):
             if s.status is StageStatus.RUNNING
             and (
                 (s.lease_expires_at is not None and s.lease_expires_at <= now)
-                or (worker_id is not None and s.worker_id == worker_id)
+                or (s.worker_id is not None and s.worker_id in holders)
             )
         ]
         rows.sort(key=lambda s: (s.lease_expires_at or now, s.run_id, s.stage_id))
@@ -354,3 +359,18 @@ class _Idempotency(_Store):
         for k in expired:
             del table[k]
         return len(expired)
+
+
+class _Workers(_Store):
+    async def save(self, worker: WorkerRecord) -> None:
+        self._tx.write("workers")[worker.worker_id] = worker
+
+    async def find(self) -> list[WorkerRecord]:
+        return [w for _, w in sorted(self._tx.read("workers").items())]
+
+    async def prune(self, before: datetime) -> int:
+        table = self._tx.write("workers")
+        old = [k for k, w in table.items() if w.last_seen_at < before]
+        for k in old:
+            del table[k]
+        return len(old)

@@ -1,0 +1,44 @@
+"""Handlers for the fleet's workers: a worker's beat, its clean stop (see `_workers`)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from stagewise._commands import WorkerBeat, WorkerBeatResult, WorkerStop, WorkerStopResult
+from stagewise._records import WorkerRecord
+from stagewise._runtime import Runtime
+from stagewise._workers import next_beat, presumed_gone
+
+
+async def worker_beat(rt: Runtime, cmd: WorkerBeat) -> WorkerBeatResult:
+    """Write the worker's row; say which other workers it now presumes gone, and (a hint)
+    ask for a reap at once when there are: their attempts wait for no lease."""
+    async with rt.unit(cmd.type) as unit:
+        now = unit.now
+        workers = {w.worker_id: w for w in await unit.tx.workers.find()}
+        said = WorkerRecord(
+            worker_id=cmd.worker_id,
+            host=cmd.host,
+            pid=cmd.pid,
+            started_at=now,
+            last_seen_at=now,
+            beat_interval=cmd.beat_interval,
+            streak_since=now,
+            slots=cmd.slots,
+            workflows=tuple(rt.registry.known()),
+            software=cmd.software,
+        )
+        me = next_beat(workers.get(cmd.worker_id), said, now)
+        await unit.tx.workers.save(me)
+    gone = sorted(w.worker_id for w in workers.values() if presumed_gone(w, me, now))
+    if gone:
+        await rt.wake("lease.reapStale", now)
+    return WorkerBeatResult(gone=gone)
+
+
+async def worker_stop(rt: Runtime, cmd: WorkerStop) -> WorkerStopResult:
+    async with rt.unit(cmd.type) as unit:
+        mine = [w for w in await unit.tx.workers.find() if w.worker_id == cmd.worker_id]
+        if mine:
+            await unit.tx.workers.save(replace(mine[0], stopped_at=unit.now))
+    return WorkerStopResult(stopped=bool(mine))
