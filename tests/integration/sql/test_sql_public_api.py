@@ -9,6 +9,7 @@ def test_the_public_names_are_exactly_these() -> None:
     assert sorted(stagewise_sql.__all__) == [
         "CHANNEL",
         "Counts",
+        "DatabaseClock",
         "DatabaseUnavailableError",
         "DuplicateRecordError",
         "InvalidDatabaseUrlError",

@@ -19,7 +19,7 @@ from stagewise import EventSink, KernelSettings, Plugin, SystemClock, WorkflowSo
 from stagewise_node._host import NodeHost
 from stagewise_node._scheduler import HostScheduler
 from stagewise_node._settings import NodeHostSettings
-from stagewise_sql import SqlBackend
+from stagewise_sql import DatabaseClock, SqlBackend
 
 
 def node_host(
@@ -33,8 +33,10 @@ def node_host(
     plugins: Sequence[Plugin] = (),
 ) -> NodeHost:
     """A node host and its kernel (`host.kernel`) on `backend`, the host attached as the
-    kernel's Scheduler. The host's loops run on the system clock; the kernel's leases and
-    due times on the backend's.
+    kernel's Scheduler. The kernel's leases and due times are on the backend's clock; so are
+    the host's loops (the kernel's wake-up hints are on it) when that is the database's
+    clock, and they are on the system clock when the backend was given a clock of its own
+    (a `FakeClock` does not move by itself).
 
     Args:
         backend: the database (`SqlBackend.connect`); closing it is the caller's.
@@ -60,5 +62,5 @@ def node_host(
         worker_id=worker_id,
         settings=settings,
         scheduler=scheduler,
-        clock=SystemClock(),
+        clock=backend.clock if isinstance(backend.clock, DatabaseClock) else SystemClock(),
     )

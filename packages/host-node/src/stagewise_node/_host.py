@@ -46,7 +46,6 @@ from stagewise import (
     Kernel,
     RunCreate,
     RunCreateResult,
-    SystemClock,
     WakeCommand,
 )
 from stagewise_node._heartbeat import Heartbeater
@@ -78,6 +77,10 @@ class NodeHost:
     The host is also the kernel's `Scheduler` (`wake`); because the kernel is built before
     the host, pass the same `HostScheduler` to both and the host attaches itself to it.
     Without it, work is found by the fallback polling intervals only.
+
+    `clock` times the host's loops; by default the kernel's, since the kernel's wake-up
+    hints are on it (give the system clock to run the loops in real time over a kernel on a
+    `FakeClock`).
     """
 
     def __init__(
@@ -98,7 +101,7 @@ class NodeHost:
         self.settings = settings or NodeHostSettings()
         self.worker_id = worker_id or default_worker_id()
         self._transport = job_transport
-        self._clock: Clock = clock or SystemClock()
+        self._clock: Clock = clock or kernel.clock
         self._lease = kernel.settings.lease_seconds
         self._heartbeater = Heartbeater(
             kernel, self._clock, self.settings.heartbeat_every(self._lease), self.worker_id

@@ -46,7 +46,6 @@ from stagewise import (
     RunClaimPending,
     StageNotFoundError,
     StagePollSuspended,
-    SystemClock,
     WorkflowNotFoundError,
 )
 from stagewise_serverless._messages import MalformedJobMessageError, parse_job_message
@@ -64,8 +63,9 @@ class ServerlessHost:
         result = await host.handle_job(body)      # a message the platform dequeued
         await host.run_maintenance_tick()          # from a schedule
 
-    `job_transport` must be the transport the kernel was built with. `clock` defaults to
-    the system clock; give it the kernel's clock in tests.
+    `job_transport` must be the transport the kernel was built with. `clock` (for the
+    invocation's deadline and the retry times it gives the transport) defaults to the
+    kernel's: on the SQL backends the database's, as the transport's availability is.
     """
 
     def __init__(
@@ -83,7 +83,7 @@ class ServerlessHost:
         self._transport = job_transport
         self._worker_id = worker_id
         self._settings = settings or ServerlessSettings()
-        self._clock: Clock = clock or SystemClock()
+        self._clock: Clock = clock or kernel.clock
 
     @property
     def kernel(self) -> Kernel:

@@ -106,6 +106,12 @@ class Kernel:
         return self._rt.registry
 
     @property
+    def clock(self) -> Clock:
+        """The clock its leases, due times and wake-up hints are on (on the SQL backends,
+        the database's by default)."""
+        return self._rt.ports.clock
+
+    @property
     def in_flight(self) -> int:
         """Attempts executing in this process right now."""
         return len(self._rt.inflight)

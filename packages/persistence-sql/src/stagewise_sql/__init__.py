@@ -14,6 +14,7 @@ from stagewise._errors import DuplicateRecordError
 from stagewise_sql._alembic import render_item
 from stagewise_sql._backend import SqlBackend, SqlSettings, upgrade
 from stagewise_sql._blobs import SqlBlobStore
+from stagewise_sql._clock import DatabaseClock
 from stagewise_sql._counting import Counts
 from stagewise_sql._counting import counting as count_statements
 from stagewise_sql._errors import (
@@ -31,6 +32,7 @@ __all__ = [
     "MIGRATIONS",
     "VERSION_TABLE",
     "Counts",
+    "DatabaseClock",
     "DatabaseUnavailableError",
     "DuplicateRecordError",
     "InvalidDatabaseUrlError",

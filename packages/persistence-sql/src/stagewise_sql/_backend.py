@@ -27,6 +27,7 @@ from stagewise import (
 )
 from stagewise._errors import PersistenceError
 from stagewise_sql._blobs import SqlBlobStore
+from stagewise_sql._clock import DatabaseClock
 from stagewise_sql._connect import create_engine, display_url, is_memory_sqlite, parse_url
 from stagewise_sql._engine import Database
 from stagewise_sql._errors import DatabaseNotFoundError, SchemaMissingError
@@ -70,6 +71,8 @@ class SqlBackend:
     def __init__(self, db: Database, clock: Clock) -> None:
         self._db = db
         self.clock = clock
+        """What leases, due times and beats are judged by: a `DatabaseClock` unless a clock
+        was given to `connect`."""
         self.persistence = SqlPersistence(db)
         self.job_transport = SqlJobTransport(db, clock)
         self.blob_store = SqlBlobStore(db)
@@ -81,6 +84,7 @@ class SqlBackend:
         *,
         migrate: bool = True,
         clock: Clock | None = None,
+        local_clock: Clock | None = None,
         settings: SqlSettings | None = None,
     ) -> SqlBackend:
         """Open the database at `url`, check its schema and upgrade it if allowed.
@@ -91,8 +95,13 @@ class SqlBackend:
                 `postgresql://...`).
             migrate: create the schema, or upgrade it to this code's revision when it is
                 behind. With False, nothing is created or changed: not even a SQLite file.
-            clock: the time every lease and availability is computed with (the system
-                clock by default; a `FakeClock` in tests). Never the database's clock.
+            clock: the time every lease, due time and beat is judged by, used as given (a
+                `FakeClock` in tests, to skip time). By default the database's clock
+                (`DatabaseClock`: this machine's clock plus its offset from the database's,
+                measured now and every minute), so that machines whose clocks disagree
+                still agree on every lease.
+            local_clock: the machine's clock the database's is measured against (the
+                system clock by default; a skewed one in tests). Not with `clock`.
             settings: pool size and timeouts.
 
         Raises:
@@ -105,6 +114,8 @@ class SqlBackend:
                 this code.
             PersistenceError: the database refused us (no such database, permissions...).
         """
+        if clock is not None and local_clock is not None:
+            raise ValueError("give clock (used as is) or local_clock (measured), not both")
         settings = settings or SqlSettings()
         parsed = parse_url(url)
         _check_sqlite_directory(parsed)
@@ -129,10 +140,16 @@ class SqlBackend:
                         db.url_display, exc.table, f"table {exc.table!r} does not exist"
                     ) from exc
                 raise
+            if clock is None:
+                clock = DatabaseClock(db, local_clock or SystemClock())
+                await clock.measure()
+                clock.start()
         except BaseException:
+            if isinstance(clock, DatabaseClock):
+                await clock.close()
             await db.close()
             raise
-        return cls(db, clock or SystemClock())
+        return cls(db, clock)
 
     def kernel(
         self,
@@ -159,8 +176,8 @@ class SqlBackend:
             persistence=self.persistence,
             blob_store=self.blob_store,
             job_transport=self.job_transport,
-            event_sink=event_sink or _NoSink(),
-            scheduler=scheduler or _NoHints(),
+            event_sink=_NoSink() if event_sink is None else event_sink,
+            scheduler=_NoHints() if scheduler is None else scheduler,
             clock=self.clock,
             registry=registry,
             plugins=plugins,
@@ -192,7 +209,10 @@ class SqlBackend:
         return await current_revision(self._db)
 
     async def close(self) -> None:
-        """Close the LISTEN connection and every pooled connection."""
+        """Stop measuring the clock; close the LISTEN connection and every pooled
+        connection."""
+        if isinstance(self.clock, DatabaseClock):
+            await self.clock.close()
         await self.job_transport.close()
         await self._db.close()
 

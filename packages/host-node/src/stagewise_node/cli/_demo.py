@@ -89,6 +89,7 @@ async def demo(*, path: Path | None, fresh: bool) -> int:
             backend.persistence,
             backend.blob_store,
             created.run_id,
+            clock=backend.clock,
             times=Times(),
             give_up_after=DEMO_TIMEOUT,
             every=0.1,

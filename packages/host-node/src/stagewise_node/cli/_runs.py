@@ -15,13 +15,13 @@ from rich.text import Text
 
 from stagewise import (
     BlobStore,
+    Clock,
     Persistence,
     RunCancel,
     RunClaimPending,
     RunCreate,
     RunRerunFrom,
     RunStatus,
-    SystemClock,
 )
 from stagewise_node.cli._compose import client, connect, upgrade
 from stagewise_node.cli._invocation import stagewise_command
@@ -102,6 +102,7 @@ async def create_run(
             c.backend.persistence,
             c.backend.blob_store,
             result.run_id,
+            clock=c.backend.clock,
             times=times,
             give_up_after=give_up_after,
         )
@@ -113,16 +114,17 @@ async def follow(
     blobs: BlobStore,
     run_id: str,
     *,
+    clock: Clock,
     times: Times,
     give_up_after: float | None = None,
     every: float = 0.2,
 ) -> RunView:
-    """Show the run's stages live until it finishes (or `give_up_after` seconds pass).
+    """Show the run's stages live until it finishes (or `give_up_after` seconds pass);
+    elapsed times on `clock`, the one the run's times were written on.
 
     Raises:
         CliError: the run did not finish in time.
     """
-    clock = SystemClock()
     started = time.monotonic()
     view = await load_run(persistence, blobs, run_id, with_output=False)
     with Live(console=console, refresh_per_second=10, transient=False) as live:
