@@ -51,6 +51,7 @@ class RunAggregateMachine(RuleBasedStateMachine):
         self.ever: dict[str, JobMessage] = {}  # every job ever enqueued: any may come again
         self.held: dict[str, JobMessage] = {}  # deliveries a worker started and still runs
         self.polls: list[JobMessage] = []  # poll claims waiting for their answer
+        self.finished: dict[str, tuple[JobMessage, Any, str]] = {}  # job, outcome, answer
         self.seqs: list[int] = []
         self.completions: Counter[str] = Counter()
         self.commits = 0
@@ -129,9 +130,25 @@ class RunAggregateMachine(RuleBasedStateMachine):
             "suspend": Suspension({"x": 1}, 30, 120),
         }[how if how != "suspend" or job.stage_id == "c" else "output"]
         run = self.load()
-        run.record_attempt(job, outcome, NO_REPORTS, {})
+        answer = run.record_attempt(job, outcome, NO_REPORTS, {}).outcome.outcome
         self.queue.pop(job.job_id, None)  # the layer acks the delivery it finished
         self.commit(run)
+        self.finished[job.job_id] = (job, outcome, answer)
+
+    @precondition(lambda self: bool(self.finished))
+    @rule(data=st.data())
+    def finish_again(self, data: st.DataObject) -> None:
+        """A finish tried again (its commit went unheard): the first answer, changing
+        nothing, or refused if the stage has moved on since."""
+        job, outcome, answer = self.finished[data.draw(st.sampled_from(sorted(self.finished)))]
+        run = self.load()
+        again = run.record_attempt(job, outcome, NO_REPORTS, {}).outcome
+        if again.replayed:
+            assert again.outcome == answer
+            assert run.take_changes().changes.run is None
+        else:
+            assert again.outcome in ("lost", "cancelled")
+            self.commit(run)
 
     @precondition(lambda self: bool(self.held))
     @rule(data=st.data(), action=st.sampled_from(["heartbeat", "release", "vanish"]))

@@ -106,6 +106,46 @@ async def test_workers_ride_out_a_postgresql_restart_and_every_run_completes(
         await client.close()
 
 
+async def test_a_restart_shorter_than_the_lease_runs_no_stage_body_again(
+    server: PrivatePostgres, tmp_path: Path
+) -> None:
+    # Issue 14's outage: 3 workers x 10 slots, every slot in a stage when the server goes
+    # away for 3 s. With 30 s leases no attempt is lost: each finish that failed is tried
+    # again with its outcome until the database is back, and nothing runs twice.
+    workers = Workers(url=server.url, tmp=tmp_path, side=tmp_path / "side.db")
+    client = await Client.open(server.url)
+    try:
+        pool = [
+            workers.spawn(f"o{i}", concurrency=10, lease=30.0, heartbeat=5.0, poll=0.5)
+            for i in range(3)
+        ]
+        await workers.ready(*pool)
+        run_ids = [
+            await client.create("three", {"n": i, "slow": "b", "sleep": 1.5}) for i in range(30)
+        ]
+        deadline = time.monotonic() + 60
+        while sum(e["stage_id"] == "b" for e in workers.executions()) < 30:
+            assert time.monotonic() < deadline, workers.logs()
+            await asyncio.sleep(0.05)
+        server.stop("fast")  # every b is in its sleep: their finishes fail, and wait
+        await asyncio.sleep(3.0)
+        server.start()
+
+        done = await _wait(client, run_ids, len(run_ids), within=90)
+        assert done == len(run_ids), workers.logs()
+        assert Counter(await _statuses(client)) == {RunStatus.COMPLETED: 30}, workers.logs()
+        counts = workers.counts()
+        again = {key: n for key, n in counts.items() if n > 1}
+        assert not again, f"stage bodies ran again: {again}\n{workers.logs()}"
+        assert len(counts) == 90
+        log = "".join(w.text() for w in pool)
+        assert "trying again while its lease holds" in log, log[-3000:]
+        assert "LeaseExpiredError" not in log and "stopped heartbeating" not in log
+    finally:
+        workers.kill_all()
+        await client.close()
+
+
 async def _statuses(client: Client) -> list[RunStatus]:
     async with client.backend.persistence.transaction() as tx:
         return [r.status for r in await tx.runs.find(limit=10_000)]

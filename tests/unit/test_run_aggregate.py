@@ -443,3 +443,37 @@ def test_an_expired_lease_is_the_only_reason_that_waits_for_the_lease() -> None:
     assert run.expire_lease("a", "j1", why="lease").outcome == "skipped"
     assert run.expire_lease("a", "j-other", why="gone").outcome == "skipped"  # moved on
     assert run.stages["a"].status is S.RUNNING
+
+
+@pytest.mark.parametrize(
+    ("outcome", "recorded"),
+    [
+        (Output({"ok": True}), "completed"),
+        (Suspension({"id": 1}, 60, 600), "suspended"),
+        (ErrorInfo("Boom", "boom"), "retry"),
+        (ErrorInfo("Boom", "boom", retryable=False), "failed"),
+    ],
+)
+def test_a_finish_tried_again_after_its_commit_gets_the_same_answer_and_changes_nothing(
+    outcome: Output | Suspension | ErrorInfo, recorded: str
+) -> None:
+    first = aggregate(S.RUNNING)
+    assert first.record_attempt(job(), outcome, NO_REPORTS, {}).outcome.outcome == recorded
+    committed = first.take_changes().changes
+    assert committed.run is not None
+    again = Run(committed.run, list(committed.stages), workflow=workflow(), rules=rules())
+
+    decision = again.record_attempt(job(), outcome, NO_REPORTS, {})
+
+    assert (decision.outcome.outcome, decision.outcome.replayed) == (recorded, True)
+    assert decision.changes.run is None and not decision.changes.events
+    assert not decision.changes.jobs
+
+
+def test_a_finish_after_the_reaper_took_the_attempt_is_lost_not_a_replay() -> None:
+    run = aggregate(S.RUNNING, now=LATER)
+    assert run.expire_lease("a", "j1").outcome == "retry"
+
+    late = run.record_attempt(job(), ErrorInfo("Boom", "boom"), NO_REPORTS, {})
+
+    assert (late.outcome.outcome, late.outcome.replayed) == ("lost", False)

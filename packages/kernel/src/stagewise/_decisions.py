@@ -279,6 +279,8 @@ class Recorded:
     outcome: Literal["completed", "suspended", "retry", "failed", "cancelled", "lost"]
     error: str | None = None
     retry_after: float | None = None
+    replayed: bool = False
+    """The outcome was recorded by an earlier try of this same finish."""
 
 
 @dataclass(frozen=True, slots=True)

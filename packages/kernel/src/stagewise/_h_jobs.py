@@ -29,14 +29,16 @@ delivery, and if the worker dies first its lease expires and the reaper retries 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+import itertools
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import timedelta
+from typing import Any, TypeVar
 
 from stagewise._attempt import build_context, load_blobs, store_blobs
 from stagewise._commands import JobExecute, JobExecuteResult
-from stagewise._context import AttemptBuffer
 from stagewise._decisions import Output, Recorded, Start, StartedAttempt, Suspension
-from stagewise._errors import LeaseLost, StageOutputError
+from stagewise._errors import LeaseLost, StageOutputError, TransientError
 from stagewise._execution import (
     call_user_code,
     ensure_json,
@@ -54,6 +56,14 @@ from stagewise._unit import UnitOfWork
 from stagewise._workflow import Workflow
 
 Outcome = Output | Suspension | ErrorInfo
+T = TypeVar("T")
+
+FINISH_RETRY_FIRST = 0.1
+FINISH_RETRY_CAP = 2.0
+"""Seconds between tries of a finish that failed for a transient reason: doubling from the
+first, at most the cap (a database back from a restart is found within two seconds)."""
+
+logger = logging.getLogger("stagewise.kernel")
 
 
 def _result(job: JobMessage, outcome: str, **kw: Any) -> JobExecuteResult:
@@ -81,7 +91,12 @@ async def job_execute(rt: Runtime, cmd: JobExecute) -> JobExecuteResult:
             return await _not_started(rt, job, start)
         started = start.started
 
-    inflight = Inflight(run_id=job.run_id, stage_id=job.stage_id, attempt=job.attempt)
+    inflight = Inflight(
+        run_id=job.run_id,
+        stage_id=job.stage_id,
+        attempt=job.attempt,
+        lease_until=started.stages[job.stage_id].lease_expires_at,
+    )
     rt.inflight[job.job_id] = inflight
     try:
         ran = await _run(rt, workflow, stage_def, started, inflight)
@@ -93,7 +108,7 @@ async def job_execute(rt: Runtime, cmd: JobExecute) -> JobExecuteResult:
             if isinstance(ran, BaseException)
             else ran
         )
-        return await _finish(rt, cmd, outcome, inflight.buffer, queued=handed is None)
+        return await _finish(rt, cmd, outcome, inflight, queued=handed is None)
     finally:
         rt.inflight.pop(job.job_id, None)
 
@@ -190,11 +205,11 @@ async def _run(
 
 
 async def _finish(
-    rt: Runtime, cmd: JobExecute, outcome: Outcome, buffer: AttemptBuffer, *, queued: bool
+    rt: Runtime, cmd: JobExecute, outcome: Outcome, inflight: Inflight, *, queued: bool
 ) -> JobExecuteResult:
     """The finish step: the aggregate fences the attempt again and records its outcome."""
     job = cmd.job
-    reports = buffer.drain()  # before the step: a step tried twice writes them once
+    reports = inflight.buffer.drain()  # before the step: a step tried twice writes them once
 
     async def finish(unit: UnitOfWork, run: Run | None) -> tuple[Recorded, StartedAttempt | None]:
         if queued:  # a handed-off job never reached the transport: nothing to ack
@@ -205,15 +220,58 @@ async def _finish(
         outputs = await load_blobs(rt.ports.blob_store, refs)
         decision = run.record_attempt(job, outcome, reports, outputs)
         handoff = None
-        if cmd.chain and decision.outcome.outcome == "completed":
+        if cmd.chain and decision.outcome.replayed:
+            # The try that committed may have handed the next stage to this worker.
+            handoff = run.handed_unheard(cmd.worker_id, {*rt.inflight, *rt.handoffs})
+        elif cmd.chain and decision.outcome.outcome == "completed":
             handoff = hand_off(unit, run, cmd.worker_id, decision.changes.jobs)
         return decision.outcome, handoff
 
-    recorded, handoff = await rt.group.run(cmd.type, job.run_id, finish)
+    recorded, handoff = await _while_leased(
+        rt, inflight, lambda: rt.group.run(cmd.type, job.run_id, finish)
+    )
     if recorded.outcome == "lost":
         raise LeaseLost(job.run_id, job.stage_id, job.attempt, recorded.error or "")
-    result = _result(job, recorded.outcome, error=recorded.error, retry_after=recorded.retry_after)
+    result = _result(
+        job,
+        recorded.outcome,
+        error=recorded.error,
+        retry_after=recorded.retry_after,
+        replayed=recorded.replayed,
+    )
     if handoff is None:
         return result
     rt.hand_over([handoff])  # only now that the transaction committed
     return result.model_copy(update={"next_job": handoff.job})
+
+
+async def _while_leased(rt: Runtime, inflight: Inflight, step: Callable[[], Awaitable[T]]) -> T:
+    """`step` (the finish), tried again with backoff when it fails for a transient reason
+    (the database restarting, a lost connection) for as long as the attempt's lease holds.
+
+    Why: the outcome is in hand and nobody else may take the stage before the lease ends,
+    so giving up would only throw away work that the reaper then runs again. Trying again
+    is safe even when the failed try did commit unheard: the aggregate recognises its own
+    finish and answers it unchanged (`recorded_by`). Past the lease, the error stands; the
+    reaper retries the attempt and says why.
+    """
+    for tries in itertools.count():
+        try:
+            return await step()
+        except TransientError as exc:
+            wait = min(FINISH_RETRY_CAP, FINISH_RETRY_FIRST * 2**tries)
+            until = inflight.lease_until
+            if until is None or rt.now + timedelta(seconds=wait) >= until:
+                raise
+            if tries == 0:
+                logger.warning(
+                    "could not record attempt %d of stage %r of run %s (%s); trying again "
+                    "while its lease holds (until %s)",
+                    inflight.attempt,
+                    inflight.stage_id,
+                    inflight.run_id,
+                    exc,
+                    until.isoformat(timespec="seconds"),
+                )
+            await rt.ports.clock.sleep(wait)
+    raise AssertionError("unreachable")

@@ -31,6 +31,8 @@ async def job_heartbeat(rt: Runtime, cmd: JobHeartbeat) -> HeartbeatResult:
         attempt.token._cancel()
     if beat.lost is not None:
         raise LeaseLost(job.run_id, job.stage_id, job.attempt, beat.lost)
+    if attempt is not None and beat.started and not beat.cancelled:
+        attempt.lease_until = beat.lease_expires_at
     if beat.started and not beat.cancelled:
         # The stage row holds the lease that counts; the delivery's lease is advisory.
         with contextlib.suppress(StagewiseError):

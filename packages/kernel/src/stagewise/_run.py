@@ -71,7 +71,7 @@ from stagewise._errors import ConflictError, LeaseExpiredError
 from stagewise._events import RunCancelled, RunCreated, RunStarted, StageStarted
 from stagewise._records import ErrorInfo, JobMessage, Json, RunRecord
 from stagewise._run_flow import RunFlow
-from stagewise._run_rows import S, blob_keys, holds
+from stagewise._run_rows import S, blob_keys, holds, recorded_by
 from stagewise._states import RunStatus
 from stagewise._workflow import Workflow
 
@@ -177,6 +177,9 @@ class Run(RunFlow):
         if stage.status is S.CANCELLED or self.record.status is RunStatus.CANCELLED:
             dropped = "the run was cancelled; the result is dropped"
             return self._decided(Recorded("cancelled", error=dropped))
+        replayed = recorded_by(stage, job)
+        if replayed is not None:  # this very finish committed before: the same answer
+            return self._decided(Recorded(replayed, replayed=True))
         if not holds(stage, job):
             held = f"the stage is {stage.status.value} at attempt {stage.attempt} "
             return self._decided(Recorded("lost", error=held + f"held by {stage.job_id!r}"))
@@ -255,6 +258,7 @@ class Run(RunFlow):
         # due at once, where a lease that merely expired keeps the policy's backoff.
         at_once = why != "lease"
         recorded = self._fail_or_retry(stage_id, error, trigger="expire", at_once=at_once)
+        self._set_stage(stage_id, job_id=None)  # its late finish is lost, not a replay
         return self._decided(recorded.outcome, stage.job_id)
 
     def requeue(self, stage_id: str, enqueued_before: datetime) -> Decision[bool]:
@@ -376,22 +380,3 @@ class Run(RunFlow):
             self._new_stage(sid, index)
         self._emit(RunStarted, rerun_from=stage_id)
         return self._decided(reset)
-
-    # --- queries -----------------------------------------------------------------------
-
-    def refs_to_finish(self, completing: str | None = None) -> list[str]:
-        """Blob keys of the outputs that completing stage `completing` (or `advance`, with
-        None) would need to build the run's output: load them before that decision."""
-        plan, index = self.workflow, self.record.current_group
-        if plan is None or index != len(plan.groups) - 1:
-            return []
-        refs = []
-        for sdef in plan.groups[index]:
-            if sdef.id == completing:
-                continue
-            row = self.stages.get(sdef.id)
-            if row is None or row.status is not S.COMPLETED:
-                return []  # the run does not complete with this decision
-            if row.output_ref is not None and sdef.id not in self._values:
-                refs.append(row.output_ref)
-        return refs

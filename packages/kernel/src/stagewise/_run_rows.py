@@ -11,10 +11,10 @@ and keeping them for the transaction (`take_changes`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from stagewise._decisions import ChangeLog, Decision, Rules, RunChanges, StartedAttempt
 from stagewise._events import Event
@@ -67,6 +67,45 @@ class RunRows:
     @property
     def now(self) -> datetime:
         return self.rules.now
+
+    def refs_to_finish(self, completing: str | None = None) -> list[str]:
+        """Blob keys of the outputs that completing stage `completing` (or `advance`, with
+        None) would need to build the run's output: load them before that decision."""
+        plan, index = self.workflow, self.record.current_group
+        if plan is None or index != len(plan.groups) - 1:
+            return []
+        refs = []
+        for sdef in plan.groups[index]:
+            if sdef.id == completing:
+                continue
+            row = self.stages.get(sdef.id)
+            if row is None or row.status is not S.COMPLETED:
+                return []  # the run does not complete with this decision
+            if row.output_ref is not None and sdef.id not in self._values:
+                refs.append(row.output_ref)
+        return refs
+
+    def handed_unheard(self, worker_id: str, known: Container[str]) -> StartedAttempt | None:
+        """A RUNNING attempt `worker_id` holds under a job id it does not know (not in
+        `known`): one handed to it (eager dispatch) by a finish whose commit it never heard
+        of. Its caller runs it, as it would have; no decision is made here."""
+        run = self.record
+        for stage in self.stages.values():
+            unknown = stage.job_id is not None and stage.job_id not in known
+            if stage.status is S.RUNNING and stage.worker_id == worker_id and unknown:
+                assert stage.job_id is not None
+                job = JobMessage(
+                    stage.job_id,
+                    run.run_id,
+                    run.workflow_id,
+                    stage.stage_id,
+                    stage.attempt,
+                    available_at=stage.started_at or self.now,
+                    priority=run.priority,
+                    workflow_version=run.workflow_version,
+                )
+                return self._snapshot(job, worker_id)
+        return None
 
     # --- the bookkeeping under every decision ----------------------------------------------
 
@@ -168,6 +207,30 @@ class RunRows:
 def holds(stage: StageRecord, job: JobMessage) -> bool:
     """The finish fence: the stage is RUNNING at this job's attempt, held by this job."""
     return stage.status is S.RUNNING and stage.job_id == job.job_id and stage.attempt == job.attempt
+
+
+Finished = Literal["completed", "suspended", "failed", "retry"]
+
+
+def recorded_by(stage: StageRecord, job: JobMessage) -> Finished | None:
+    """What `job`'s own finish already recorded on `stage`, if that is where the stage is:
+    a finish retried after its commit succeeded unheard. Only a job's own finish leaves the
+    stage past RUNNING with that job's id (the reaper and a cancel clear it), and one
+    attempt has one outcome, so the outcome found is the one this finish carries."""
+    if stage.job_id != job.job_id:
+        return None
+    if stage.attempt == job.attempt and stage.status in _FINISHED_AS:
+        return _FINISHED_AS[stage.status]
+    if stage.attempt == job.attempt + 1 and stage.status is S.RETRYING:
+        return "retry"
+    return None
+
+
+_FINISHED_AS: dict[StageStatus, Finished] = {
+    S.COMPLETED: "completed",
+    S.SUSPENDED: "suspended",
+    S.FAILED: "failed",
+}
 
 
 def blob_keys(stage: StageRecord) -> list[str]:

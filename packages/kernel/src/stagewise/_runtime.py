@@ -65,6 +65,9 @@ class Inflight:
     attempt: int
     token: CancellationToken = field(default_factory=CancellationToken)
     buffer: AttemptBuffer = field(default_factory=AttemptBuffer)
+    lease_until: datetime | None = None
+    """Its lease as last written (at its start, then by each heartbeat): until then no
+    other worker can take its stage, so its finish may be tried again."""
 
 
 class Runtime:

@@ -257,20 +257,23 @@ class TestEnvironment:
         self.registry = (
             workflows if isinstance(workflows, WorkflowRegistry) else WorkflowRegistry(workflows)
         )
-        self.clock = clock or FakeClock()
+        # `is None`, not `or`: an adapter may be falsy (an empty queue has a length).
+        self.clock = FakeClock() if clock is None else clock
         memory = InMemoryPersistence()
-        self.persistence: Persistence = persistence or memory
-        self.queue: DrivableTransport = job_transport or InMemoryJobQueue(
-            self.clock, None if external_transport else memory
+        self.persistence: Persistence = memory if persistence is None else persistence
+        self.queue: DrivableTransport = (
+            InMemoryJobQueue(self.clock, None if external_transport else memory)
+            if job_transport is None
+            else job_transport
         )
-        self.blobs: BlobStore = blob_store or InMemoryBlobStore()
+        self.blobs: BlobStore = InMemoryBlobStore() if blob_store is None else blob_store
         self.sink = CollectingEventSink()
         self.scheduler = RecordingScheduler()
         self.kernel = create_kernel(
             persistence=self.persistence,
             blob_store=self.blobs,
             job_transport=self.queue,
-            event_sink=event_sink or self.sink,
+            event_sink=self.sink if event_sink is None else event_sink,
             scheduler=self.scheduler,
             clock=self.clock,
             registry=self.registry,
