@@ -14,9 +14,10 @@ from pydantic import BaseModel, ValidationError
 from stagewise._context import AttemptBuffer, CancellationToken, RunStorage, StageContext
 from stagewise._decisions import Output, StartedAttempt
 from stagewise._errors import InvalidInputError, StageOutputError
-from stagewise._execution import has_nul
+from stagewise._execution import ensure_json
 from stagewise._ports import BlobStore
 from stagewise._records import JobMessage, Json, StageRecord
+from stagewise._settings import KernelSettings
 from stagewise._stages import Stage
 from stagewise._states import StageStatus
 from stagewise._workflow import Workflow, _summary
@@ -90,18 +91,25 @@ def _validate(stage: Stage, model: type[BaseModel] | None, value: Any, what: str
 
 
 async def store_blobs(
-    blobs: BlobStore, inline_limit: int, job: JobMessage, outcome: Output
+    blobs: BlobStore, settings: KernelSettings, job: JobMessage, outcome: Output
 ) -> Output | StageOutputError:
     """Put large outputs and artifacts in the blob store before the finish transaction.
 
+    An output that cannot be stored (`_text`) or is over `max_output_bytes` is the stage's
+    failure, said now: the finish transaction would otherwise fail late, or store it.
     Keys carry the job id, so a refused (fenced-out) attempt never overwrites the blobs of the
     attempt that won; its own blobs are orphans under keys nothing refers to.
     """
-    encoded = json.dumps(outcome.value, separators=(",", ":")).encode()
-    if has_nul(encoded):  # PostgreSQL would refuse the finish transaction: fail it clearly
+    what = f"stage {job.stage_id!r} output"
+    try:
+        encoded = ensure_json(outcome.value, what)
+    except StageOutputError as exc:
+        return exc
+    if len(encoded) > settings.max_output_bytes:
         return StageOutputError(
-            f"stage {job.stage_id!r} returned output containing a NUL character (\\u0000), "
-            "which cannot be stored"
+            f"{what} is {len(encoded):,} bytes of JSON, over the "
+            f"{settings.max_output_bytes:,} bytes KernelSettings.max_output_bytes allows "
+            "(put large results in ctx.storage or an artifact, and return a reference)"
         )
     prefix = f"runs/{job.run_id}/stages/{job.stage_id}/{job.job_id.replace(':', '-')}"
     refs = {}
@@ -109,7 +117,7 @@ async def store_blobs(
         refs[name] = f"{prefix}/artifacts/{name}"
         await blobs.put(refs[name], data)
     ref = None
-    if len(encoded) > inline_limit:
+    if len(encoded) > settings.inline_output_bytes:
         ref = f"{prefix}/output.json"
         await blobs.put(ref, encoded)
     return replace(outcome, ref=ref, artifact_refs=refs)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -14,7 +15,8 @@ from pydantic import BaseModel
 from stagewise._decisions import Reports
 from stagewise._errors import ConflictError, NotFoundError
 from stagewise._ports import BlobStore
-from stagewise._records import Json, LogRecord, without_nul
+from stagewise._records import Json, LogRecord
+from stagewise._text import scrub
 
 logger = logging.getLogger("stagewise.stage")
 
@@ -162,7 +164,7 @@ class StageContext:
 
     def log(self, level: str, message: str, **fields: Any) -> None:
         """Record a log line on the run (stored with the stage) and in `logging`."""
-        level_name = level.lower()
+        level_name = scrub(str(level).lower())
         logger.log(
             _LEVELS.get(level_name, 20),
             message,
@@ -174,27 +176,29 @@ class StageContext:
                 stage_id=self.stage_id,
                 attempt=self.attempt,
                 level=level_name,
-                message=without_nul(str(message)),
-                fields={k: _jsonable(v) for k, v in fields.items()},
+                message=scrub(str(message)),
+                fields={scrub(str(k)): _jsonable(v) for k, v in fields.items()},
                 at=self._now(),
             )
         )
 
     def progress(self, percent: float, message: str | None = None) -> None:
         """Report progress (0-100). Only the latest report is kept until the next write."""
-        text = None if message is None else without_nul(str(message))
+        text = None if message is None else scrub(str(message))
         self._buffer.progress = (max(0.0, min(100.0, float(percent))), text)
 
 
 def _jsonable(value: Any) -> Json:
     if isinstance(value, str):
-        return without_nul(value)
+        return scrub(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)  # JSON has no NaN: a log field says it in words
     if value is None or isinstance(value, int | float | bool):
         return value
     if isinstance(value, Mapping):
-        return {without_nul(str(k)): _jsonable(v) for k, v in value.items()}
+        return {scrub(str(k)): _jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_jsonable(v) for v in value]
     if isinstance(value, BaseModel):
-        return value.model_dump(mode="json")
-    return repr(value)
+        return _jsonable(value.model_dump(mode="json"))
+    return scrub(repr(value))

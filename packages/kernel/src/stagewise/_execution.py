@@ -6,8 +6,6 @@ import asyncio
 import contextvars
 import functools
 import inspect
-import json
-import re
 import traceback
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -19,21 +17,12 @@ from stagewise._context import CancellationToken, RunCancelledError
 from stagewise._decisions import Output
 from stagewise._errors import InvalidInputError, StageOutputError, StageTimeoutError
 from stagewise._ports import Clock
-from stagewise._records import ErrorInfo, Json, without_nul
+from stagewise._records import ErrorInfo, Json
 from stagewise._stages import Stage, StageResult
+from stagewise._text import UnstorableValue, encode_json, scrub
 from stagewise._workflow import _summary
 
 _TRACEBACK_LIMIT = 8000
-_ESCAPED_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
-"""A NUL character in `json.dumps` output (escaped as `\\u0000`; not an escaped backslash
-followed by the text "u0000")."""
-
-
-def has_nul(encoded: bytes) -> bool:
-    """Whether JSON from `json.dumps` holds a NUL character, which PostgreSQL refuses in
-    text and JSON: stored data must not hold one on any backend, so that a stage that
-    produces one fails the same way everywhere, at once and with the reason."""
-    return _ESCAPED_NUL.search(encoded) is not None
 
 
 async def call_user_code(
@@ -126,35 +115,33 @@ def validate_value(stage: Stage, value: Any) -> Json:
     return value
 
 
-def ensure_json(value: Any, what: str) -> int:
-    """Check that `value` is JSON-compatible; returns its encoded size in bytes."""
+def ensure_json(value: Any, what: str) -> bytes:
+    """`value` as it is stored (see `_text`), or `StageOutputError` saying why it cannot be."""
     try:
-        encoded = json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
-    except (TypeError, ValueError) as exc:
-        raise StageOutputError(f"{what} is not JSON-compatible: {exc}") from None
-    except RecursionError:
-        raise StageOutputError(f"{what} is nested too deeply") from None
-    if has_nul(encoded):
-        raise StageOutputError(f"{what} contains a NUL character (\\u0000), which cannot be stored")
-    return len(encoded)
+        return encode_json(value)
+    except UnstorableValue as exc:
+        raise StageOutputError(f"{what} {exc}") from None
 
 
 def _artifact_bytes(stage: Stage, name: Any, value: Any) -> bytes:
     if isinstance(value, bytes | bytearray):
         return bytes(value)
-    if isinstance(value, str):
-        return value.encode()
-    ensure_json(value, f"stage {stage.id!r} artifact {name!r}")
-    return json.dumps(value).encode()
+    what = f"stage {stage.id!r} artifact {name!r}"
+    if isinstance(value, str):  # bytes as they are (a NUL is fine in a blob), but Unicode
+        try:
+            return value.encode()
+        except UnicodeEncodeError:
+            raise StageOutputError(f"{what} contains a lone surrogate, not valid Unicode") from None
+    return ensure_json(value, what)
 
 
 def error_info(exc: BaseException, *, retryable: bool) -> ErrorInfo:
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     return ErrorInfo(
         type=type(exc).__qualname__,
-        message=without_nul(str(exc) or type(exc).__qualname__),
+        message=scrub(str(exc) or type(exc).__qualname__),
         retryable=retryable,
-        traceback=without_nul(tb[-_TRACEBACK_LIMIT:]),
+        traceback=scrub(tb[-_TRACEBACK_LIMIT:]),
     )
 
 

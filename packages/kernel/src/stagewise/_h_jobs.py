@@ -101,8 +101,7 @@ async def job_execute(rt: Runtime, cmd: JobExecute) -> JobExecuteResult:
     try:
         ran = await _run(rt, workflow, stage_def, started, inflight)
         if isinstance(ran, Output):
-            limit = rt.settings.inline_output_bytes
-            ran = await store_blobs(rt.ports.blob_store, limit, job, ran)
+            ran = await store_blobs(rt.ports.blob_store, rt.settings, job, ran)
         outcome = (
             error_info(ran, retryable=is_retryable(stage_def, ran))
             if isinstance(ran, BaseException)

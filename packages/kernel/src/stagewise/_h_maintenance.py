@@ -103,7 +103,7 @@ async def _check(rt: Runtime, claim: _PollClaim) -> Output | float | ErrorInfo:
     started, now = claim.started, rt.now
     stage = started.stages[claim.job.stage_id]
     try:
-        workflow = rt.registry.get_workflow(started.run.workflow_id)
+        workflow = rt.registry.get_workflow(started.run.workflow_id, started.run.workflow_version)
         stage_def = workflow.stage(stage.stage_id)
         envelope = stage.suspend_state or {}
         state = envelope.get("state")
@@ -132,8 +132,7 @@ async def _check(rt: Runtime, claim: _PollClaim) -> Output | float | ErrorInfo:
         )
         if isinstance(answer, Ready):
             output = normalize_output(stage_def, answer.output)
-            limit = rt.settings.inline_output_bytes
-            stored = await store_blobs(rt.ports.blob_store, limit, claim.job, output)
+            stored = await store_blobs(rt.ports.blob_store, rt.settings, claim.job, output)
             if isinstance(stored, BaseException):
                 raise stored
             return stored

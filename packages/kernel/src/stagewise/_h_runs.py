@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from datetime import timedelta
 
 from stagewise._attempt import load_blobs
@@ -30,16 +31,17 @@ from stagewise._errors import (
     IdempotencyInProgressError,
     IdempotencyKeyReusedError,
     InvalidConfigError,
+    InvalidInputError,
     InvalidRunInputError,
     PayloadTooLargeError,
     RunNotFoundError,
 )
-from stagewise._execution import has_nul
 from stagewise._h_jobs import hand_off
 from stagewise._records import IdempotencyRecord, Json
 from stagewise._run import Run
 from stagewise._runtime import Runtime
 from stagewise._states import RunStatus
+from stagewise._text import UnstorableValue, encode_json
 from stagewise._unit import UnitOfWork
 
 _IDEMPOTENCY_SCOPE = "run.create"
@@ -63,11 +65,10 @@ async def _create(rt: Runtime, cmd: RunCreate) -> RunCreateResult:
     # a refused request writes nothing.
     data = workflow.validate_input(cmd.input)
     config = workflow.resolve_config(cmd.config)
-    size = _json_size(data, cmd.workflow_id)
-    if has_nul(json.dumps(config).encode()):
-        raise InvalidConfigError(cmd.workflow_id, "it contains a NUL character (\\u0000)")
-    if size > rt.settings.max_payload_bytes:
-        raise PayloadTooLargeError("run input", size, rt.settings.max_payload_bytes)
+    size = _stored_size(data, lambda why: InvalidRunInputError(cmd.workflow_id, why, []))
+    size += _stored_size(config, lambda why: InvalidConfigError(cmd.workflow_id, why))
+    if size > rt.settings.max_payload_bytes:  # the config is stored with the run too
+        raise PayloadTooLargeError("run input and config", size, rt.settings.max_payload_bytes)
     fingerprint = _fingerprint(cmd.workflow_id, data, config, cmd.priority)
 
     async def create(
@@ -143,18 +144,12 @@ async def _replay(unit: UnitOfWork, key: str, fingerprint: str) -> RunCreateResu
     return RunCreateResult(run_id=run_id, status=status, created=False)
 
 
-def _json_size(data: Json, workflow_id: str) -> int:
+def _stored_size(data: Json, refused: Callable[[str], InvalidInputError]) -> int:
+    """The size `data` is stored at; refused alike on every backend when it cannot be."""
     try:
-        encoded = json.dumps(data, separators=(",", ":"), allow_nan=False).encode()
-    except (TypeError, ValueError) as exc:
-        raise InvalidRunInputError(workflow_id, f"not JSON-compatible: {exc}", []) from None
-    except RecursionError:
-        raise InvalidRunInputError(workflow_id, "nested too deeply", []) from None
-    if has_nul(encoded):  # PostgreSQL refuses it: refused here on every backend alike
-        raise InvalidRunInputError(
-            workflow_id, "it contains a NUL character (\\u0000), which cannot be stored", []
-        )
-    return len(encoded)
+        return len(encode_json(data))
+    except UnstorableValue as exc:
+        raise refused(f"it {exc}") from None
 
 
 def _fingerprint(workflow_id: str, data: Json, config: Json, priority: int) -> str:

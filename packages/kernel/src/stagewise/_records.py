@@ -22,12 +22,6 @@ GONE_AFTER = 2.5
 """Beat intervals of silence after which a worker is presumed gone (`WorkerRecord`)."""
 
 
-def without_nul(text: str) -> str:
-    """Diagnostic text (error messages, log lines) with NUL characters made visible as
-    U+FFFD: PostgreSQL refuses NUL in text, and recording a diagnosis must never fail."""
-    return text.replace("\x00", "\ufffd") if "\x00" in text else text
-
-
 @dataclass(frozen=True, slots=True)
 class ErrorInfo:
     """A failure, as stored and reported: never an exception object."""

@@ -73,6 +73,7 @@ from stagewise._records import ErrorInfo, JobMessage, Json, RunRecord
 from stagewise._run_flow import RunFlow
 from stagewise._run_rows import S, blob_keys, holds, recorded_by
 from stagewise._states import RunStatus
+from stagewise._text import scrub
 from stagewise._workflow import Workflow
 
 Reclaim = Literal["lease", "restarted", "stopped", "gone"]
@@ -328,7 +329,7 @@ class Run(RunFlow):
             return self._decided(False)
         self._close_open_stages()
         self._transition_run("cancel", finished_at=self.now)
-        self._emit(RunCancelled, reason=reason)
+        self._emit(RunCancelled, reason=None if reason is None else scrub(reason))
         self._log.stop_attempts = True
         return self._decided(True)
 

@@ -85,11 +85,13 @@ class RunFlow(RunRows):
         except StageOutputError as exc:
             self._fail_run(ErrorInfo("StageOutputError", exc.message, retryable=False), None)
             return "failed"
-        ref = None
-        data = json.dumps(output, separators=(",", ":")).encode()
-        if len(data) > self.rules.settings.inline_output_bytes:
-            ref = f"runs/{self.record.run_id}/output.json"
-            self._log.blob_writes.append(BlobWrite(ref, data))
+        ref = self._stored_once(output, values)
+        if ref is None:
+            data = json.dumps(output, separators=(",", ":")).encode()
+            if len(data) > self.rules.settings.inline_output_bytes:
+                ref = f"runs/{self.record.run_id}/output.json"
+                self._log.blob_writes.append(BlobWrite(ref, data))
+        if ref is not None:
             output = None
         self._transition_run("complete", output=output, output_ref=ref, finished_at=self.now)
         self._emit(RunCompleted)
@@ -115,6 +117,17 @@ class RunFlow(RunRows):
         self._values[stage_id] = output.value
         self._emit(StageCompleted, stage_id=stage_id, attempt=stage.attempt, metrics=output.metrics)
         self._advance(outputs)
+
+    def _stored_once(self, output: Json, values: Mapping[str, Json]) -> str | None:
+        """The blob of the last stage's output when the run's output is that very value
+        (a run ending in one stage): the run refers to it rather than storing it again."""
+        last = self._plan.groups[-1]
+        if len(last) != 1:
+            return None
+        row = self.stages[last[0].id]
+        if row.output_ref is None or values[last[0].id] != output:
+            return None
+        return row.output_ref
 
     def _suspend(self, stage_id: str, wait: Suspension) -> None:
         now = self.now

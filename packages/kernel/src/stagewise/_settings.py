@@ -13,7 +13,9 @@ class KernelSettings:
     """Outputs up to this size (JSON bytes) live in the stage row; larger ones in the blob
     store under the run's keys."""
     max_payload_bytes: int = 1024 * 1024
-    """Largest run input (JSON bytes) `run.create` accepts."""
+    """Largest run input and config, together (JSON bytes), `run.create` accepts."""
+    max_output_bytes: int = 16 * 1024 * 1024
+    """Largest stage output (JSON bytes): a stage that returns more fails, and says so."""
     sync_workers: int = 8
     """Threads for plain `def` stages (a bounded pool; the event loop never blocks)."""
     outbox_max_attempts: int = 8
@@ -39,3 +41,6 @@ class KernelSettings:
             raise ValueError(
                 "sync_workers, outbox_max_attempts and group_commit must be at least 1"
             )
+        for name in ("inline_output_bytes", "max_payload_bytes", "max_output_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)!r}")
