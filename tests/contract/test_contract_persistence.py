@@ -608,3 +608,23 @@ async def test_workers_are_saved_whole_found_by_id_and_pruned_by_last_beat(
     assert_aware(found[0].stopped_at)
     assert pruned == 1
     assert left == [full]
+
+
+async def test_active_versions_counts_unfinished_runs_by_workflow_and_version(
+    backend: Adapters,
+) -> None:
+    R = RunStatus
+    await insert_runs(
+        backend,
+        run("r1", workflow_id="b", workflow_version="v1"),
+        run("r2", workflow_id="b", workflow_version="v1", status=R.RUNNING),
+        run("r3", workflow_id="b", workflow_version="v2", status=R.RUNNING),
+        run("r4", workflow_id="b", workflow_version="v3", status=R.COMPLETED),
+        run("r5", workflow_id="a"),  # recorded before versions
+        run("r6", workflow_id="a", workflow_version="v1", status=R.FAILED),
+        run("r7", workflow_id="a", workflow_version="v9", status=R.CANCELLED),
+    )
+    async with backend.persistence.transaction() as tx:
+        active = await tx.runs.active_versions()
+
+    assert active == [("a", None, 1), ("b", "v1", 2), ("b", "v2", 1)]

@@ -205,3 +205,30 @@ async def test_a_run_made_before_versions_were_recorded_follows_the_newest() -> 
     await env.run_until_idle()
 
     assert (await env.get_run(created.run_id)).status is RunStatus.COMPLETED
+
+
+# --- runs no live worker can run -----------------------------------------------------------
+
+
+async def test_a_beat_that_surveys_says_which_versions_no_live_worker_has() -> None:
+    from stagewise import StrandedRuns, WorkerBeat
+
+    old = TestEnvironment([deploy("a", "b", version="v1")])
+    await old.create_run("deploy")
+    await old.create_run("deploy")
+    new = TestEnvironment(
+        [deploy("a", "x", version="v2")], persistence=old.persistence, ids=SequentialIds("n")
+    )
+    await new.create_run("deploy")
+
+    quiet = await new.kernel.dispatch(WorkerBeat(worker_id="w-new", beat_interval=5))
+    said = await new.kernel.dispatch(WorkerBeat(worker_id="w-new", beat_interval=5, survey=True))
+    await old.kernel.dispatch(WorkerBeat(worker_id="w-old", beat_interval=5))
+    served = await new.kernel.dispatch(WorkerBeat(worker_id="w-new", beat_interval=5, survey=True))
+
+    assert quiet.stranded == []  # no survey asked: no read of the runs
+    assert said.stranded == [StrandedRuns(workflow_id="deploy", workflow_version="v1", runs=2)]
+    assert served.stranded == []  # a live worker has v1 now
+    new.clock.advance(60)  # w-old is silent for 60 s: no longer live
+    later = await new.kernel.dispatch(WorkerBeat(worker_id="w-new", beat_interval=5, survey=True))
+    assert [s.workflow_version for s in later.stranded] == ["v1"]

@@ -87,7 +87,7 @@ class World:
         return create_kernel(
             persistence=self.persistence,
             blob_store=self.blobs,
-            job_transport=transport or self.queue,
+            job_transport=self.queue if transport is None else transport,
             event_sink=self.sink,
             scheduler=scheduler or NoopScheduler(),
             clock=self.clock,
@@ -105,7 +105,7 @@ class World:
         kernel = self.kernel(scheduler, transport)
         return NodeHost(
             kernel=kernel,
-            job_transport=transport or self.queue,
+            job_transport=self.queue if transport is None else transport,
             worker_id=worker_id,
             settings=settings,
             scheduler=scheduler,

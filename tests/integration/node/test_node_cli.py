@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from stagewise import KernelSettings, RunStatus, WorkflowRegistry
+from stagewise import KernelSettings, RunStatus, WorkflowBuilder, WorkflowRegistry, define_stage
 from stagewise_node import NodeHostSettings, node_host
 from stagewise_sql import SqlBackend
 from tests.integration.node.cli_support import APP, one_error_line, run_id_in, stagewise
@@ -205,6 +205,7 @@ def test_runs_show_their_workflow_version_and_list_filters_by_it(db: str) -> Non
 
     assert code == 0, shown
     assert version in shown
+    assert "no live worker (start one: stagewise worker)" in shown  # nobody runs it yet
     assert f'"workflow_version": "{version}"' in as_json
     assert run_id in listed
     assert run_id not in other and "0 run(s)" in other
@@ -221,3 +222,32 @@ def test_workers_list_shows_a_worker_that_ran_and_stopped(db: str) -> None:
     row = next(line for line in listed.splitlines() if "cli-test" in line)
     assert "stopped" in row and str(os.getpid()) in row
     assert "three" in listed  # the workflows it had
+
+
+def test_runs_show_says_when_no_live_worker_has_the_runs_version(db: str) -> None:
+    from stagewise import WorkerBeat
+    from stagewise_sql import SqlBackend
+
+    code, out = stagewise("run", "three", "--input", '{"n": 1}', "--db", db, "--app", APP)
+    run_id = run_id_in(out)
+
+    async def a_worker_of_another_version() -> None:
+        backend = await SqlBackend.connect(db)
+        other = [
+            WorkflowBuilder("three", version="next")
+            .pipe(define_stage(id="z", execute=lambda c: 1))
+            .build()
+        ]
+        kernel = backend.kernel(WorkflowRegistry(other))
+        try:
+            await kernel.dispatch(WorkerBeat(worker_id="w-next", beat_interval=60))
+        finally:
+            await kernel.aclose()
+            await backend.close()
+
+    asyncio.run(a_worker_of_another_version())
+    code, shown = stagewise("runs", "show", run_id, "--db", db)
+
+    assert code == 0, shown
+    assert "no live worker has version" in " ".join(shown.split())
+    assert "(they have next)" in " ".join(shown.split())

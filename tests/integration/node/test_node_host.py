@@ -8,6 +8,7 @@ heartbeat or a stop, never because a poll interval ran out.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections import Counter
 from dataclasses import replace
@@ -27,7 +28,9 @@ from stagewise import (
     StagePollSuspended,
     StageStatus,
     Suspend,
+    Workflow,
     WorkflowBuilder,
+    WorkflowRegistry,
     define_async_batch_stage,
     define_stage,
 )
@@ -618,3 +621,38 @@ def test_the_public_surface_is_pinned() -> None:
     ]
     for name in stagewise_node.__all__:
         assert hasattr(stagewise_node, name)
+
+
+async def test_a_worker_says_once_that_runs_of_a_version_no_live_worker_has_wait(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def three(version: str) -> Workflow:
+        builder = WorkflowBuilder("three", version=version)
+        for name in ("a", "b", "c"):
+            builder.pipe(define_stage(id=name, execute=lambda ctx: 1))
+        return builder.build()
+
+    world = World.of([three("v1")])
+    client = world.kernel()
+    run_ids = [await world.create(client, "three") for _ in range(2)]
+    world.registry = WorkflowRegistry([three("v2")])  # the deploy dropped v1
+    host = world.host("w-v2")
+    caplog.set_level(logging.INFO, logger="stagewise.node")
+    try:
+        await host.start()
+        for _ in range(30):  # 150 s of beats: two more surveys
+            world.clock.advance(host.settings.beat_interval)
+            await asyncio.sleep(0.01)
+    finally:
+        await stop_all(host)
+        await client.aclose()
+
+    said = [r.getMessage() for r in caplog.records if "wait: no live worker" in r.getMessage()]
+    assert said == [
+        "2 unfinished run(s) of workflow 'three' version v1 wait: no live worker has that "
+        "version registered (register it again until they finish; docs/deploys.md)"
+    ]
+    assert [await world.status(r) for r in run_ids] == [RunStatus.PENDING] * 2  # untouched
+    async with world.persistence.transaction() as tx:
+        (row,) = await tx.workers.find()
+    assert row.last_seen_at - row.started_at >= timedelta(seconds=120), "it beat, surveying"

@@ -7,6 +7,10 @@ kernel's `_workers`), and how `stagewise workers list` knows the fleet. When the
 another worker is gone, the reaper runs now, as an observer. A beat that fails is logged
 and tried again at the next interval: missing a few is harmless, since the others count
 this worker's silence only while they themselves can reach the database.
+
+About once a minute the beat also surveys the unfinished runs: those of a workflow version
+no live worker has registered are said once in the log (a deploy that dropped a version
+its runs still need; see docs/deploys.md), and once more when a worker that has it is back.
 """
 
 from __future__ import annotations
@@ -17,11 +21,14 @@ import os
 import socket
 from collections.abc import Callable
 
-from stagewise import Clock, Kernel, WorkerBeat, WorkerStop, __version__
+from stagewise import Clock, Kernel, StrandedRuns, WorkerBeat, WorkerStop, __version__
 from stagewise_node._scheduler import wait_event
 from stagewise_node._stats import Counters
 
 logger = logging.getLogger("stagewise.node")
+
+SURVEY_EVERY = 60.0
+"""Seconds between surveys of the runs no live worker can run (about)."""
 
 
 class Presence:
@@ -42,9 +49,15 @@ class Presence:
         self._slots = slots
         self._on_gone = on_gone
         self._gone: set[str] = set()
+        self._stranded: set[tuple[str, str | None]] = set()
+        self._beats = 0
+        self._survey_every = max(1, round(SURVEY_EVERY / interval))
 
     def _command(self) -> WorkerBeat:
+        survey = self._beats % self._survey_every == 0
+        self._beats += 1
         return WorkerBeat(
+            survey=survey,
             worker_id=self._worker_id,
             host=socket.gethostname()[:200],
             pid=os.getpid(),
@@ -62,7 +75,8 @@ class Presence:
 
     async def beat(self, counters: Counters) -> None:
         try:
-            result = await self._kernel.dispatch(self._command())
+            command = self._command()
+            result = await self._kernel.dispatch(command)
         except Exception as exc:
             counters.error("worker.beat", exc)
             logger.warning(
@@ -82,6 +96,32 @@ class Presence:
             )
         if result.gone:
             self._on_gone()
+        if command.survey:
+            self._say_stranded(result.stranded)
+
+    def _say_stranded(self, stranded: list[StrandedRuns]) -> None:
+        now = {(s.workflow_id, s.workflow_version) for s in stranded}
+        for s in stranded:
+            if (s.workflow_id, s.workflow_version) in self._stranded:
+                continue
+            version = s.workflow_version or "(recorded before versions)"
+            logger.warning(
+                "%d unfinished run(s) of workflow %r version %s wait: no live worker has "
+                "that version registered (register it again until they finish; "
+                "docs/deploys.md)",
+                s.runs,
+                s.workflow_id,
+                version,
+                extra={"worker_id": self._worker_id},
+            )
+        for workflow_id, back in sorted(self._stranded - now, key=str):
+            logger.info(
+                "runs of workflow %r version %s have a live worker again",
+                workflow_id,
+                back or "(recorded before versions)",
+                extra={"worker_id": self._worker_id},
+            )
+        self._stranded = now
 
     async def stop(self) -> None:
         """This worker stopped cleanly (its attempts were given back)."""

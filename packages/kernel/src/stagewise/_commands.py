@@ -170,6 +170,9 @@ class WorkerBeat(_Message):
     slots: Annotated[int, Field(ge=0)] = 0
     beat_interval: Annotated[float, Field(gt=0, le=3600)]
     software: Annotated[str, StringConstraints(max_length=100)] = ""
+    survey: bool = False
+    """Also say which unfinished runs no live worker can run (`WorkerBeatResult.stranded`):
+    one grouped read of the runs, so a host asks now and then, not at every beat."""
 
 
 class WorkerStop(_Message):
@@ -308,10 +311,22 @@ class JobReleaseResult(_Message):
     cancelled meanwhile)."""
 
 
+class StrandedRuns(_Message):
+    """Unfinished runs of a workflow version that no live worker has registered: they wait,
+    untouched, until a worker that has it starts (see docs/deploys.md)."""
+
+    workflow_id: str
+    workflow_version: str | None
+    """None: runs recorded before versions (any version of the workflow runs them)."""
+    runs: int
+
+
 class WorkerBeatResult(_Message):
     gone: list[str]
     """Workers this one now presumes gone: `lease.reapStale` with it as `observer` takes
     their attempts over."""
+    stranded: list[StrandedRuns] = Field(default_factory=list)
+    """With `survey`: the versions whose runs no live worker can run."""
 
 
 class WorkerStopResult(_Message):

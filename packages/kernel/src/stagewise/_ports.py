@@ -93,6 +93,11 @@ class RunStore(Protocol):
         """Runs newest first, for listings."""
         ...
 
+    async def active_versions(self) -> list[tuple[str, str | None, int]]:
+        """(workflow id, workflow version, how many) of the PENDING and RUNNING runs, by
+        workflow id and version (None: recorded before versions, sorted first)."""
+        ...
+
 
 class StageStore(Protocol):
     """Reads of stage rows: for views, and the candidates maintenance looks at. Each is a

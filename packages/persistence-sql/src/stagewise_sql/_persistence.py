@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import and_, bindparam, delete, func, or_, select
 
@@ -113,6 +114,16 @@ class SqlRunStore(Store):
         stmt = stmt.order_by(runs.c.created_at.desc(), runs.c.run_id.desc())
         stmt = stmt.limit(limit).offset(offset)
         return [_rows.run_from_row(row) for row in await self._link.execute(stmt)]
+
+    async def active_versions(self) -> list[tuple[str, str | None, int]]:
+        stmt = (
+            select(runs.c.workflow_id, runs.c.workflow_version, func.count())
+            .where(runs.c.status.in_([RunStatus.PENDING.value, RunStatus.RUNNING.value]))
+            .group_by(runs.c.workflow_id, runs.c.workflow_version)
+            .order_by(runs.c.workflow_id, func.coalesce(runs.c.workflow_version, ""))
+        )
+        rows: list[Any] = list(await self._link.execute(stmt))
+        return [(str(r[0]), None if r[1] is None else str(r[1]), int(r[2])) for r in rows]
 
 
 # --- stages ------------------------------------------------------------------------------

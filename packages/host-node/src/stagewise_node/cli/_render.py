@@ -236,6 +236,8 @@ def run_header(view: RunView, times: Times) -> Table:
     grid.add_row("workflow", safe_text(run.workflow_id))
     grid.add_row("version", safe_text(run.workflow_version or "(recorded before versions)"))
     grid.add_row("status", status(run.status.value))
+    if view.waiting is not None:
+        grid.add_row("waiting", safe_text(view.waiting, "yellow"))
     if view.cancel_reason is not None:
         grid.add_row("reason", safe_text(view.cancel_reason, "red"))
     grid.add_row("created", times.full(run.created_at))

@@ -190,7 +190,8 @@ async def list_runs(
 async def show_run(*, db: str, run_id: str, as_json: bool, times: Times) -> None:
     backend = await connect(db, migrate=False)
     try:
-        view = await load_run(backend.persistence, backend.blob_store, run_id)
+        now = backend.clock.now()
+        view = await load_run(backend.persistence, backend.blob_store, run_id, now=now)
     finally:
         await backend.close()
     if as_json:  # escaped JSON (the same values), not Rich's, which passes C1 controls
@@ -213,6 +214,7 @@ def _as_json(view: RunView) -> dict[str, Any]:
         "output": view.output,
         "error": run.error.to_json() if run.error else None,
         "cancel_reason": view.cancel_reason,
+        "waiting": view.waiting,
         "stages": [
             {
                 "stage_id": s.stage_id,

@@ -15,6 +15,7 @@ from stagewise import (
     RunRecord,
     RunStatus,
     StageRecord,
+    WorkerRecord,
 )
 
 
@@ -38,15 +39,23 @@ class RunView:
     output: Any = None
     cancel_reason: str | None = None
     """The `--reason` of the cancellation, for a CANCELLED run (from its `run.cancelled`)."""
+    waiting: str | None = None
+    """For an unfinished run that no live worker can run: why it waits."""
 
     def attempts_of(self, stage_id: str) -> list[Attempt]:
         return [a for a in self.attempts if a.stage_id == stage_id]
 
 
 async def load_run(
-    persistence: Persistence, blobs: BlobStore, run_id: str, *, with_output: bool = True
+    persistence: Persistence,
+    blobs: BlobStore,
+    run_id: str,
+    *,
+    with_output: bool = True,
+    now: datetime | None = None,
 ) -> RunView:
-    """The run with its stages and attempt history.
+    """The run with its stages and attempt history (and, given `now`, whether any live
+    worker can run it).
 
     Raises:
         RunNotFoundError: no such run.
@@ -57,7 +66,10 @@ async def load_run(
             raise RunNotFoundError(run_id)
         stages = await tx.stages.for_run(run_id)
         events = await tx.outbox.events(run_id)
+        workers = await tx.workers.find() if now is not None else []
     view = RunView(run=run, stages=stages, attempts=attempts_from(events))
+    if now is not None:
+        view.waiting = waiting_for(run, workers, now)
     if run.status is RunStatus.CANCELLED:
         cancels = [e for e in events if e.type == "run.cancelled"]
         reason = max(cancels, key=lambda e: e.seq).payload.get("reason") if cancels else None
@@ -67,6 +79,27 @@ async def load_run(
         if run.output_ref is not None:
             view.output = json.loads(await blobs.get(run.output_ref))
     return view
+
+
+def waiting_for(run: RunRecord, workers: list[WorkerRecord], now: datetime) -> str | None:
+    """Why an unfinished run waits when no live worker can run it (None when one can):
+    none is running, or none has its workflow version (a run recorded before versions
+    needs only its workflow)."""
+    if run.status.is_terminal:
+        return None
+    live = [w for w in workers if w.is_live(now)]
+    if not live:
+        return "no live worker (start one: stagewise worker)"
+    versions = sorted({v for w in live for wf, v in w.workflows if wf == run.workflow_id})
+    if run.workflow_version is None and versions:
+        return None
+    if run.workflow_version in versions:
+        return None
+    has = f"they have {', '.join(versions)}" if versions else "none of them has this workflow"
+    return (
+        f"no live worker has version {run.workflow_version or '-'} of this workflow ({has}); "
+        "it waits until one that has it starts (see docs/deploys.md)"
+    )
 
 
 def attempts_from(events: list[EventRecord]) -> list[Attempt]:

@@ -9,6 +9,7 @@ leaves no trace. Records are immutable, so a shallow copy is a full snapshot.
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -235,6 +236,15 @@ class _Runs(_Store):
         ]
         runs.sort(key=lambda r: (r.created_at, r.run_id), reverse=True)
         return runs[offset : offset + limit]
+
+    async def active_versions(self) -> list[tuple[str, str | None, int]]:
+        counts = Counter(
+            (r.workflow_id, r.workflow_version)
+            for r in self._tx.read("runs").values()
+            if not r.status.is_terminal
+        )
+        ordered = sorted(counts.items(), key=lambda c: (c[0][0], c[0][1] or ""))
+        return [(wf, version, n) for (wf, version), n in ordered]
 
 
 class _Stages(_Store):
