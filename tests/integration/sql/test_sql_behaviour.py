@@ -18,6 +18,7 @@ from stagewise._errors import (
     ConflictError,
     InvalidInputError,
     PersistenceError,
+    TransactionConflictError,
     TransientError,
 )
 from stagewise._records import Changeset, RunWrite
@@ -146,7 +147,7 @@ async def test_a_sqlite_database_locked_by_another_process_is_a_transient_error(
 
 
 @pytest.mark.postgres
-async def test_a_deadlock_is_a_transient_error(pg_backend: Adapters) -> None:
+async def test_a_deadlock_is_a_transaction_conflict(pg_backend: Adapters) -> None:
     async with pg_backend.persistence.transaction() as tx:
         await insert(tx, run("a"), run("b"))
     both_locked = asyncio.Barrier(2)
@@ -161,9 +162,10 @@ async def test_a_deadlock_is_a_transient_error(pg_backend: Adapters) -> None:
     results = await asyncio.gather(lock("a", "b"), lock("b", "a"), return_exceptions=True)
 
     errors = [r for r in results if isinstance(r, BaseException)]
-    assert len(errors) == 1
+    assert len(errors) == 1  # the database chose one victim; the other went on
+    assert isinstance(errors[0], TransactionConflictError)  # the kernel tries it again
     assert isinstance(errors[0], TransientError)
-    assert "deadlock" in str(errors[0])
+    assert "deadlock" in str(errors[0]) and "[40P01]" in str(errors[0])
 
 
 @pytest.mark.postgres

@@ -196,6 +196,12 @@ class TransientError(StagewiseError):
     """A failure that may go away by itself (lost connection, serialization failure)."""
 
 
+class TransactionConflictError(TransientError):
+    """The database aborted a transaction to resolve a conflict with another one (a
+    deadlock, a serialization failure). Nothing of it committed, and the kernel tries the
+    whole unit again; callers see it only when that kept failing."""
+
+
 class LeaseExpiredError(TransientError):
     """The worker running an attempt stopped heartbeating (it crashed or hung)."""
 

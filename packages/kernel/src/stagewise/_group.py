@@ -36,6 +36,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from stagewise._conflicts import retrying_conflicts
 from stagewise._run import Run
 from stagewise._unit import UnitOfWork
 
@@ -130,10 +131,13 @@ class GroupCommit:
                 member.future.set_result(answer)
 
     async def _alone(self, command: str, run_id: str | None, step: Step[T]) -> T:
-        async with self._open_unit(command) as unit:
-            run = None if run_id is None else await unit.run(run_id)
-            answer = await step(unit, run)
-        return answer
+        async def once() -> T:
+            async with self._open_unit(command) as unit:
+                run = None if run_id is None else await unit.run(run_id)
+                answer = await step(unit, run)
+            return answer
+
+        return await retrying_conflicts(once, command)
 
 
 def _fail(member: _Member, exc: BaseException) -> None:

@@ -40,6 +40,7 @@ from stagewise._commands import (
     WorkerStop,
     WorkerStopResult,
 )
+from stagewise._conflicts import retrying_conflicts
 from stagewise._errors import InvalidCommandError
 from stagewise._h_jobs import job_execute
 from stagewise._h_leases import job_heartbeat, job_release
@@ -87,6 +88,11 @@ HANDLERS: dict[type[BaseModel], Handler] = {
     WorkerBeat: worker_beat,
     WorkerStop: worker_stop,
 }
+
+GROUPED: frozenset[type[BaseModel]] = frozenset({RunCreate, JobExecute})
+"""Commands whose transactions are all group-commit steps: a step that the database aborts
+for a conflict is tried again by itself (`_conflicts`); `job.execute` must not be tried
+again as a whole, since its user code runs between its transactions."""
 
 
 class Kernel:
@@ -168,7 +174,11 @@ class Kernel:
         handler = HANDLERS.get(type(command))
         if handler is None:
             raise InvalidCommandError(f"{type(command).__name__} is not a stagewise command")
-        return await handler(self._rt, command)
+        if type(command) in GROUPED:  # their steps are tried again on their own
+            return await handler(self._rt, command)
+        checked = command
+        what = str(getattr(checked, "type", type(checked).__name__))
+        return await retrying_conflicts(lambda: handler(self._rt, checked), what)
 
     async def get_run(self, run_id: str) -> RunRecord | None:
         """The run as stored now, or None when there is no such run (a read in a short

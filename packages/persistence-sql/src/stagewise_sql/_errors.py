@@ -24,6 +24,7 @@ from stagewise._errors import (
     PersistenceError,
     SchemaVersionError,
     StagewiseError,
+    TransactionConflictError,
     TransientError,
 )
 
@@ -86,6 +87,8 @@ _PG_TRANSIENT = frozenset(
     }
 )
 _PG_TRANSIENT_CLASSES = ("08",)  # connection_exception
+# Of those, the ones where the server aborted one transaction for another: try it again.
+_PG_CONFLICT = frozenset({"40001", "40P01"})
 # Of those, the ones that mean "the server cannot be used now" (from the driver at connect).
 _PG_UNAVAILABLE = frozenset({"57P01", "57P02", "57P03", "53300"})
 _PG_DATA_CLASS = "22"  # data_exception
@@ -162,6 +165,8 @@ def _translate_asyncpg(error: Exception, url: str) -> StagewiseError:
 
 
 def _by_code(code: str, message: str, url: str) -> StagewiseError:
+    if code in _PG_CONFLICT:
+        return TransactionConflictError(f"transaction conflict at {url}: {message} [{code}]")
     if code in _PG_TRANSIENT or code.startswith(_PG_TRANSIENT_CLASSES):
         return TransientError(f"transient database error at {url}: {message} [{code}]")
     if code == _PG_UNDEFINED_TABLE:
