@@ -76,6 +76,8 @@ class Workers:
         heartbeat: float = 0.5,
         poll: float = 0.5,
         drain: float = 10.0,
+        app: str = APP,
+        env: dict[str, str] | None = None,
     ) -> Worker:
         log = self.tmp / f"{worker_id}.log"
         args = [
@@ -83,7 +85,7 @@ class Workers:
             "-m",
             "stagewise_node.cli",
             "worker",
-            APP,
+            app,
             f"--db={self.url}",
             f"--worker-id={worker_id}",
             f"--concurrency={concurrency}",
@@ -95,7 +97,11 @@ class Workers:
         ]
         with log.open("wb") as out:
             process = subprocess.Popen(
-                args, cwd=ROOT, env=self.env(), stdout=out, stderr=subprocess.STDOUT
+                args,
+                cwd=ROOT,
+                env={**self.env(), **(env or {})},
+                stdout=out,
+                stderr=subprocess.STDOUT,
             )
         worker = Worker(worker_id, process, log)
         self.started.append(worker)
