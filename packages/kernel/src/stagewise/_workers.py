@@ -22,6 +22,7 @@ finds, at its next heartbeat or finish, that its attempt moved on (the fence), a
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 from stagewise._records import GONE_AFTER, WorkerRecord
@@ -39,19 +40,7 @@ def next_beat(previous: WorkerRecord | None, beat: WorkerRecord, now: datetime) 
         late = now - previous.last_seen_at > timedelta(seconds=STREAK_GAP * beat.beat_interval)
         started = previous.started_at
         streak = now if late else previous.streak_since
-    return WorkerRecord(
-        worker_id=beat.worker_id,
-        host=beat.host,
-        pid=beat.pid,
-        started_at=started,
-        last_seen_at=now,
-        beat_interval=beat.beat_interval,
-        streak_since=streak,
-        slots=beat.slots,
-        workflows=beat.workflows,
-        software=beat.software,
-        stopped_at=None,
-    )
+    return replace(beat, started_at=started, last_seen_at=now, streak_since=streak, stopped_at=None)
 
 
 def presumed_gone(worker: WorkerRecord, observer: WorkerRecord, now: datetime) -> bool:
