@@ -16,6 +16,11 @@ Theory of operation
    jobs and the ack of this delivery commit together, and the run advances in the same
    transaction.
 
+A finish that fails for a transient reason (the database restarting) is tried again with
+the same outcome while the attempt's lease holds (`_while_leased`), and a try whose commit
+went through unheard is answered with what it recorded (`Run.record_attempt` recognises its
+own finish): an outage shorter than the lease runs no stage body again.
+
 Both are steps of the kernel's group commit (`_group.py`): concurrent starts and finishes
 in one process share a transaction, each still fenced on its own stage row. Expected
 refusals are returned by the step and raised only after commit, since the ack of a dropped
