@@ -211,6 +211,20 @@ def test_runs_show_their_workflow_version_and_list_filters_by_it(db: str) -> Non
     assert run_id not in other and "0 run(s)" in other
 
 
+def test_run_wait_says_when_no_live_worker_serves_the_database(db: str) -> None:
+    code, out = stagewise(
+        "run", "three", "--input", '{"n": 1}', "--wait", "--timeout", "4.5", "--db", db,
+        "--app", APP,
+    )  # fmt: skip
+    assert code == 1
+    note = next(line for line in out.splitlines() if line.startswith("note:"))
+    assert "no live worker (start one: stagewise worker)" in note
+    assert db.removeprefix("sqlite:///") in note  # the database it waits on
+    assert "still waiting" in note
+    assert out.count("note:") == 1  # said once
+    assert "is still RUNNING after 4.5s" in out
+
+
 def test_workers_list_shows_a_worker_that_ran_and_stopped(db: str) -> None:
     code, out = stagewise("run", "three", "--input", '{"n": 1}', "--db", db, "--app", APP)
     asyncio.run(serve_until_idle(db, run_id_in(out)))

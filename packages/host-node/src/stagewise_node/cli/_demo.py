@@ -91,6 +91,7 @@ async def demo(*, path: Path | None, fresh: bool) -> int:
             created.run_id,
             clock=backend.clock,
             times=Times(),
+            database=backend.url,
             give_up_after=DEMO_TIMEOUT,
             every=0.1,
         )

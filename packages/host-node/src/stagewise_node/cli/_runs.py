@@ -104,9 +104,15 @@ async def create_run(
             result.run_id,
             clock=c.backend.clock,
             times=times,
+            database=c.backend.url,
             give_up_after=give_up_after,
         )
         return report_end(view)
+
+
+NO_WORKER_NOTICE_AFTER = 3.0
+"""Seconds `follow` waits before it says that no live worker can run the run (and between
+its checks until it has said so)."""
 
 
 async def follow(
@@ -116,19 +122,34 @@ async def follow(
     *,
     clock: Clock,
     times: Times,
+    database: str,
     give_up_after: float | None = None,
     every: float = 0.2,
 ) -> RunView:
     """Show the run's stages live until it finishes (or `give_up_after` seconds pass);
-    elapsed times on `clock`, the one the run's times were written on.
+    elapsed times on `clock`, the one the run's times were written on. When no live worker
+    can run it after a few seconds, say so once, naming `database` (and keep following).
 
     Raises:
         CliError: the run did not finish in time.
     """
     started = time.monotonic()
     view = await load_run(persistence, blobs, run_id, with_output=False)
+    ask_at: float | None = started + NO_WORKER_NOTICE_AFTER
     with Live(console=console, refresh_per_second=10, transient=False) as live:
         while True:
+            if ask_at is not None and time.monotonic() >= ask_at:
+                # Whether any live worker can run it, from the workers' beats: asked only
+                # now and then (a read of every worker's row), and said once. A worker
+                # that has only just started has beaten by then (it beats on start).
+                ask_at += NO_WORKER_NOTICE_AFTER
+                seen = await load_run(
+                    persistence, blobs, run_id, with_output=False, now=clock.now()
+                )
+                if seen.waiting is not None:
+                    note = f"note: {seen.waiting} on {database}; still waiting (Ctrl-C stops "
+                    live.console.print(Text(note + "the wait, not the run)", style="yellow"))
+                    ask_at = None
             now = clock.now()
             head = Text.assemble(
                 ("run ", ""),
