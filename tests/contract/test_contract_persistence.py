@@ -143,6 +143,7 @@ async def test_a_run_comes_back_field_for_field(backend: Adapters) -> None:
         started_at=at(1.5),
         finished_at=at(2.000001),
         updated_at=at(3),
+        attempts_before={"s1": 2, "s2": 1},
     )
     await insert_runs(backend, full, run("r2", input=None, config={}))
 
@@ -382,6 +383,7 @@ async def test_a_stage_comes_back_field_for_field_and_a_changeset_rewrites_it(
         plain,
         status=StageStatus.SUSPENDED,
         attempt=3,
+        uncounted=2,
         job_id="job-3",
         worker_id="w1",
         lease_expires_at=at(30),

@@ -39,6 +39,12 @@ S, R = StageStatus, RunStatus
 OPEN = {S.PENDING, S.RUNNING, S.SUSPENDED, S.RETRYING}
 
 
+ENDS = frozenset(
+    {"stage.completed", "stage.failed", "stage.retrying", "stage.released", "stage.cancelled"}
+)
+"""The events that end an attempt (a suspension does not: the attempt goes on)."""
+
+
 class RunAggregateMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
@@ -55,6 +61,8 @@ class RunAggregateMachine(RuleBasedStateMachine):
         self.seqs: list[int] = []
         self.completions: Counter[str] = Counter()
         self.commits = 0
+        self.started: dict[str, list[int]] = {}  # attempt numbers started, by stage
+        self.ended: set[tuple[str, int]] = set()  # (stage, attempt) with an ending event
 
     # --- a transaction -------------------------------------------------------------------
 
@@ -75,13 +83,19 @@ class RunAggregateMachine(RuleBasedStateMachine):
         for stage_id in changes.deleted:
             self.stages.pop(stage_id)
         for stage in changes.stages:
-            if stage.status is S.PENDING and stage.attempt == 1 and stage.started_at is None:
+            if stage.status is S.PENDING and stage.started_at is None:
                 self.completions[stage.stage_id] = 0  # (re)created: starts over
             self.stages[stage.stage_id] = stage
         for event in changes.events:
             self.seqs.append(event.seq)
             if event.type == "stage.completed":
                 self.completions[event.payload["stage_id"]] += 1
+            if event.type == "stage.started":
+                numbers = self.started.setdefault(event.payload["stage_id"], [])
+                assert not numbers or event.payload["attempt"] > numbers[-1], "a number reused"
+                numbers.append(event.payload["attempt"])
+            if event.type in ENDS:
+                self.ended.add((event.payload["stage_id"], event.payload["attempt"]))
         for job_id in changes.acks:
             self.queue.pop(job_id, None)
         if changes.discard_jobs:
@@ -258,6 +272,17 @@ class RunAggregateMachine(RuleBasedStateMachine):
         for stage in self.stages.values():
             if stage.status is S.COMPLETED:
                 assert self.completions[stage.stage_id] == 1, stage.stage_id
+
+    @invariant()
+    def attempts_not_counted_are_fewer_than_the_attempts(self) -> None:
+        for stage in self.stages.values():
+            assert 0 <= stage.uncounted < stage.attempt
+
+    @invariant()
+    def every_attempt_of_a_finished_run_has_an_end(self) -> None:
+        if self.record is not None and self.record.status.is_terminal:
+            started = {(sid, n) for sid, numbers in self.started.items() for n in numbers}
+            assert started <= self.ended, started - self.ended
 
     @invariant()
     def a_finished_run_leaves_nothing_open(self) -> None:

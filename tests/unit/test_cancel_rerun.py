@@ -185,3 +185,69 @@ async def test_rerun_needs_every_earlier_stage_completed() -> None:
     await env.kernel.dispatch(RunRerunFrom(run_id=run.run_id, stage_id="a"))
     await env.run_until_idle()
     assert (await env.get_run(run.run_id)).status is RunStatus.FAILED  # fails again, cleanly
+
+
+async def test_a_rerun_goes_on_numbering_attempts_with_a_fresh_retry_budget() -> None:
+    seen: list[int] = []
+
+    def fails(ctx: StageContext) -> None:
+        seen.append(ctx.attempt)
+        raise ValueError(f"attempt {ctx.attempt}")
+
+    wf = (
+        WorkflowBuilder("twice")
+        .pipe(define_stage(id="a", execute=fails, retry=RetryPolicy(max_attempts=2)))
+        .build()
+    )
+    env = TestEnvironment([wf])
+    run = await env.run("twice")
+    assert run.status is RunStatus.FAILED and seen == [1, 2]
+
+    await env.kernel.dispatch(RunRerunFrom(run_id=run.run_id, stage_id="a"))
+    await env.run_until_idle()
+    # Two more attempts (the policy's two, none of the earlier ones counted), numbered on.
+    assert seen == [1, 2, 3, 4]
+    stage = (await env.stages(run.run_id))["a"]
+    assert (stage.status, stage.attempt, stage.uncounted) == (StageStatus.FAILED, 4, 2)
+    started = [e.attempt for e in env.sink.events if e.type == "stage.started"]  # type: ignore[union-attr]
+    assert started == [1, 2, 3, 4]  # never a number twice
+
+
+async def test_cancelling_a_running_attempt_ends_it_in_the_history() -> None:
+    async def waits(ctx: StageContext) -> None:
+        await asyncio.Event().wait()
+
+    env = TestEnvironment([WorkflowBuilder("w").pipe(define_stage(id="a", execute=waits)).build()])
+    run_id = await env.create_run("w")
+    await env.kernel.dispatch(RunClaimPending())
+    (job,) = await env.queue.dequeue(worker_id="w1", limit=1, lease_for=30)
+    task = asyncio.ensure_future(env.kernel.dispatch(JobExecute(job=job, worker_id="w1")))
+    for _ in range(50):
+        await asyncio.sleep(0)
+    await env.kernel.dispatch(RunCancel(run_id=run_id, reason="not needed"))
+    await task
+    await env.run_until_idle()
+    types = env.sink.types(run_id)
+    assert (
+        types.index("stage.started") < types.index("stage.cancelled") < types.index("run.cancelled")
+    )
+
+
+async def test_stages_after_the_rerun_one_go_on_numbering_too() -> None:
+    wf = (
+        WorkflowBuilder("two")
+        .pipe(define_stage(id="a", execute=lambda ctx: ctx.attempt))
+        .pipe(define_stage(id="b", execute=lambda ctx: ctx.attempt))
+        .build()
+    )
+    env = TestEnvironment([wf])
+    run = await env.run("two")
+    for _ in range(2):
+        await env.kernel.dispatch(RunRerunFrom(run_id=run.run_id, stage_id="a"))
+        await env.run_until_idle()
+    stages = await env.stages(run.run_id)
+    assert {s.stage_id: (s.attempt, s.uncounted) for s in stages.values()} == {
+        "a": (3, 2),
+        "b": (3, 2),  # its row was deleted twice; the run kept its numbers
+    }
+    assert (await env.get_run(run.run_id)).output == 3

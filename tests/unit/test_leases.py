@@ -18,6 +18,7 @@ from stagewise import (
     RunClaimPending,
     RunStatus,
     StageContext,
+    StageReleased,
     StageStatus,
     WorkflowBuilder,
     define_stage,
@@ -64,14 +65,16 @@ async def test_released_attempt_is_rerun_elsewhere_without_spending_an_attempt()
     assert seen_cancel == [1]
     stage = (await env.stages(run_id))["s"]
     assert stage.status is StageStatus.PENDING
-    assert stage.attempt == 1
+    assert (stage.attempt, stage.uncounted) == (2, 1)  # a new number, not counted
 
-    await env.run_until_idle()  # another worker takes attempt 1 (max_attempts is 1)
+    await env.run_until_idle()  # another worker takes attempt 2 (max_attempts is 1)
     run = await env.get_run(run_id)
     assert run.status is RunStatus.COMPLETED
-    assert run.output == 1
+    assert run.output == 2
     again = await env.kernel.dispatch(JobRelease(job=job, worker_id="w1"))
     assert not again.released
+    released = [e for e in env.sink.events if isinstance(e, StageReleased)]
+    assert [(e.attempt, e.next_attempt, e.worker_id) for e in released] == [(1, 2, "w1")]
 
 
 async def test_an_early_heartbeat_is_not_a_lost_lease() -> None:

@@ -297,7 +297,8 @@ def test_cancel_closes_an_unfinished_run_and_nothing_else(status: RunStatus) -> 
         assert run.record.status is R.CANCELLED
         assert run.stages["a"].status is S.CANCELLED
         assert decision.changes.discard_jobs and decision.changes.stop_attempts
-        assert [e.type for e in decision.changes.events] == ["run.cancelled"]
+        # The running attempt ends with the run: its history has an end.
+        assert [e.type for e in decision.changes.events] == ["stage.cancelled", "run.cancelled"]
 
 
 @pytest.mark.parametrize("status", list(R))
@@ -313,7 +314,8 @@ def test_rerun_is_allowed_only_from_a_finished_run(status: RunStatus) -> None:
     decision = run.rerun_from("b")
     assert decision.outcome == ["b"]  # c completed: it keeps its output
     assert run.record.status is R.RUNNING
-    assert (run.stages["b"].status, run.stages["b"].attempt) == (S.PENDING, 1)
+    b = run.stages["b"]
+    assert (b.status, b.attempt, b.uncounted) == (S.PENDING, 2, 1)  # numbers go on, uncounted
     assert run.stages["c"].status is S.COMPLETED
 
 

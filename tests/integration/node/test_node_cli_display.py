@@ -23,6 +23,7 @@ from stagewise import (
     RetryPolicy,
     RunCancel,
     RunClaimPending,
+    RunRerunFrom,
     StageContext,
     Suspend,
     WorkflowBuilder,
@@ -224,3 +225,27 @@ def test_control_characters_of_user_text_are_escaped(db: str) -> None:
         assert "\x1b" not in output
         assert "\x07" not in output
         assert "\x9b" not in output
+
+
+def test_attempts_of_a_cancelled_then_rerun_stage_each_have_an_end_and_a_number(db: str) -> None:
+    async def execute_what_is_queued(env: TestEnvironment) -> None:
+        for job in await env.queue.dequeue(worker_id="t", limit=5, lease_for=30):
+            await env.kernel.dispatch(JobExecute(job=job, worker_id="t"))
+
+    async def cancelled_then_rerun(env: TestEnvironment) -> str:
+        run_id = await env.create_run("waits")
+        await env.kernel.dispatch(RunClaimPending(limit=1))
+        await execute_what_is_queued(env)  # w suspends (attempt 1)
+        await env.kernel.dispatch(RunCancel(run_id=run_id, reason="wrong input"))
+        await env.kernel.dispatch(RunRerunFrom(run_id=run_id, stage_id="w"))
+        await execute_what_is_queued(env)  # w suspends again (attempt 2)
+        return run_id
+
+    run_id = on_the_database(db, cancelled_then_rerun)
+    code, out = stagewise("runs", "show", run_id, "--json", "--db", db)
+    assert code == 0, out
+    attempts = [(a["stage_id"], a["attempt"], a["outcome"]) for a in json.loads(out)["attempts"]]
+    assert attempts == [("w", 1, "cancelled"), ("w", 2, "suspended")]
+    code, out = stagewise("runs", "show", run_id, "--db", db)
+    assert code == 0, out
+    assert "running" not in out

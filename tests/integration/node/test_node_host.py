@@ -367,17 +367,17 @@ async def test_at_the_drain_deadline_the_lease_is_released_for_another_worker() 
     await eventually(lambda: attempts == [1])
     await first.stop(drain_timeout=0.05)
     stage = (await world.stages(run_id))["s"]
-    # Released at once, not after the lease, and the unfinished attempt is not spent:
-    # the same attempt is ready for another worker now (max_attempts is 1).
+    # Released at once, not after the lease, and the unfinished attempt is not spent: the
+    # next, uncounted, attempt is ready for another worker now (max_attempts is 1).
     assert stage.status is StageStatus.PENDING
-    assert stage.attempt == 1
-    assert [j.attempt for j in world.queue.jobs()] == [1]
+    assert (stage.attempt, stage.uncounted) == (2, 1)
+    assert [j.attempt for j in world.queue.jobs()] == [2]
     second = world.host("w2")
     await second.start()
     try:
         await eventually(lambda: world.finished(run_id))
         assert await world.status(run_id) is RunStatus.COMPLETED
-        assert attempts == [1, 1]
+        assert attempts == [1, 2]
     finally:
         await stop_all(first, second)
 
@@ -404,7 +404,7 @@ async def test_a_forced_stop_ends_the_drain_at_once() -> None:
     host.force_stop()  # a second SIGTERM/SIGINT does this
     await asyncio.wait_for(stopping, 5)
     stage = (await world.stages(run_id))["f"]
-    assert (stage.status, stage.attempt) == (StageStatus.PENDING, 1)  # released, not spent
+    assert (stage.status, stage.attempt, stage.uncounted) == (StageStatus.PENDING, 2, 1)  # released
     await host.kernel.aclose()
 
 

@@ -208,7 +208,8 @@ class JobRunner:
 
     async def give_back(self, job: JobMessage) -> None:
         """Release an attempt this worker holds but will not finish: another worker takes
-        the same attempt at once, and it does not count against the stage's retry policy."""
+        the stage at once, under the next attempt number, which does not count against the
+        stage's retry policy."""
         try:
             await self._kernel.dispatch(JobRelease(job=job, worker_id=self._worker_id))
         except Exception as exc:  # reaping this worker's leases (or their expiry) frees it

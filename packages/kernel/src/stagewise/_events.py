@@ -107,6 +107,22 @@ class StageFailed(_StageEvent):
     error: EventError
 
 
+class StageReleased(_StageEvent):
+    """A draining worker gave the attempt back unfinished (its body had not run, or was
+    cancelled): the stage waits under `next_attempt`, which the retry policy does not
+    count."""
+
+    type: Literal["stage.released"] = "stage.released"
+    next_attempt: int
+    worker_id: str | None = None
+
+
+class StageCancelled(_StageEvent):
+    """The run was cancelled while this attempt was running or suspended: it ends here."""
+
+    type: Literal["stage.cancelled"] = "stage.cancelled"
+
+
 Event = Annotated[
     RunCreated
     | RunStarted
@@ -119,7 +135,9 @@ Event = Annotated[
     | StageCompleted
     | StageSuspended
     | StageRetrying
-    | StageFailed,
+    | StageFailed
+    | StageReleased
+    | StageCancelled,
     Field(discriminator="type"),
 ]
 
@@ -140,5 +158,7 @@ EVENT_TYPES: frozenset[str] = frozenset(
         StageSuspended,
         StageRetrying,
         StageFailed,
+        StageReleased,
+        StageCancelled,
     )
 )

@@ -81,6 +81,9 @@ class RunRecord:
     """The version of the workflow the run was created with: only that plan ever drives it
     (None: created before versions were recorded; the newest registered version drives
     it)."""
+    attempts_before: dict[str, int] = field(default_factory=dict)
+    """After a rerun: the last attempt number of each stage it reset or removed, so that
+    the stage's next row goes on from there (attempt numbers are never used twice)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +95,12 @@ class StageRecord:
     created_at: datetime
     updated_at: datetime
     attempt: int = 1
-    """The attempt that is pending, running or was last run (1-based)."""
+    """The attempt that is pending, running or was last run (1-based). Numbers are never
+    used twice for a stage: a rerun goes on counting, and so does a drain's release."""
+    uncounted: int = 0
+    """How many of the numbers before `attempt` do not count against the retry policy:
+    attempts given back at a drain (`release`) and every attempt before the last rerun. The
+    policy has seen `attempt - uncounted` attempts."""
     job_id: str | None = None
     """Fencing token: the job delivery that holds the current lease (or a poller's claim)."""
     worker_id: str | None = None

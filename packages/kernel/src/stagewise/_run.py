@@ -68,7 +68,7 @@ from stagewise._decisions import (
     Suspension,
 )
 from stagewise._errors import ConflictError, LeaseExpiredError
-from stagewise._events import RunCancelled, RunCreated, RunStarted, StageStarted
+from stagewise._events import RunCancelled, RunCreated, RunStarted, StageReleased, StageStarted
 from stagewise._records import ErrorInfo, JobMessage, Json, RunRecord
 from stagewise._run_flow import RunFlow
 from stagewise._run_rows import S, blob_keys, holds, recorded_by
@@ -212,22 +212,35 @@ class Run(RunFlow):
         return self._decided(Beat(lease, False, True))
 
     def release(self, job: JobMessage, reports: Reports) -> Decision[bool]:
-        """Give an unfinished attempt back (a drain): the same attempt waits for another
-        worker at once and does not count. False when the job no longer held the stage."""
+        """Give an unfinished attempt back (a drain): the stage waits for another worker at
+        once under the next attempt number, which does not count against the retry policy
+        (a new number, so the released job can never pass the fence again, and the history
+        shows two attempts, not one started twice). False when the job no longer held the
+        stage."""
         stage = self.stages.get(job.stage_id)
         if stage is None or not holds(stage, job):
             return self._decided(False)
         self._report(stage, reports)
+        following = stage.attempt + 1
         self._set_stage(
             job.stage_id,
             "release",
+            attempt=following,
+            uncounted=stage.uncounted + 1,
             job_id=None,
             worker_id=None,
             lease_expires_at=None,
             due_at=self.now,
             enqueued_at=self.now,
         )
-        self._enqueue(job.stage_id, job.attempt, self.now)
+        self._emit(
+            StageReleased,
+            stage_id=job.stage_id,
+            attempt=stage.attempt,
+            next_attempt=following,
+            worker_id=stage.worker_id,
+        )
+        self._enqueue(job.stage_id, following, self.now)
         return self._decided(True, job)
 
     # --- maintenance -------------------------------------------------------------------
@@ -354,6 +367,13 @@ class Run(RunFlow):
                         f"cannot rerun run {self.record.run_id!r} from {stage_id!r}: earlier "
                         f"stage {sdef.id!r} is {state}"
                     )
+        reset = sorted(
+            s.id
+            for s in plan.groups[index]
+            if s.id == stage_id or self._status(s.id) is not S.COMPLETED
+        )
+        later = sorted(s.stage_id for s in self.stages.values() if s.group_index > index)
+        numbers = self._last_attempts(reset + later)
         self._transition_run(
             "rerun",
             current_group=index,
@@ -361,13 +381,8 @@ class Run(RunFlow):
             output_ref=None,
             error=None,
             finished_at=None,
+            attempts_before=numbers,
         )
-        reset = sorted(
-            s.id
-            for s in plan.groups[index]
-            if s.id == stage_id or self._status(s.id) is not S.COMPLETED
-        )
-        later = sorted(s.stage_id for s in self.stages.values() if s.group_index > index)
         for sid in reset + later:
             self._values.pop(sid, None)
             if sid in self.stages:
@@ -378,6 +393,6 @@ class Run(RunFlow):
         for sid in reset:
             if sid in self.stages:
                 self._set_stage(sid, "reset")  # checks the table
-            self._new_stage(sid, index)
+            self._new_stage(sid, index)  # its attempt numbers go on
         self._emit(RunStarted, rerun_from=stage_id)
         return self._decided(reset)

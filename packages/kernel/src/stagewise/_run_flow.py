@@ -19,6 +19,7 @@ from stagewise._events import (
     RunCompleted,
     RunFailed,
     RunSuspended,
+    StageCancelled,
     StageCompleted,
     StageFailed,
     StageProgress,
@@ -39,8 +40,11 @@ class RunFlow(RunRows):
         self._bump(current_group=index)
 
     def _new_stage(self, stage_id: str, index: int) -> None:
-        """A fresh PENDING row at attempt 1, due now, its job enqueued."""
+        """A fresh PENDING row, due now, its job enqueued: at attempt 1, or after a rerun
+        at the number after the stage's last one (`attempts_before`), none of those
+        counted by the retry policy."""
         now = self.now
+        attempt = self.record.attempts_before.get(stage_id, 0) + 1
         stage = StageRecord(
             run_id=self.record.run_id,
             stage_id=stage_id,
@@ -50,10 +54,20 @@ class RunFlow(RunRows):
             updated_at=now,
             due_at=now,
             enqueued_at=now,
+            attempt=attempt,
+            uncounted=attempt - 1,
         )
         self.stages[stage_id] = stage
         self._log.save_stage(stage)
-        self._enqueue(stage_id, 1, now)
+        self._enqueue(stage_id, attempt, now)
+
+    def _last_attempts(self, stage_ids: list[str]) -> dict[str, int]:
+        """`attempts_before` for a rerun that replaces or deletes the rows of `stage_ids`:
+        their next rows go on after their last attempt number, so no number is used twice
+        in the run's history (the run keeps the numbers, since the rows do not survive)."""
+        numbers = dict(self.record.attempts_before)
+        numbers.update((s, self.stages[s].attempt) for s in stage_ids if s in self.stages)
+        return numbers
 
     def _advance(self, outputs: Mapping[str, Json]) -> str:
         """Decide what comes next for a RUNNING run from its rows (never from what a caller
@@ -169,13 +183,14 @@ class RunFlow(RunRows):
         """A failed attempt: retried per the stage's policy, or the stage fails (and the
         run with it)."""
         now = self.now
-        attempt = self.stages[stage_id].attempt
+        stage = self.stages[stage_id]
+        attempt, counted = stage.attempt, stage.attempt - stage.uncounted
         policy = self._plan.stage(stage_id).retry
-        if error.retryable and attempt < policy.max_attempts:
+        if error.retryable and counted < policy.max_attempts:
             # Jitter derived from (run, stage, attempt), not drawn: a fake clock replays the
             # same schedule, and a decision stays a pure function of its inputs.
             key = f"{self.record.run_id}/{stage_id}/{attempt}"
-            delay = 0.0 if at_once else policy.backoff(attempt, key)
+            delay = 0.0 if at_once else policy.backoff(counted, key)
             at = now + timedelta(seconds=delay)
             self._set_stage(
                 stage_id,
@@ -217,8 +232,11 @@ class RunFlow(RunRows):
         self._emit(RunFailed, stage_id=stage_id, error=EventError.of(error))
 
     def _close_open_stages(self) -> None:
-        """Cancel every unfinished stage and drop the run's queued jobs."""
+        """Cancel every unfinished stage and drop the run's queued jobs. An attempt that
+        was running or suspended ends here, and says so (its history has an end)."""
         for stage in list(self.stages.values()):
+            if stage.status in (S.RUNNING, S.SUSPENDED):
+                self._emit(StageCancelled, stage_id=stage.stage_id, attempt=stage.attempt)
             if not stage.status.is_terminal:
                 self._set_stage(
                     stage.stage_id,

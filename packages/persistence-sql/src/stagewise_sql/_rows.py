@@ -58,6 +58,7 @@ def run_values(run: RunRecord) -> Values:
         "finished_at": run.finished_at,
         "version": run.version,
         "workflow_version": run.workflow_version,
+        "attempts_before": run.attempts_before or None,
     }
 
 
@@ -82,6 +83,7 @@ def run_from_row(row: Any) -> RunRecord:
         finished_at=row.finished_at,
         version=row.version,
         workflow_version=row.workflow_version,
+        attempts_before=row.attempts_before or {},
     )
 
 
@@ -92,6 +94,7 @@ def stage_values(stage: StageRecord) -> Values:
         "group_index": stage.group_index,
         "status": stage.status.value,
         "attempt": stage.attempt,
+        "uncounted": stage.uncounted,
         "job_id": stage.job_id,
         "worker_id": stage.worker_id,
         "lease_expires_at": stage.lease_expires_at,
@@ -123,6 +126,7 @@ def stage_from_row(row: Any) -> StageRecord:
         created_at=row.created_at,
         updated_at=row.updated_at,
         attempt=row.attempt,
+        uncounted=row.uncounted,
         job_id=row.job_id,
         worker_id=row.worker_id,
         lease_expires_at=row.lease_expires_at,

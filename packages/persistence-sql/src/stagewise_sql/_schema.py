@@ -145,6 +145,8 @@ runs = Table(
     Column("version", Integer, nullable=False, server_default=text("1")),
     # The workflow version the run is pinned to (NULL: created before versions were).
     Column("workflow_version", KEY, nullable=True),
+    # After a rerun: the last attempt number of each stage it reset (NULL: none).
+    Column("attempts_before", JSON_VALUE, nullable=True),
     PrimaryKeyConstraint("run_id"),
 )
 Index(
@@ -166,6 +168,7 @@ stages = Table(
     Column("group_index", Integer, nullable=False),
     Column("status", STATUS, nullable=False),
     Column("attempt", Integer, nullable=False),
+    Column("uncounted", Integer, nullable=False, server_default=text("0")),
     Column("job_id", Text, nullable=True),
     Column("worker_id", Text, nullable=True),
     _time("lease_expires_at"),

@@ -38,6 +38,8 @@ OUTCOME_STYLE = {
     "suspended": "magenta",
     "running": "yellow",
     "cancelled": "red",
+    "abandoned": "red",
+    "released": "yellow",
 }
 ERROR_LIMIT = 4000
 """Longer error messages are cut (tracebacks are shown whole, under the tables)."""
@@ -186,7 +188,7 @@ def notes(view: RunView, stage: StageRecord, times: Times) -> Text:
         progress = "" if stage.progress is None else f"{stage.progress:.0f}%"
         message = printable(stage.progress_message or "")
         parts.append(Text(" ".join(p for p in (progress, message) if p)))
-    retried = [a for a in view.attempts_of(stage.stage_id) if a.outcome == "retried"]
+    retried = [a for a in view.attempts_of(stage.stage_id) if a.outcome in ("retried", "abandoned")]
     failed = stage.status is StageStatus.FAILED and stage.error is not None
     if retried:
         noun = "retry" if len(retried) == 1 else "retries"

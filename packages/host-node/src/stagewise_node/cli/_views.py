@@ -103,7 +103,9 @@ def waiting_for(run: RunRecord, workers: list[WorkerRecord], now: datetime) -> s
 
 
 def attempts_from(events: list[EventRecord]) -> list[Attempt]:
-    """Every attempt of every stage, in the order they started."""
+    """Every attempt of every stage, in the order they started, each with how it ended:
+    completed, failed, retried, abandoned (its worker let go of it: the retry's reason
+    says why), released (given back at a drain), cancelled, suspended, or still running."""
     attempts: list[Attempt] = []
     current: dict[str, Attempt] = {}
     for event in sorted(events, key=lambda e: e.seq):
@@ -130,8 +132,16 @@ def attempts_from(events: list[EventRecord]) -> list[Attempt]:
         elif event.type == "stage.completed":
             open_.outcome, open_.ended_at = "completed", event.occurred_at
         elif event.type == "stage.retrying":
-            open_.outcome, open_.ended_at = "retried", event.occurred_at
+            # A worker that died, restarted or stopped (or whose lease ran out) abandoned
+            # the attempt; any other retry is the attempt's own failure.
+            abandoned = error.get("type") == "LeaseExpiredError"
+            open_.outcome = "abandoned" if abandoned else "retried"
+            open_.ended_at = event.occurred_at
             open_.error = f"{error.get('type')}: {error.get('message')}"
+        elif event.type == "stage.released":
+            open_.outcome, open_.ended_at = "released", event.occurred_at
+        elif event.type == "stage.cancelled":
+            open_.outcome, open_.ended_at = "cancelled", event.occurred_at
         elif event.type == "stage.failed":
             open_.outcome, open_.ended_at = "failed", event.occurred_at
             open_.error = f"{error.get('type')}: {error.get('message')}"
