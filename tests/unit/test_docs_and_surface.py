@@ -134,7 +134,9 @@ def _readme_blocks() -> list[str]:
 
 async def test_the_readme_example_runs_as_written() -> None:
     blocks = _readme_blocks()
-    assert len(blocks) >= 2
+    workflow = [b for b in blocks if 'WorkflowBuilder("checkout"' in b]
+    tests = [b for b in blocks if "async def test_checkout(" in b]
+    assert len(workflow) == len(tests) == 1
     namespace: dict[str, object] = {}
-    exec(compile("\n".join(blocks[:2]), "README.md", "exec"), namespace)
+    exec(compile(workflow[0] + "\n" + tests[0], "README.md", "exec"), namespace)
     await namespace["test_checkout"]()  # type: ignore[operator]

@@ -610,12 +610,15 @@ def test_the_public_surface_is_pinned() -> None:
     import stagewise_node
 
     assert stagewise_node.__all__ == [
+        "Engine",
+        "EngineOptions",
         "HostScheduler",
         "HostState",
         "HostStats",
         "JobWakeups",
         "NodeHost",
         "NodeHostSettings",
+        "SyncEngine",
         "default_worker_id",
         "node_host",
     ]

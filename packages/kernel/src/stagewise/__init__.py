@@ -38,7 +38,7 @@ from stagewise._commands import (
     WorkerStop,
     WorkerStopResult,
 )
-from stagewise._context import CancellationToken, RunCancelledError, RunStorage, StageContext
+from stagewise._context import CancellationToken, RunStorage, StageContext
 from stagewise._errors import (
     BlobNotFoundError,
     ConcurrentUpdateError,
@@ -56,6 +56,8 @@ from stagewise._errors import (
     PayloadTooLargeError,
     PersistenceError,
     PluginDeliveryError,
+    RunCancelledError,
+    RunFailedError,
     RunNotFoundError,
     SchemaVersionError,
     StageNotFoundError,
@@ -194,6 +196,7 @@ __all__ = [
     "RunCreateResult",
     "RunCreated",
     "RunFailed",
+    "RunFailedError",
     "RunNotFoundError",
     "RunRecord",
     "RunRerunFrom",

@@ -16,7 +16,7 @@ from stagewise._decisions import Output, StartedAttempt
 from stagewise._errors import InvalidInputError, StageOutputError
 from stagewise._execution import ensure_json
 from stagewise._ports import BlobStore
-from stagewise._records import JobMessage, Json, StageRecord
+from stagewise._records import JobMessage, Json, RunRecord, StageRecord
 from stagewise._settings import KernelSettings
 from stagewise._stages import Stage
 from stagewise._states import StageStatus
@@ -72,6 +72,13 @@ async def load_outputs(blobs: BlobStore, stages: list[StageRecord]) -> dict[str,
         else:
             outputs[stage.stage_id] = stage.output
     return outputs
+
+
+async def stored_output(blobs: BlobStore, run: RunRecord) -> Json:
+    """The run's output: on its row, or in the blob store when it was too large for it."""
+    if run.output_ref is not None:
+        return json.loads(await blobs.get(run.output_ref))
+    return run.output
 
 
 async def load_blobs(blobs: BlobStore, keys: list[str]) -> dict[str, Json]:

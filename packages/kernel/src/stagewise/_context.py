@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from stagewise._decisions import Reports
-from stagewise._errors import ConflictError, NotFoundError
+from stagewise._errors import NotFoundError, RunCancelledError
 from stagewise._ports import BlobStore
 from stagewise._records import Json, LogRecord
 from stagewise._text import scrub
@@ -21,14 +21,6 @@ from stagewise._text import scrub
 logger = logging.getLogger("stagewise.stage")
 
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "warn": 30, "error": 40, "critical": 50}
-
-
-class RunCancelledError(ConflictError):
-    """Raised by `ctx.cancelled.raise_if_cancelled()` once the run was cancelled."""
-
-    def __init__(self, run_id: str) -> None:
-        super().__init__(f"run {run_id!r} was cancelled")
-        self.run_id = run_id
 
 
 class CancellationToken:

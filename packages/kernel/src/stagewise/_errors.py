@@ -134,6 +134,15 @@ class InvalidTransitionError(ConflictError):
         self.command = command
 
 
+class RunCancelledError(ConflictError):
+    """The run was cancelled: raised by `ctx.cancelled.raise_if_cancelled()` in its
+    stages, and by `Kernel.run_output` for its output."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"run {run_id!r} was cancelled")
+        self.run_id = run_id
+
+
 class DuplicateRecordError(ConflictError):
     """An insert hit an existing key (a run, stage, event or job that already exists)."""
 
@@ -230,6 +239,17 @@ class SuspendTimeoutError(StagewiseError):
         super().__init__(f"stage {stage_id!r} was not ready within max_wait of {max_wait}s")
         self.stage_id = stage_id
         self.max_wait = max_wait
+
+
+class RunFailedError(StagewiseError):
+    """The run whose output was asked for (`Kernel.run_output`) ended FAILED: its error's
+    type and message are attributes, its whole record is `Kernel.get_run`'s."""
+
+    def __init__(self, run_id: str, error_type: str, error_message: str) -> None:
+        super().__init__(f"run {run_id!r} failed: {error_type}: {error_message}")
+        self.run_id = run_id
+        self.error_type = error_type
+        self.error_message = error_message
 
 
 class PluginDeliveryError(StagewiseError):

@@ -13,9 +13,14 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from stagewise._context import CancellationToken, RunCancelledError
+from stagewise._context import CancellationToken
 from stagewise._decisions import Output
-from stagewise._errors import InvalidInputError, StageOutputError, StageTimeoutError
+from stagewise._errors import (
+    InvalidInputError,
+    RunCancelledError,
+    StageOutputError,
+    StageTimeoutError,
+)
 from stagewise._ports import Clock
 from stagewise._records import ErrorInfo, Json
 from stagewise._stages import Stage, StageResult

@@ -7,6 +7,7 @@ from typing import Any, overload
 
 from pydantic import BaseModel, ValidationError
 
+from stagewise._attempt import stored_output
 from stagewise._clock import UuidIds
 from stagewise._commands import (
     COMMAND_ADAPTER,
@@ -41,7 +42,7 @@ from stagewise._commands import (
     WorkerStopResult,
 )
 from stagewise._conflicts import retrying_conflicts
-from stagewise._errors import InvalidCommandError
+from stagewise._errors import InvalidCommandError, RunCancelledError, RunFailedError
 from stagewise._h_jobs import job_execute
 from stagewise._h_leases import job_heartbeat, job_release
 from stagewise._h_maintenance import lease_reap_stale, stage_poll_suspended
@@ -64,9 +65,10 @@ from stagewise._ports import (
     Persistence,
     Scheduler,
 )
-from stagewise._records import RunRecord
+from stagewise._records import ErrorInfo, Json, RunRecord
 from stagewise._runtime import Ports, Runtime
 from stagewise._settings import KernelSettings
+from stagewise._states import RunStatus
 from stagewise._waiters import read_run, wait_for_run
 from stagewise._workflow import WorkflowSource, _summary
 
@@ -213,6 +215,29 @@ class Kernel:
             poll_interval=poll_interval,
             running_here=rt.works_on(run_id),
         )
+
+    async def run_output(
+        self,
+        run_id: str,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 (the kernel's clock, not the loop's)
+        poll_interval: float = 1.0,
+    ) -> Json:
+        """Wait until the run ends (as `wait_for_run`) and return its output: read from the
+        blob store when it was too large to keep on the run's row.
+
+        Raises:
+            RunFailedError: the run failed (its error's type and message are attributes).
+            RunCancelledError: the run was cancelled.
+            RunNotFoundError, TimeoutError, ValueError: as `wait_for_run`.
+        """
+        run = await self.wait_for_run(run_id, timeout=timeout, poll_interval=poll_interval)
+        if run.status is RunStatus.FAILED:
+            error = run.error or ErrorInfo("UnknownError", "no error was recorded")
+            raise RunFailedError(run_id, error.type, error.message)
+        if run.status is RunStatus.CANCELLED:
+            raise RunCancelledError(run_id)
+        return await stored_output(self._rt.ports.blob_store, run)
 
     async def aclose(self) -> None:
         """Release the kernel's thread pool (for sync stages)."""

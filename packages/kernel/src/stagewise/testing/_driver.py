@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
+from stagewise._attempt import stored_output
 from stagewise._commands import (
     JobExecute,
     JobExecuteResult,
@@ -316,9 +317,4 @@ class TestEnvironment:
 
     async def output(self, run_id: str) -> Any:
         """The run's output, fetched from the blob store when it was stored there."""
-        run = await self.get_run(run_id)
-        if run.output_ref is not None:
-            import json
-
-            return json.loads(await self.blobs.get(run.output_ref))
-        return run.output
+        return await stored_output(self.blobs, await self.get_run(run_id))
