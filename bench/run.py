@@ -611,10 +611,17 @@ async def main() -> None:
         default="16",
         help="W4 job slots, comma-separated for several (its stages mostly sleep)",
     )
+    parser.add_argument(
+        "--w4-lease",
+        type=float,
+        help="W4's lease in seconds (5; 30 is a worker's default): how long a new id waited",
+    )
     args = parser.parse_args()
     sizes = QUICK if args.quick else FULL
     if args.w2_runs:
         sizes = replace(sizes, w2_runs=args.w2_runs)
+    if args.w4_lease:
+        sizes = replace(sizes, w4_lease=args.w4_lease)
     dbs = ["sqlite", "postgres"] if args.db == "both" else [args.db]
     chosen = [w.strip().upper() for w in args.workloads.split(",") if w.strip()]
     results: list[dict[str, Any]] = []
