@@ -13,6 +13,7 @@ from stagewise._records import (
     EventRecord,
     IdempotencyRecord,
     JobMessage,
+    LogLine,
     LogRecord,
     RunRecord,
     StageRecord,
@@ -58,6 +59,7 @@ def run_values(run: RunRecord) -> Values:
         "finished_at": run.finished_at,
         "version": run.version,
         "workflow_version": run.workflow_version,
+        "metadata": run.metadata,
     }
 
 
@@ -82,6 +84,7 @@ def run_from_row(row: Any) -> RunRecord:
         finished_at=row.finished_at,
         version=row.version,
         workflow_version=row.workflow_version,
+        metadata=row.metadata,
     )
 
 
@@ -240,6 +243,10 @@ def log_from_row(row: Row[Any]) -> LogRecord:
         fields=row.fields,
         at=row.at,
     )
+
+
+def log_line_from_row(row: Row[Any]) -> LogLine:
+    return log_from_row(row).line(row.id)
 
 
 def job_values(job: JobMessage) -> Values:

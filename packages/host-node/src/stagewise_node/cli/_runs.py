@@ -20,6 +20,7 @@ from stagewise import (
     RunCancel,
     RunClaimPending,
     RunCreate,
+    RunFilter,
     RunRerunFrom,
     RunStatus,
 )
@@ -176,12 +177,10 @@ async def list_runs(
     backend = await connect(db, migrate=False)
     try:
         async with backend.persistence.transaction() as tx:
-            runs = await tx.runs.find(
-                status=status_filter,
-                workflow_id=workflow_id,
-                workflow_version=workflow_version,
-                limit=limit,
+            where = RunFilter(
+                status=status_filter, workflow_id=workflow_id, workflow_version=workflow_version
             )
+            runs = await tx.runs.find(where, limit=limit)
     finally:
         await backend.close()
     console.print(runs_table(runs, times))
