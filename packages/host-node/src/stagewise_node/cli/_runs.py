@@ -20,19 +20,18 @@ from stagewise import (
     RunCancel,
     RunClaimPending,
     RunCreate,
-    RunFilter,
     RunRerunFrom,
     RunStatus,
 )
 from stagewise_node.cli._compose import client, connect, upgrade
 from stagewise_node.cli._invocation import stagewise_command
+from stagewise_node.cli._listing import run_json
 from stagewise_node.cli._output import CliError, console
 from stagewise_node.cli._render import (
     Times,
     duration,
     error_text,
     run_details,
-    runs_table,
     stages_table,
     status,
 )
@@ -71,6 +70,7 @@ async def create_run(
     priority: int,
     idempotency_key: str | None,
     times: Times,
+    metadata: dict[str, str] | None = None,
 ) -> int:
     """Create a run (and, with `wait`, follow it to the end); returns the exit code."""
     async with client(db, app) as c:
@@ -85,6 +85,7 @@ async def create_run(
                 input=input,
                 priority=priority,
                 idempotency_key=idempotency_key,
+                metadata=metadata or {},
             )
         )
         # Start it here (one short transaction) instead of waiting for a worker's claim
@@ -165,27 +166,6 @@ def report_end(view: RunView) -> int:
     return 1
 
 
-async def list_runs(
-    *,
-    db: str,
-    status_filter: RunStatus | None,
-    workflow_id: str | None,
-    limit: int,
-    times: Times,
-    workflow_version: str | None = None,
-) -> None:
-    backend = await connect(db, migrate=False)
-    try:
-        async with backend.persistence.transaction() as tx:
-            where = RunFilter(
-                status=status_filter, workflow_id=workflow_id, workflow_version=workflow_version
-            )
-            runs = await tx.runs.find(where, limit=limit)
-    finally:
-        await backend.close()
-    console.print(runs_table(runs, times))
-
-
 async def show_run(*, db: str, run_id: str, as_json: bool, times: Times) -> None:
     backend = await connect(db, migrate=False)
     try:
@@ -202,16 +182,9 @@ async def show_run(*, db: str, run_id: str, as_json: bool, times: Times) -> None
 def _as_json(view: RunView) -> dict[str, Any]:
     run = view.run
     return {
-        "run_id": run.run_id,
-        "workflow_id": run.workflow_id,
-        "workflow_version": run.workflow_version,
-        "status": run.status.value,
-        "created_at": run.created_at.isoformat(),
-        "started_at": run.started_at.isoformat() if run.started_at else None,
-        "finished_at": run.finished_at.isoformat() if run.finished_at else None,
+        **run_json(run),
         "input": run.input,
         "output": view.output,
-        "error": run.error.to_json() if run.error else None,
         "cancel_reason": view.cancel_reason,
         "waiting": view.waiting,
         "stages": [
