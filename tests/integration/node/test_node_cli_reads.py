@@ -81,6 +81,14 @@ def test_runs_list_mistakes_are_one_line(db: str, args: tuple[str, ...], says: s
     assert says in one_error_line(out)
 
 
+def test_run_refuses_metadata_out_of_bounds_in_one_line(db: str) -> None:
+    code, out = stagewise("run", "chatty", "--meta", "bad key=x", "--db", db, "--app", LOGS_APP)
+    assert code == 1
+    assert "cannot create a run of 'chatty': metadata.bad key" in one_error_line(out)
+    code, out = stagewise("run", "chatty", "--meta", "k", "--db", db, "--app", LOGS_APP)
+    assert "--meta takes KEY=VALUE, not 'k'" in one_error_line(out)
+
+
 def _next_page(out: str) -> list[str] | None:
     """The arguments of the suggested command for the next page (after `stagewise`)."""
     match = re.search(r"^more: (.+)$", out, re.MULTILINE)

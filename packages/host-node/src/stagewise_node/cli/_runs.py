@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
 from rich.console import Group
 from rich.live import Live
 from rich.spinner import Spinner
@@ -79,15 +80,17 @@ async def create_run(
                 f"cannot create a run of {workflow_id!r}: no workflows loaded "
                 "(pass --app MODULE:ATTR or set STAGEWISE_APP)"
             )
-        result = await c.kernel.dispatch(
-            RunCreate(
+        try:
+            command = RunCreate(
                 workflow_id=workflow_id,
                 input=input,
                 priority=priority,
                 idempotency_key=idempotency_key,
                 metadata=metadata or {},
             )
-        )
+        except ValidationError as exc:  # an option out of bounds (--meta, --priority...)
+            raise CliError(f"cannot create a run of {workflow_id!r}: {problems(exc)}") from None
+        result = await c.kernel.dispatch(command)
         # Start it here (one short transaction) instead of waiting for a worker's claim
         # interval: its first jobs are enqueued now, and on PostgreSQL their NOTIFY wakes
         # an idle worker at once.
@@ -109,6 +112,14 @@ async def create_run(
             give_up_after=give_up_after,
         )
         return report_end(view)
+
+
+def problems(exc: ValidationError) -> str:
+    """What pydantic refused, on one line: `where: why; ...`."""
+    return "; ".join(
+        f"{'.'.join(str(part) for part in e['loc'])}: {e['msg']}"
+        for e in exc.errors(include_url=False, include_input=False)
+    )
 
 
 async def follow(
