@@ -3,10 +3,6 @@ listed and matched like runs created after it."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 from sqlalchemy import Connection, insert
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -17,20 +13,7 @@ from stagewise_sql._connect import parse_url
 from stagewise_sql._migrate import alembic_config
 from stagewise_sql._rows import run_values
 from stagewise_sql._schema import runs
-from tests.conftest import create_pg_database, drop_pg_database
 from tests.contract.factories import run
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def empty_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'old.db'}"
-        return
-    url = create_pg_database()
-    try:
-        yield url
-    finally:
-        drop_pg_database(url)
 
 
 def _at_0004_with_a_run(conn: Connection) -> None:
@@ -44,15 +27,15 @@ def _at_0004_with_a_run(conn: Connection) -> None:
     conn.execute(insert(runs).values(values))
 
 
-async def test_runs_made_before_metadata_have_none_and_are_listed(empty_db: str) -> None:
-    engine = create_async_engine(parse_url(empty_db))
+async def test_runs_made_before_metadata_have_none_and_are_listed(empty_db_url: str) -> None:
+    engine = create_async_engine(parse_url(empty_db_url))
     try:
         async with engine.begin() as conn:
             await conn.run_sync(_at_0004_with_a_run)
     finally:
         await engine.dispose()
 
-    async with await SqlBackend.connect(empty_db) as backend:  # upgrades to head
+    async with await SqlBackend.connect(empty_db_url) as backend:  # upgrades to head
         async with backend.persistence.transaction() as tx:
             await tx.apply(Changeset(new_runs=(run("new", created=1, metadata={"k": "v"}),)))
         async with backend.persistence.transaction() as tx:
