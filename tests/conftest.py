@@ -131,6 +131,21 @@ def pg_module_url() -> Iterator[str]:
         drop_pg_database(url)
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def empty_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The URL of an empty database of the test's own, nothing created in it: a SQLite file
+    (not there yet), or a PostgreSQL database (dropped after, with any connection a killed
+    process left behind)."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'stagewise.db'}"
+        return
+    url = create_pg_database()
+    try:
+        yield url
+    finally:
+        drop_pg_database(url)
+
+
 @asynccontextmanager
 async def extra_backends(adapters: Adapters, count: int) -> AsyncIterator[list[SqlBackend]]:
     """`count` more backends on the adapters' database, one engine and one connection each:

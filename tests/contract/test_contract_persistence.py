@@ -8,6 +8,7 @@ from dataclasses import fields, replace
 import pytest
 
 from stagewise._errors import ConcurrentUpdateError, DuplicateRecordError
+from stagewise._query import RunFilter
 from stagewise._records import Changeset, RunRecord, RunWrite, StageRecord, WorkerRecord
 from stagewise._states import RunStatus, StageStatus
 from tests.conftest import Adapters
@@ -309,7 +310,7 @@ async def test_claim_pending_returns_nothing_when_nothing_is_pending(backend: Ad
         assert await tx.runs.claim_pending(10) == []
 
 
-async def test_find_lists_newest_first_with_filters_and_paging(backend: Adapters) -> None:
+async def test_find_lists_newest_first_with_filters_and_a_keyset(backend: Adapters) -> None:
     await insert_runs(
         backend,
         run("a", created=1, workflow_id="wf1"),
@@ -321,11 +322,11 @@ async def test_find_lists_newest_first_with_filters_and_paging(backend: Adapters
 
     async with backend.persistence.transaction() as tx:
         newest = [r.run_id for r in await tx.runs.find()]
-        running = [r.run_id for r in await tx.runs.find(status=RunStatus.RUNNING)]
-        wf1 = [r.run_id for r in await tx.runs.find(workflow_id="wf1")]
-        both = await tx.runs.find(status=RunStatus.PENDING, workflow_id="wf1")
-        page = [r.run_id for r in await tx.runs.find(limit=2, offset=1)]
-        past_end = await tx.runs.find(offset=10)
+        running = [r.run_id for r in await tx.runs.find(RunFilter(status=RunStatus.RUNNING))]
+        wf1 = [r.run_id for r in await tx.runs.find(RunFilter(workflow_id="wf1"))]
+        both = await tx.runs.find(RunFilter(status=RunStatus.PENDING, workflow_id="wf1"))
+        page = [r.run_id for r in await tx.runs.find(limit=2, before=(at(4), "e"))]
+        past_end = await tx.runs.find(before=(at(1), "a"))
 
     assert newest == ["e", "d", "c", "b", "a"]
     assert running == ["c", "b"]

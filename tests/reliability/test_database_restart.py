@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from stagewise import RunStatus, StagewiseError
+from stagewise import RunFilter, RunStatus, StagewiseError
 from tests.integration.node.processes import Client, Workers
 from tests.reliability.private_pg import PrivatePostgres, private_postgres
 
@@ -41,7 +41,7 @@ async def _finished(client: Client, run_ids: list[str]) -> int:
     async with client.backend.persistence.transaction() as tx:
         done = 0
         for status in (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED):
-            done += len(await tx.runs.find(status=status, limit=10_000))
+            done += len(await tx.runs.find(RunFilter(status=status), limit=10_000))
     return done
 
 

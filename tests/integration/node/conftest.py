@@ -8,23 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import create_pg_database, drop_pg_database
 from tests.integration.node.flows import SIDE_DB_ENV, create_side_db
 from tests.integration.node.processes import Client, Workers
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+@pytest.fixture
+def db_url(empty_db_url: str) -> str:
     """An empty database of its own: a SQLite file, or a PostgreSQL database (dropped after,
     with any connection a killed worker left behind)."""
-    if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'stagewise.db'}"
-        return
-    url = create_pg_database()
-    try:
-        yield url
-    finally:
-        drop_pg_database(url)
+    return empty_db_url
 
 
 @pytest.fixture

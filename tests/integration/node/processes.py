@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stagewise import Kernel, RunCreate, RunStatus, WorkflowRegistry, create_kernel
+from stagewise import Kernel, RunCreate, RunFilter, RunStatus, WorkflowRegistry, create_kernel
 from stagewise.testing import NoopEventSink, NoopScheduler
 from stagewise_sql import SqlBackend
 from tests.integration.node.flows import SIDE_DB_ENV, create_side_db, side_db, workflows
@@ -177,7 +177,7 @@ class Client:
         async with self.backend.persistence.transaction() as tx:
             counts: Counter[RunStatus] = Counter()
             for status in RunStatus:
-                counts[status] = len(await tx.runs.find(status=status, limit=10_000))
+                counts[status] = len(await tx.runs.find(RunFilter(status=status), limit=10_000))
         return counts
 
     async def run(self, run_id: str) -> Any:

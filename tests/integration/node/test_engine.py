@@ -14,6 +14,7 @@ from stagewise import (
     RetryPolicy,
     RunCancelledError,
     RunFailedError,
+    RunFilter,
     RunNotFoundError,
     RunStatus,
     StageContext,
@@ -26,6 +27,7 @@ from tests.integration.node.support import FAST
 
 
 def shout(ctx: StageContext) -> str:
+    ctx.log("info", "shouting", length=len(str(ctx.input)))
     return str(ctx.input).upper()
 
 
@@ -181,3 +183,19 @@ async def test_a_sync_engine_works_where_an_event_loop_already_runs(tmp_path: An
     # As in a notebook: this test's own loop is running (and blocked while the call waits).
     with SyncEngine(f"sqlite:///{tmp_path / 'nb.db'}", GREET, settings=FAST) as engine:
         assert engine.run("greet", "notebook") == "NOTEBOOK!"
+
+
+async def test_an_engine_lists_runs_by_label_and_reads_their_logs(db_url: str) -> None:
+    async with Engine(db_url, ALL, settings=FAST) as engine:
+        mine = await engine.start("greet", "a", metadata={"team": "blue"})
+        await engine.start("greet", "b", metadata={"team": "red"})
+        await engine.result(mine)
+        page = await engine.list_runs(RunFilter(metadata={"team": "blue"}))
+        assert [r.run_id for r in page.runs] == [mine] and page.next_cursor is None
+        first = await engine.list_runs(limit=1)
+        second = await engine.list_runs(limit=1, cursor=first.next_cursor)
+        assert len(first.runs) == len(second.runs) == 1
+        assert first.runs[0].run_id != second.runs[0].run_id
+        logs = await engine.logs(mine)
+        assert [(line.stage_id, line.message) for line in logs.lines] == [("shout", "shouting")]
+        assert (await engine.logs(mine, after=logs.next_after)).lines == []

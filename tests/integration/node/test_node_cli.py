@@ -6,11 +6,19 @@ import asyncio
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from stagewise import KernelSettings, RunStatus, WorkflowBuilder, WorkflowRegistry, define_stage
+from stagewise import (
+    KernelSettings,
+    RunStatus,
+    Workflow,
+    WorkflowBuilder,
+    WorkflowRegistry,
+    define_stage,
+)
 from stagewise_node import NodeHostSettings, node_host
 from stagewise_sql import SqlBackend
 from tests.integration.node.cli_support import APP, one_error_line, run_id_in, stagewise
@@ -18,19 +26,23 @@ from tests.integration.node.flows import workflows
 from tests.integration.node.processes import ROOT
 
 
-async def serve_until_idle(url: str, run_id: str) -> None:
-    """A node host in this process until the run finishes."""
+async def serve_until_idle(
+    url: str, run_id: str, flows: list[Workflow] = workflows, *, within: float = 10.0
+) -> None:
+    """A node host in this process (serving `flows`) until the run finishes (for at most
+    `within` seconds)."""
     backend = await SqlBackend.connect(url)
     host = node_host(
         backend,
-        WorkflowRegistry(workflows),
+        WorkflowRegistry(flows),
         worker_id="cli-test",
         settings=NodeHostSettings(concurrency=2, job_poll_interval=0.2, claim_interval=0.2),
         kernel_settings=KernelSettings(lease_seconds=5),
     )
     await host.start()
     try:
-        for _ in range(500):
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
             async with backend.persistence.transaction() as tx:
                 run = await tx.runs.get(run_id)
             if run is not None and run.status.is_terminal:

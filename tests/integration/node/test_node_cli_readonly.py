@@ -30,6 +30,9 @@ READ_ONLY = [
     ("runs", "list", "--status", "failed"),
     ("runs", "show", "some-run"),
     ("runs", "show", "some-run", "--json"),
+    ("runs", "logs", "some-run"),
+    ("runs", "logs", "some-run", "--follow"),
+    ("runs", "list", "--since", "2h", "--meta", "k=v"),
     ("runs", "cancel", "some-run"),
     ("runs", "rerun", "some-run", "--from", "a", "--app", APP),
 ]

@@ -20,9 +20,12 @@ from stagewise import (
     EventSink,
     Kernel,
     KernelSettings,
+    LogPage,
     Plugin,
     RunCancel,
     RunCreate,
+    RunFilter,
+    RunPage,
     RunRecord,
     RunRerunFrom,
     Workflow,
@@ -196,9 +199,11 @@ class Engine:
         idempotency_key: str | None = None,
         config: Mapping[str, dict[str, Any]] | None = None,
         priority: int = 0,
+        metadata: Mapping[str, str] | None = None,
     ) -> str:
         """Create a run and return its id. With a host serving here and a free slot, its
         first stage starts at once in this process; otherwise any worker claims it.
+        `metadata` labels it, to find it by (`list_runs(RunFilter(metadata=...))`).
 
         Raises:
             WorkflowNotFoundError: no such workflow is registered.
@@ -212,6 +217,7 @@ class Engine:
             config=None if config is None else dict(config),
             idempotency_key=idempotency_key,
             priority=priority,
+            metadata=dict(metadata or {}),
         )
         host = self._host
         result = await (host.submit(command) if host else self.kernel.dispatch(command))
@@ -252,6 +258,17 @@ class Engine:
     async def get(self, run_id: str) -> RunRecord | None:
         """The run as stored now, or None when there is no such run."""
         return await self.kernel.get_run(run_id)
+
+    async def list_runs(
+        self, where: RunFilter | None = None, *, limit: int = 50, cursor: str | None = None
+    ) -> RunPage:
+        """Runs newest first, a page at a time (`Kernel.list_runs`: filters by status,
+        workflow, time range and metadata; pass `next_cursor` for the next page)."""
+        return await self.kernel.list_runs(where, limit=limit, cursor=cursor)
+
+    async def logs(self, run_id: str, *, after: int = 0, stage_id: str | None = None) -> LogPage:
+        """The run's log lines after line `after`, in order (`Kernel.run_logs`)."""
+        return await self.kernel.run_logs(run_id, after=after, stage_id=stage_id)
 
     async def cancel(self, run_id: str, reason: str | None = None) -> bool:
         """Cancel the run and its unfinished stages (running attempts are told through

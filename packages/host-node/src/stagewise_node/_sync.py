@@ -17,7 +17,7 @@ from collections.abc import Coroutine, Mapping
 from types import TracebackType
 from typing import Any, TypeVar, Unpack
 
-from stagewise import Kernel, RunRecord
+from stagewise import Kernel, LogPage, RunFilter, RunPage, RunRecord
 from stagewise_node._engine import Engine, EngineOptions, Workflows
 
 T = TypeVar("T")
@@ -100,6 +100,7 @@ class SyncEngine:
         idempotency_key: str | None = None,
         config: Mapping[str, dict[str, Any]] | None = None,
         priority: int = 0,
+        metadata: Mapping[str, str] | None = None,
     ) -> str:
         """`Engine.start`: create a run; its id."""
         return self._call(
@@ -109,6 +110,7 @@ class SyncEngine:
                 idempotency_key=idempotency_key,
                 config=config,
                 priority=priority,
+                metadata=metadata,
             )
         )
 
@@ -136,6 +138,16 @@ class SyncEngine:
     def get(self, run_id: str) -> RunRecord | None:
         """`Engine.get`: the run as stored now."""
         return self._call(self.engine.get(run_id))
+
+    def list_runs(
+        self, where: RunFilter | None = None, *, limit: int = 50, cursor: str | None = None
+    ) -> RunPage:
+        """`Engine.list_runs`: runs newest first, a page at a time."""
+        return self._call(self.engine.list_runs(where, limit=limit, cursor=cursor))
+
+    def logs(self, run_id: str, *, after: int = 0, stage_id: str | None = None) -> LogPage:
+        """`Engine.logs`: the run's log lines after line `after`."""
+        return self._call(self.engine.logs(run_id, after=after, stage_id=stage_id))
 
     def cancel(self, run_id: str, reason: str | None = None) -> bool:
         """`Engine.cancel`: False when the run had ended already."""

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, model_validator
 
+from stagewise._query import METADATA_KEY
 from stagewise._records import JobMessage
 from stagewise._states import RunStatus
 
@@ -22,6 +23,10 @@ Ident = Annotated[
     StringConstraints(min_length=1, max_length=200, strip_whitespace=False, pattern=r"^[^\x00]*$"),
 ]
 Limit = Annotated[int, Field(ge=1, le=10_000)]
+MetadataKey = Annotated[str, StringConstraints(pattern=METADATA_KEY)]
+MetadataValue = Annotated[str, StringConstraints(max_length=256, pattern=r"^[^\x00]*$")]
+Metadata = Annotated[dict[MetadataKey, MetadataValue], Field(max_length=32)]
+"""A run's labels (at most 32): what `Kernel.list_runs(metadata=...)` matches exactly."""
 
 
 class _Message(BaseModel):
@@ -40,6 +45,8 @@ class RunCreate(_Message):
     config: dict[Ident, dict[str, Any]] | None = None
     idempotency_key: Ident | None = None
     priority: Annotated[int, Field(ge=-1_000_000, le=1_000_000)] = 0
+    metadata: Metadata = Field(default_factory=dict)
+    """Labels kept with the run, to find it by (`Kernel.list_runs(metadata=...)`)."""
     worker_id: Ident | None = None
     """Start at creation (an in-process host): the creating transaction also claims the run
     (RUNNING, its first group's stages created) and starts the first due stage of that group

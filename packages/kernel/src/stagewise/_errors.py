@@ -106,6 +106,16 @@ class PayloadTooLargeError(InvalidInputError):
         self.limit = limit
 
 
+class InvalidCursorError(InvalidInputError, ValueError):
+    """A page cursor (`Kernel.list_runs`) that this version did not make: cut, edited, or
+    from another listing. A `ValueError` too, as a malformed argument is."""
+
+    def __init__(self, cursor: str) -> None:
+        shown = cursor if len(cursor) <= 80 else cursor[:77] + "..."
+        super().__init__(f"not a run cursor: {shown!r} (pass the next_cursor a page gave)")
+        self.cursor = cursor
+
+
 class WorkflowDefinitionError(InvalidInputError):
     """A workflow or stage definition is wrong (raised at build time, not run time)."""
 

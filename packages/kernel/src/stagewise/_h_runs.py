@@ -69,7 +69,8 @@ async def _create(rt: Runtime, cmd: RunCreate) -> RunCreateResult:
     size += _stored_size(config, lambda why: InvalidConfigError(cmd.workflow_id, why))
     if size > rt.settings.max_payload_bytes:  # the config is stored with the run too
         raise PayloadTooLargeError("run input and config", size, rt.settings.max_payload_bytes)
-    fingerprint = _fingerprint(cmd.workflow_id, data, config, cmd.priority)
+    _stored_size(cmd.metadata, lambda why: InvalidInputError(f"run metadata is refused: {why}"))
+    fingerprint = _fingerprint(cmd.workflow_id, data, config, cmd.priority, cmd.metadata)
 
     async def create(
         unit: UnitOfWork, _: Run | None
@@ -91,6 +92,7 @@ async def _create(rt: Runtime, cmd: RunCreate) -> RunCreateResult:
                 priority=cmd.priority,
                 idempotency_key=key,
                 rules=unit.rules,
+                metadata=cmd.metadata,
             ).outcome
         )
         handoff = None
@@ -152,8 +154,12 @@ def _stored_size(data: Json, refused: Callable[[str], InvalidInputError]) -> int
         raise refused(f"it {exc}") from None
 
 
-def _fingerprint(workflow_id: str, data: Json, config: Json, priority: int) -> str:
-    blob = json.dumps([workflow_id, data, config, priority], sort_keys=True, separators=(",", ":"))
+def _fingerprint(
+    workflow_id: str, data: Json, config: Json, priority: int, metadata: dict[str, str]
+) -> str:
+    # Metadata only when there is some: the keys recorded before runs had any still match.
+    request = [workflow_id, data, config, priority] + ([metadata] if metadata else [])
+    blob = json.dumps(request, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()
 
 

@@ -65,6 +65,8 @@ from stagewise._ports import (
     Persistence,
     Scheduler,
 )
+from stagewise._query import LogPage, RunFilter, RunPage
+from stagewise._reads import read_logs, read_runs
 from stagewise._records import ErrorInfo, Json, RunRecord
 from stagewise._runtime import Ports, Runtime
 from stagewise._settings import KernelSettings
@@ -186,6 +188,43 @@ class Kernel:
         """The run as stored now, or None when there is no such run (a read in a short
         transaction of its own)."""
         return await read_run(self._rt.ports.persistence, run_id)
+
+    async def list_runs(
+        self, where: RunFilter | None = None, *, limit: int = 50, cursor: str | None = None
+    ) -> RunPage:
+        """Runs that pass `where` (every run when None), newest first, `limit` at a time:
+        pass a page's `next_cursor` as `cursor` for the page after it. Walking the pages
+        lists every run that was there exactly once, however many are created meanwhile
+        (a plain read in a short transaction of its own; see `RunFilter` for the filters).
+
+            where = RunFilter(status="failed", metadata={"team": "a"})
+            page = await kernel.list_runs(where)
+            while page.next_cursor:
+                page = await kernel.list_runs(where, cursor=page.next_cursor)
+
+        Raises:
+            InvalidCursorError: `cursor` is not one a page gave (also a `ValueError`).
+            InvalidInputError: `limit` is not from 1 to 10,000.
+        """
+        where = where or RunFilter()
+        return await read_runs(self._rt.ports.persistence, where, limit=limit, cursor=cursor)
+
+    async def run_logs(
+        self, run_id: str, *, after: int = 0, stage_id: str | None = None, limit: int = 1000
+    ) -> LogPage:
+        """The run's log lines after `after` (a `LogLine.id`; 0: from the start), of one
+        stage when `stage_id` is given, in the order they were written, at most `limit`.
+
+        Follow a run by passing each page's `next_after` as `after` for the next read: no
+        line is missed or shown twice, and once `LogPage.status` is terminal and `more` is
+        false, there are no more lines to come. A plain read in a short transaction.
+
+        Raises:
+            RunNotFoundError: there is no such run.
+            InvalidInputError: `limit` is not from 1 to 10,000, or `after` is negative.
+        """
+        persistence = self._rt.ports.persistence
+        return await read_logs(persistence, run_id, after=after, stage_id=stage_id, limit=limit)
 
     async def wait_for_run(
         self,

@@ -30,6 +30,7 @@ from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import TYPE_CHECKING, Literal, Protocol
 
+from stagewise._query import RunFilter
 from stagewise._records import (
     Changeset,
     ClaimedDelivery,
@@ -37,11 +38,11 @@ from stagewise._records import (
     EventRecord,
     IdempotencyRecord,
     JobMessage,
+    LogLine,
     RunRecord,
     StageRecord,
     WorkerRecord,
 )
-from stagewise._states import RunStatus
 
 if TYPE_CHECKING:
     from stagewise._events import Event
@@ -83,14 +84,17 @@ class RunStore(Protocol):
 
     async def find(
         self,
+        where: RunFilter | None = None,
         *,
-        status: RunStatus | None = None,
-        workflow_id: str | None = None,
-        workflow_version: str | None = None,
+        before: tuple[datetime, str] | None = None,
         limit: int = 100,
-        offset: int = 0,
     ) -> list[RunRecord]:
-        """Runs newest first, for listings."""
+        """Up to `limit` runs that pass `where` (`RunFilter.matches` says which), newest
+        first: by (created_at, run_id), descending. A plain read, no lock.
+
+        `before` is the keyset cursor: only runs whose (created_at, run_id) sorts below it,
+        i.e. after the last run of the previous page (see `stagewise._query` for why this
+        neither repeats nor skips a run while others are created between pages)."""
         ...
 
     async def active_versions(self) -> list[tuple[str, str | None, int]]:
@@ -124,6 +128,18 @@ class StageStore(Protocol):
     ) -> list[StageRecord]:
         """PENDING or RETRYING stages that are due (`due_at <= now`) and whose job was
         handed to the transport before `enqueued_before`: their delivery may be lost."""
+        ...
+
+
+class LogStore(Protocol):
+    """Reading a run's log lines (they are written with `Changeset.logs`)."""
+
+    async def for_run(
+        self, run_id: str, *, after: int = 0, stage_id: str | None = None, limit: int = 1000
+    ) -> list[LogLine]:
+        """Up to `limit` of the run's lines whose id is above `after` (of `stage_id` only,
+        when given), in id order: the order they were written. A caller that passes the
+        last id it got as `after` next time gets every later line once (see `LogLine`)."""
         ...
 
 
@@ -202,6 +218,9 @@ class Transaction(Protocol):
 
     @property
     def workers(self) -> WorkerStore: ...
+
+    @property
+    def logs(self) -> LogStore: ...
 
     async def apply(self, changes: Changeset) -> None:
         """Write `changes` in this transaction (see `Changeset` for what refuses it). The

@@ -84,6 +84,8 @@ class RunRecord:
     attempts_before: dict[str, int] = field(default_factory=dict)
     """After a rerun: the last attempt number of each stage it reset or removed, so that
     the stage's next row goes on from there (attempt numbers are never used twice)."""
+    metadata: dict[str, str] = field(default_factory=dict)
+    """Labels given at creation (`RunCreate.metadata`), for finding runs: never changed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,6 +272,20 @@ class LogRecord:
     message: str
     fields: dict[str, Json]
     at: datetime
+
+    def line(self, id: int) -> LogLine:
+        """This record as read back, stored under `id`."""
+        fields = (self.run_id, self.stage_id, self.attempt, self.level, self.message)
+        return LogLine(*fields, self.fields, self.at, id)
+
+
+@dataclass(frozen=True, slots=True)
+class LogLine(LogRecord):
+    """A log line as stored: the record, and its place in the log. `id` grows with every
+    line written and, for one run, in the order its lines were committed (they are written
+    under the run's lock), so "the lines after `id`" misses none and repeats none."""
+
+    id: int
 
 
 @dataclass(frozen=True, slots=True)

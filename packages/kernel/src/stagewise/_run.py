@@ -96,6 +96,7 @@ class Run(RunFlow):
         priority: int,
         idempotency_key: str | None,
         rules: Rules,
+        metadata: dict[str, str] | None = None,
     ) -> Decision[Run]:
         """A new PENDING run (its row is inserted, at version 1)."""
         now = rules.now
@@ -110,6 +111,7 @@ class Run(RunFlow):
             priority=priority,
             idempotency_key=idempotency_key,
             workflow_version=workflow.version,
+            metadata=dict(metadata or {}),
         )
         run = cls(record, (), workflow=workflow, rules=rules, new=True)
         run._emit(RunCreated, priority=priority)

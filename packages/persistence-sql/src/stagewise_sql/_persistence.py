@@ -18,10 +18,12 @@ from typing import Any
 
 from sqlalchemy import and_, bindparam, delete, func, or_, select
 
+from stagewise._query import RunFilter
 from stagewise._records import Changeset, IdempotencyRecord, RunRecord, StageRecord, WorkerRecord
 from stagewise._states import RunStatus, StageStatus
 from stagewise_sql import _rows
 from stagewise_sql._engine import Database, UnitConnection
+from stagewise_sql._finding import SqlLogStore, find_statement
 from stagewise_sql._outbox import SqlOutboxStore
 from stagewise_sql._schema import idempotency, runs
 from stagewise_sql._schema import stages as stages_t
@@ -40,6 +42,7 @@ class SqlTransaction:
         self.outbox = SqlOutboxStore(db, link)
         self.idempotency = SqlIdempotencyStore(db, link)
         self.workers = SqlWorkerStore(db, link)
+        self.logs = SqlLogStore(db, link)
 
     async def apply(self, changes: Changeset) -> None:
         """Hold `changes` to go out with the transaction's next statement or its commit
@@ -97,22 +100,12 @@ class SqlRunStore(Store):
 
     async def find(
         self,
+        where: RunFilter | None = None,
         *,
-        status: RunStatus | None = None,
-        workflow_id: str | None = None,
-        workflow_version: str | None = None,
+        before: tuple[datetime, str] | None = None,
         limit: int = 100,
-        offset: int = 0,
     ) -> list[RunRecord]:
-        stmt = select(runs)
-        if status is not None:
-            stmt = stmt.where(runs.c.status == status.value)
-        if workflow_id is not None:
-            stmt = stmt.where(runs.c.workflow_id == workflow_id)
-        if workflow_version is not None:
-            stmt = stmt.where(runs.c.workflow_version == workflow_version)
-        stmt = stmt.order_by(runs.c.created_at.desc(), runs.c.run_id.desc())
-        stmt = stmt.limit(limit).offset(offset)
+        stmt = find_statement(where or RunFilter(), before, limit, self._dialect)
         return [_rows.run_from_row(row) for row in await self._link.execute(stmt)]
 
     async def active_versions(self) -> list[tuple[str, str | None, int]]:

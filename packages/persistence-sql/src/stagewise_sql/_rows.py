@@ -13,6 +13,7 @@ from stagewise._records import (
     EventRecord,
     IdempotencyRecord,
     JobMessage,
+    LogLine,
     LogRecord,
     RunRecord,
     StageRecord,
@@ -59,6 +60,7 @@ def run_values(run: RunRecord) -> Values:
         "version": run.version,
         "workflow_version": run.workflow_version,
         "attempts_before": run.attempts_before or None,
+        "metadata": run.metadata,
     }
 
 
@@ -84,6 +86,7 @@ def run_from_row(row: Any) -> RunRecord:
         version=row.version,
         workflow_version=row.workflow_version,
         attempts_before=row.attempts_before or {},
+        metadata=row.metadata,
     )
 
 
@@ -244,6 +247,10 @@ def log_from_row(row: Row[Any]) -> LogRecord:
         fields=row.fields,
         at=row.at,
     )
+
+
+def log_line_from_row(row: Row[Any]) -> LogLine:
+    return log_from_row(row).line(row.id)
 
 
 def job_values(job: JobMessage) -> Values:

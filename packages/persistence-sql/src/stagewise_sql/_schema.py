@@ -147,6 +147,8 @@ runs = Table(
     Column("workflow_version", KEY, nullable=True),
     # After a rerun: the last attempt number of each stage it reset (NULL: none).
     Column("attempts_before", JSON_VALUE, nullable=True),
+    # Labels given at creation, to find runs by ({}: none; existing runs have none).
+    Column("metadata", JSON_VALUE, nullable=False, server_default=text("'{}'")),
     PrimaryKeyConstraint("run_id"),
 )
 Index(
@@ -159,6 +161,18 @@ Index(
 Index("ix_stagewise_runs_created", runs.c.created_at, runs.c.run_id)
 Index("ix_stagewise_runs_status_created", runs.c.status, runs.c.created_at)
 Index("ix_stagewise_runs_workflow_created", runs.c.workflow_id, runs.c.created_at)
+# PostgreSQL: the runs that have labels, for `metadata @> ...` (jsonb_path_ops: containment
+# only, a third of the default's size); unlabelled runs cost it nothing. SQLite has no index
+# for arbitrary JSON keys: its predicate there is false, so the index holds no row and costs
+# no write (it exists so that one schema module describes both databases).
+Index(
+    "ix_stagewise_runs_metadata",
+    runs.c.metadata,
+    postgresql_using="gin",
+    postgresql_ops={"metadata": "jsonb_path_ops"},
+    postgresql_where=text("metadata <> '{}'::jsonb"),
+    sqlite_where=text("0"),
+)
 
 stages = Table(
     "stagewise_stages",

@@ -3,8 +3,9 @@
     stagewise demo
     stagewise worker myapp.flows:registry --db postgresql://... --concurrency 8
     stagewise run my-workflow --input '{"n": 1}' --app myapp.flows:registry --wait
-    stagewise runs list --status FAILED
+    stagewise runs list --status FAILED --since 2h --meta team=search
     stagewise runs show RUN_ID
+    stagewise runs logs RUN_ID --follow
     stagewise runs cancel RUN_ID
     stagewise runs rerun RUN_ID --from STAGE --app myapp.flows:registry
     stagewise db upgrade
@@ -23,7 +24,7 @@ from typing import Annotated
 
 import typer
 
-from stagewise import RunStatus
+from stagewise import RunFilter, RunStatus, StagewiseError
 from stagewise_node.cli._compose import APP_ENV, DATABASE_ENV, DEFAULT_DATABASE
 from stagewise_node.cli._output import CliError, fail, run_async, setup_logging
 
@@ -64,6 +65,11 @@ App = Annotated[
 Utc = Annotated[
     bool, typer.Option("--utc", help="Show times in UTC (default: local time, with its offset).")
 ]
+Meta = Annotated[
+    list[str] | None,
+    typer.Option("--meta", metavar="KEY=VALUE", help="A metadata label (repeat for more)."),
+]
+When = "A duration back from now (30m, 2h, 7d) or a date and time (2026-12-03T09:00)"
 
 
 class LogFormatChoice(StrEnum):
@@ -139,16 +145,19 @@ def run(
     idempotency_key: Annotated[
         str | None, typer.Option(help="Creating twice with the same key creates one run.")
     ] = None,
+    meta: Meta = None,
     db: Db = DEFAULT_DATABASE,
     app_spec: App = None,
     utc: Utc = False,
 ) -> None:
     """Create a run of a workflow (validated against its input model)."""
+    from stagewise_node.cli._listing import parse_meta
     from stagewise_node.cli._render import Times
     from stagewise_node.cli._runs import create_run, parse_input
 
     try:
         data = parse_input(input)
+        metadata = parse_meta(meta or [])
     except CliError as exc:
         raise fail(exc.message) from None
     code = run_async(
@@ -162,6 +171,7 @@ def run(
             priority=priority,
             idempotency_key=idempotency_key,
             times=Times(utc=utc),
+            metadata=metadata,
         )
     )
     raise typer.Exit(code)
@@ -178,24 +188,83 @@ def runs_list(
         str | None,
         typer.Option(help="Only runs pinned to this workflow version (see docs/deploys.md)."),
     ] = None,
-    limit: Annotated[int, typer.Option(min=1, max=10_000)] = 50,
+    since: Annotated[
+        str | None, typer.Option(help=f"Only runs created then or later. {When}.")
+    ] = None,
+    until: Annotated[str | None, typer.Option(help=f"Only runs created before. {When}.")] = None,
+    finished_since: Annotated[
+        str | None, typer.Option(help="Only runs that finished then or later (as --since).")
+    ] = None,
+    finished_until: Annotated[
+        str | None, typer.Option(help="Only runs that finished before (as --until).")
+    ] = None,
+    meta: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--meta", metavar="KEY=VALUE", help="Only runs with this label (repeat: all of them)."
+        ),
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, max=10_000, help="Runs per page.")] = 50,
+    cursor: Annotated[
+        str | None, typer.Option(help="The page after the one that printed this cursor.")
+    ] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON instead.")] = False,
     db: Db = DEFAULT_DATABASE,
     utc: Utc = False,
 ) -> None:
-    """List runs, newest first."""
+    """List runs, newest first, a page at a time (the command for the next page is printed
+    when there is one)."""
+    from stagewise_node.cli._listing import Listing, list_runs, parse_meta
     from stagewise_node.cli._render import Times
-    from stagewise_node.cli._runs import list_runs
 
-    run_async(
-        list_runs(
-            db=db,
-            status_filter=RunStatus(status.value) if status else None,
+    try:
+        where = RunFilter(
+            status=RunStatus(status.value) if status else None,
             workflow_id=workflow,
             workflow_version=version,
-            limit=limit,
+            metadata=parse_meta(meta or []),
+        )
+    except (CliError, StagewiseError) as exc:
+        raise fail(exc.message) from None
+    times = (since, until, finished_since, finished_until)
+    listing = Listing(where, *times, limit=limit, cursor=cursor)
+    run_async(list_runs(db=db, listing=listing, as_json=json_output, times=Times(utc=utc)))
+
+
+@runs_app.command("logs")
+def runs_logs(
+    run_id: Annotated[str, typer.Argument()],
+    stage: Annotated[str | None, typer.Option(help="Only the lines of this stage.")] = None,
+    follow: Annotated[
+        bool,
+        typer.Option(
+            "--follow",
+            "-f",
+            help="Keep printing new lines until the run ends (exit 1 unless "
+            "it completed), or Ctrl-C.",
+        ),
+    ] = False,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="One JSON object per line instead.")
+    ] = False,
+    db: Db = DEFAULT_DATABASE,
+    utc: Utc = False,
+) -> None:
+    """Print a run's log lines in the order they were written."""
+    from stagewise_node.cli._logs import show_logs
+    from stagewise_node.cli._render import Times
+
+    code = run_async(
+        show_logs(
+            db=db,
+            run_id=run_id,
+            stage_id=stage,
+            follow=follow,
+            as_json=json_output,
             times=Times(utc=utc),
         )
     )
+    raise typer.Exit(code)
 
 
 @workers_app.command("list")

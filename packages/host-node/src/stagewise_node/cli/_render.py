@@ -137,18 +137,28 @@ def runs_table(runs: Sequence[RunRecord], times: Times) -> Table:
     table.add_column("status", no_wrap=True, min_width=9)
     table.add_column(created.title, no_wrap=True)
     table.add_column("duration", justify="right", no_wrap=True)
+    labelled = any(run.metadata for run in runs)  # the column only when there is one
+    if labelled:
+        table.add_column("metadata", overflow="fold")
     table.add_column("error", overflow="fold", ratio=1)
     for run, when in zip(runs, created.cells, strict=True):
-        table.add_row(
+        cells: list[RenderableType] = [
             safe_text(run.run_id),
             safe_text(run.workflow_id),
             safe_text(run.workflow_version or "-"),
             status(run.status.value),
             when,
             duration(run.started_at, run.finished_at),
-            Text(error_text(run.error)) if run.error else "",
-        )
+        ]
+        if labelled:
+            cells.append(safe_text(labels(run.metadata)))
+        table.add_row(*cells, Text(error_text(run.error)) if run.error else "")
     return table
+
+
+def labels(metadata: dict[str, str]) -> str:
+    """`key=value key=value` (to be escaped where it is shown)."""
+    return " ".join(f"{k}={v}" for k, v in sorted(metadata.items()))
 
 
 def _started(stage: StageRecord) -> datetime | None:
@@ -238,6 +248,8 @@ def run_header(view: RunView, times: Times) -> Table:
     grid.add_row("workflow", safe_text(run.workflow_id))
     grid.add_row("version", safe_text(run.workflow_version or "(recorded before versions)"))
     grid.add_row("status", status(run.status.value))
+    if run.metadata:
+        grid.add_row("metadata", safe_text(labels(run.metadata)))
     if view.waiting is not None:
         grid.add_row("waiting", safe_text(view.waiting, "yellow"))
     if view.cancel_reason is not None:

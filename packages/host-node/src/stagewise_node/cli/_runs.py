@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
 from rich.console import Group
 from rich.live import Live
 from rich.spinner import Spinner
@@ -25,13 +26,13 @@ from stagewise import (
 )
 from stagewise_node.cli._compose import client, connect, upgrade
 from stagewise_node.cli._invocation import stagewise_command
+from stagewise_node.cli._listing import run_json
 from stagewise_node.cli._output import CliError, console
 from stagewise_node.cli._render import (
     Times,
     duration,
     error_text,
     run_details,
-    runs_table,
     stages_table,
     status,
 )
@@ -70,6 +71,7 @@ async def create_run(
     priority: int,
     idempotency_key: str | None,
     times: Times,
+    metadata: dict[str, str] | None = None,
 ) -> int:
     """Create a run (and, with `wait`, follow it to the end); returns the exit code."""
     async with client(db, app) as c:
@@ -78,14 +80,17 @@ async def create_run(
                 f"cannot create a run of {workflow_id!r}: no workflows loaded "
                 "(pass --app MODULE:ATTR or set STAGEWISE_APP)"
             )
-        result = await c.kernel.dispatch(
-            RunCreate(
+        try:
+            command = RunCreate(
                 workflow_id=workflow_id,
                 input=input,
                 priority=priority,
                 idempotency_key=idempotency_key,
+                metadata=metadata or {},
             )
-        )
+        except ValidationError as exc:  # an option out of bounds (--meta, --priority...)
+            raise CliError(f"cannot create a run of {workflow_id!r}: {problems(exc)}") from None
+        result = await c.kernel.dispatch(command)
         # Start it here (one short transaction) instead of waiting for a worker's claim
         # interval: its first jobs are enqueued now, and on PostgreSQL their NOTIFY wakes
         # an idle worker at once.
@@ -108,6 +113,14 @@ async def create_run(
             give_up_after=give_up_after,
         )
         return report_end(view)
+
+
+def problems(exc: ValidationError) -> str:
+    """What pydantic refused, on one line: `where: why; ...`."""
+    return "; ".join(
+        f"{'.'.join(str(part) for part in e['loc'])}: {e['msg']}"
+        for e in exc.errors(include_url=False, include_input=False)
+    )
 
 
 NO_WORKER_NOTICE_AFTER = 3.0
@@ -185,29 +198,6 @@ def report_end(view: RunView) -> int:
     return 1
 
 
-async def list_runs(
-    *,
-    db: str,
-    status_filter: RunStatus | None,
-    workflow_id: str | None,
-    limit: int,
-    times: Times,
-    workflow_version: str | None = None,
-) -> None:
-    backend = await connect(db, migrate=False)
-    try:
-        async with backend.persistence.transaction() as tx:
-            runs = await tx.runs.find(
-                status=status_filter,
-                workflow_id=workflow_id,
-                workflow_version=workflow_version,
-                limit=limit,
-            )
-    finally:
-        await backend.close()
-    console.print(runs_table(runs, times))
-
-
 async def show_run(*, db: str, run_id: str, as_json: bool, times: Times) -> None:
     backend = await connect(db, migrate=False)
     try:
@@ -224,16 +214,9 @@ async def show_run(*, db: str, run_id: str, as_json: bool, times: Times) -> None
 def _as_json(view: RunView) -> dict[str, Any]:
     run = view.run
     return {
-        "run_id": run.run_id,
-        "workflow_id": run.workflow_id,
-        "workflow_version": run.workflow_version,
-        "status": run.status.value,
-        "created_at": run.created_at.isoformat(),
-        "started_at": run.started_at.isoformat() if run.started_at else None,
-        "finished_at": run.finished_at.isoformat() if run.finished_at else None,
+        **run_json(run),
         "input": run.input,
         "output": view.output,
-        "error": run.error.to_json() if run.error else None,
         "cancel_reason": view.cancel_reason,
         "waiting": view.waiting,
         "stages": [

@@ -44,9 +44,9 @@ def safe_text(text: str, style: str = "", *, newlines: bool = False) -> Text:
     return Text(printable(text, newlines=newlines), style=style)
 
 
-def json_text(data: Any) -> str:
-    """`data` as indented JSON, safe to print: `json.dumps` escapes C0 controls itself;
-    the others (DEL, C1, separators, overrides) are escaped as `\\uXXXX` too. The result
-    is still valid JSON with the same value."""
-    text = json.dumps(data, indent=2, ensure_ascii=False, default=str)
+def json_text(data: Any, *, indent: int | None = 2) -> str:
+    """`data` as JSON (indented, or on one line with `indent=None`), safe to print:
+    `json.dumps` escapes C0 controls itself; the others (DEL, C1, separators, overrides) are
+    escaped as `\\uXXXX` too. The result is still valid JSON with the same value."""
+    text = json.dumps(data, indent=indent, ensure_ascii=False, default=str)
     return _NOT_ESCAPED_BY_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}", text)

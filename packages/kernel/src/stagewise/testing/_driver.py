@@ -32,6 +32,7 @@ from stagewise._errors import LeaseLost
 from stagewise._kernel import Kernel, create_kernel
 from stagewise._plugins import Plugin
 from stagewise._ports import BlobStore, EventSink, IdGenerator, JobTransport, Persistence
+from stagewise._query import RunFilter
 from stagewise._records import JobMessage, RunRecord, StageRecord
 from stagewise._settings import KernelSettings
 from stagewise._states import RunStatus
@@ -208,7 +209,7 @@ async def _heartbeat(kernel: Kernel, worker_id: str, jobs: Iterable[JobMessage])
 async def _active_runs(persistence: Persistence) -> bool:
     async with persistence.transaction() as tx:
         for status in (RunStatus.PENDING, RunStatus.RUNNING):
-            if await tx.runs.find(status=status, limit=1):
+            if await tx.runs.find(RunFilter(status=status), limit=1):
                 return True
     return False
 

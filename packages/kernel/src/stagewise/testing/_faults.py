@@ -48,6 +48,7 @@ from stagewise._ports import (
     EventSink,
     IdempotencyStore,
     JobTransport,
+    LogStore,
     OutboxStore,
     Persistence,
     RunStore,
@@ -204,6 +205,7 @@ class FaultyTransaction:
             IdempotencyStore, _StoreProxy(injector, "idempotency", inner.idempotency)
         )
         self._workers = cast(WorkerStore, _StoreProxy(injector, "workers", inner.workers))
+        self._logs = cast(LogStore, _StoreProxy(injector, "logs", inner.logs))
         self._injector = injector
 
     @property
@@ -225,6 +227,10 @@ class FaultyTransaction:
     @property
     def workers(self) -> WorkerStore:
         return self._workers
+
+    @property
+    def logs(self) -> LogStore:
+        return self._logs
 
     async def apply(self, changes: Changeset) -> None:
         await self._injector.call("tx.apply", lambda: self.inner.apply(changes))

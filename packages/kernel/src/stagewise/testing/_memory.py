@@ -18,6 +18,7 @@ from typing import Any
 
 from stagewise._errors import ConcurrentUpdateError, DuplicateRecordError
 from stagewise._ports import of_workflows
+from stagewise._query import RunFilter
 from stagewise._records import (
     Changeset,
     ClaimedDelivery,
@@ -31,6 +32,7 @@ from stagewise._records import (
     with_stages,
 )
 from stagewise._states import RunStatus, StageStatus
+from stagewise.testing._memory_logs import MemoryLogs
 
 _TABLES = ("runs", "stages", "events", "deliveries", "idempotency", "logs", "workers")
 
@@ -60,6 +62,7 @@ class MemoryTransaction:
         self.outbox = _Outbox(self)
         self.idempotency = _Idempotency(self)
         self.workers = _Workers(self)
+        self.logs = MemoryLogs(self)
 
     def read(self, table: str) -> dict[Any, Any]:
         copy = self._copies.get(table)
@@ -220,22 +223,19 @@ class _Runs(_Store):
 
     async def find(
         self,
+        where: RunFilter | None = None,
         *,
-        status: RunStatus | None = None,
-        workflow_id: str | None = None,
-        workflow_version: str | None = None,
+        before: tuple[datetime, str] | None = None,
         limit: int = 100,
-        offset: int = 0,
     ) -> list[RunRecord]:
+        where = where or RunFilter()
         runs = [
             r
             for r in self._tx.read("runs").values()
-            if (status is None or r.status is status)
-            and (workflow_id is None or r.workflow_id == workflow_id)
-            and (workflow_version is None or r.workflow_version == workflow_version)
+            if where.matches(r) and (before is None or (r.created_at, r.run_id) < before)
         ]
         runs.sort(key=lambda r: (r.created_at, r.run_id), reverse=True)
-        return runs[offset : offset + limit]
+        return runs[:limit]
 
     async def active_versions(self) -> list[tuple[str, str | None, int]]:
         counts = Counter(
