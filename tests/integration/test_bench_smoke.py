@@ -34,3 +34,23 @@ def test_the_quick_benchmark_runs_every_workload_to_completion_on_sqlite() -> No
         assert r["completed"] == r["runs"], r
         assert r["failed"] == 0, r
     assert (ROOT / "bench" / "results" / "latest.md").is_file()
+
+
+@pytest.mark.slow
+def test_the_purge_benchmark_runs_w1_alone_and_while_purging_on_sqlite() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "purge.py"), "--db", "sqlite", "--runs", "600",
+         "--w1", "30", "--rounds", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = {r["variant"]: r for r in map(json.loads, proc.stdout.splitlines())}
+    assert set(results) == {"alone", "purging"}
+    for r in results.values():
+        assert r["w1_completed"] == 30, r
+    assert results["alone"]["purged"] == 0
+    assert 0 < results["purging"]["purged"] <= 600

@@ -1,10 +1,14 @@
 """`NodeHost.stop()` delivers the outbox before it returns: the last events of the runs the
-host executed reach the sink now, not at the next start of some host."""
+host executed reach the sink now, not at the next start of some host. And the host's
+maintenance applies the kernel's retention."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import replace
+
+import pytest
 
 from stagewise import RunStatus
 from tests.integration.node.support import FAST, World, eventually
@@ -46,3 +50,23 @@ async def test_a_sink_that_refuses_does_not_hold_stop() -> None:
     await host.kernel.aclose()
     assert world.sink.events == []
     assert host.stats().state == "stopped"
+
+
+async def test_a_host_purges_runs_past_the_retention_in_its_maintenance(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    world = World.of([three_stages()])
+    world.kernel_settings = replace(world.kernel_settings, retention=60)
+    host = world.host(settings=HOLD)
+    await host.start()
+    try:
+        run_id = await world.create(host.kernel, "three", {"n": 1})
+        await eventually(lambda: world.finished(run_id))
+        world.clock.advance(61)
+        with caplog.at_level(logging.INFO, logger="stagewise.maintenance"):
+            await host.tick()
+        assert [r.run_id for r in world.persistence.snapshot_runs()] == []
+        assert "purged 1 run(s) finished before" in caplog.text
+    finally:
+        await host.stop(drain_timeout=1)
+        await host.kernel.aclose()

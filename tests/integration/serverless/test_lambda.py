@@ -11,7 +11,14 @@ from typing import Any
 
 import pytest
 
-from stagewise import RetryPolicy, RunCancel, RunStatus, StageContext, StageStatus
+from stagewise import (
+    KernelSettings,
+    RetryPolicy,
+    RunCancel,
+    RunStatus,
+    StageContext,
+    StageStatus,
+)
 from stagewise.testing import InMemoryPersistence
 from stagewise_serverless import LambdaAdapter, ServerlessHost, ServerlessSettings
 from tests.conftest import Adapters
@@ -165,6 +172,7 @@ async def test_a_scheduled_event_runs_a_tick_and_reports_its_counts(
             "leases_released": 0,
             "requeued": 0,
             "events_flushed": 2,
+            "purged": 0,
             "errors": [],
             "skipped": [],
         },
@@ -191,6 +199,24 @@ async def test_with_the_database_as_queue_a_scheduled_event_also_runs_jobs(
         "stopped_at_deadline": False,
     }
     assert (await d.get_run(run_id)).status is RunStatus.COMPLETED
+
+
+async def test_scheduled_events_purge_runs_past_the_retention(deploy: MakeDeployment) -> None:
+    d = deploy(
+        [single()],
+        settings=ServerlessSettings(jobs_after_tick=10),
+        kernel_settings=KernelSettings(retention=60),
+    )
+    run_id = await d.create_run("single")
+    await d.lambda_adapter().handle_maintenance_event(SCHEDULED_EVENT, d.context())
+    assert (await d.get_run(run_id)).status is RunStatus.COMPLETED
+    d.clock.advance(61)
+
+    response = await d.lambda_adapter().handle_maintenance_event(SCHEDULED_EVENT, d.context())
+
+    assert response["maintenance"]["purged"] == 1
+    async with d.persistence.transaction() as tx:
+        assert await tx.runs.get(run_id) is None
 
 
 async def test_a_scheduled_event_with_little_time_left_skips_what_does_not_fit(

@@ -75,6 +75,8 @@ class MaintenanceCounts:
     requeued: int = 0
     """Jobs made deliverable again: expired transport leases, lost external deliveries."""
     events_flushed: int = 0
+    purged: int = 0
+    """Finished runs past `KernelSettings.retention` deleted (one batch per tick)."""
     errors: tuple[str, ...] = ()
     skipped: tuple[str, ...] = ()
 

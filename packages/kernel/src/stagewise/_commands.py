@@ -11,7 +11,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    model_validator,
+)
 
 from stagewise._query import METADATA_KEY
 from stagewise._records import JobMessage
@@ -130,6 +138,19 @@ class RunCancel(_Message):
     reason: Annotated[str, StringConstraints(max_length=2000)] | None = None
 
 
+class RunPurge(_Message):
+    """Delete up to `limit` finished runs (COMPLETED, FAILED, CANCELLED) that finished before
+    `finished_before`, oldest first, with everything of theirs: stage rows, events and their
+    deliveries, log lines, idempotency keys and blobs. With `archive`, each run is first
+    written to the blob store as one JSON document (`archive/<workflow>/<run_id>.json`).
+    One short transaction: call again while `RunPurgeResult.more`."""
+
+    type: Literal["run.purge"] = "run.purge"
+    finished_before: AwareDatetime
+    limit: Limit = 500
+    archive: bool = False
+
+
 class RunRerunFrom(_Message):
     """Run a finished run again from `stage_id`: that stage and every later one."""
 
@@ -198,6 +219,7 @@ Command = Annotated[
     | LeaseReapStale
     | OutboxFlush
     | RunCancel
+    | RunPurge
     | RunRerunFrom
     | PluginReplayDLQ
     | JobHeartbeat
@@ -279,6 +301,8 @@ class LeaseReapResult(_Message):
     failed: int = 0
     released_jobs: int = 0
     requeued: int = 0
+    purged: int = 0
+    """Finished runs past `KernelSettings.retention` deleted by this pass."""
 
 
 class OutboxFlushResult(_Message):
@@ -292,6 +316,15 @@ class RunCancelResult(_Message):
     cancelled: bool
     """False when the run had already finished: cancelling it changed nothing."""
     status: RunStatus
+
+
+class RunPurgeResult(_Message):
+    purged: int
+    """Runs deleted by this call."""
+    archived: int = 0
+    """Of those, written to the blob store first."""
+    more: bool
+    """More runs finished before the cutoff are left (another call purges the next ones)."""
 
 
 class RunRerunResult(_Message):
@@ -350,6 +383,7 @@ CommandResult = (
     | LeaseReapResult
     | OutboxFlushResult
     | RunCancelResult
+    | RunPurgeResult
     | RunRerunResult
     | PluginReplayResult
     | HeartbeatResult

@@ -27,6 +27,7 @@ by another poller meanwhile is left alone.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -34,18 +35,22 @@ from stagewise._attempt import build_context, load_blobs, store_blobs
 from stagewise._commands import (
     LeaseReapResult,
     LeaseReapStale,
+    RunPurge,
     StagePollResult,
     StagePollSuspended,
 )
 from stagewise._decisions import Output, StartedAttempt
 from stagewise._errors import StageOutputError, StagewiseError, SuspendTimeoutError
 from stagewise._execution import call_user_code, error_info, normalize_output
+from stagewise._h_purge import run_purge
 from stagewise._records import ErrorInfo, JobMessage, StageRecord
 from stagewise._run import Reclaim
 from stagewise._runtime import Inflight, Runtime
 from stagewise._stages import NotReady, Ready, to_seconds
 from stagewise._unit import UnitOfWork
 from stagewise._workers import presumed_gone
+
+logger = logging.getLogger("stagewise.maintenance")
 
 # --- stage.pollSuspended -----------------------------------------------------------------
 
@@ -190,9 +195,30 @@ async def lease_reap_stale(rt: Runtime, cmd: LeaseReapStale) -> LeaseReapResult:
         await unit.tx.idempotency.purge_expired(now)
         await unit.tx.workers.prune(now - timedelta(seconds=rt.settings.worker_retention))
     released = await rt.ports.job_transport.release_expired(worker_id=cmd.worker_id)
+    purged = await _apply_retention(rt) if cmd.worker_id is None else 0
     return LeaseReapResult(
-        retried=retried, failed=failed, released_jobs=released, requeued=requeued
+        retried=retried, failed=failed, released_jobs=released, requeued=requeued, purged=purged
     )
+
+
+async def _apply_retention(rt: Runtime) -> int:
+    """One batch of `run.purge` for the runs past `settings.retention` (none when unset): a
+    pass of maintenance deletes what one short transaction may, and the next pass goes on,
+    so a backlog drains without ever holding locks long (see `_h_purge`)."""
+    retention = rt.settings.retention
+    if retention is None:
+        return 0
+    cutoff = rt.ports.clock.now() - timedelta(seconds=retention)
+    result = await run_purge(rt, RunPurge(finished_before=cutoff, limit=rt.settings.purge_batch))
+    if result.purged:
+        logger.info(
+            "purged %d run(s) finished before %s (retention %.0fs)%s",
+            result.purged,
+            cutoff.isoformat(),
+            retention,
+            "; more to go" if result.more else "",
+        )
+    return result.purged
 
 
 async def _gone(unit: UnitOfWork, observer: str | None) -> list[str]:

@@ -44,7 +44,7 @@ from stagewise._states import RunStatus
 from stagewise._text import UnstorableValue, encode_json
 from stagewise._unit import UnitOfWork
 
-_IDEMPOTENCY_SCOPE = "run.create"
+IDEMPOTENCY_SCOPE = "run.create"
 
 
 async def run_create(rt: Runtime, cmd: RunCreate) -> RunCreateResult:
@@ -116,7 +116,7 @@ async def _create(rt: Runtime, cmd: RunCreate) -> RunCreateResult:
 def _key_record(unit: UnitOfWork, key: str, fingerprint: str, run_id: str) -> IdempotencyRecord:
     now = unit.now
     return IdempotencyRecord(
-        scope=_IDEMPOTENCY_SCOPE,
+        scope=IDEMPOTENCY_SCOPE,
         key=key,
         fingerprint=fingerprint,
         state="completed",
@@ -127,8 +127,8 @@ def _key_record(unit: UnitOfWork, key: str, fingerprint: str, run_id: str) -> Id
 
 
 async def _replay(unit: UnitOfWork, key: str, fingerprint: str) -> RunCreateResult | None:
-    existing = unit.pending_key(_IDEMPOTENCY_SCOPE, key) or await unit.tx.idempotency.get(
-        _IDEMPOTENCY_SCOPE, key
+    existing = unit.pending_key(IDEMPOTENCY_SCOPE, key) or await unit.tx.idempotency.get(
+        IDEMPOTENCY_SCOPE, key
     )
     if existing is None:
         return None

@@ -30,6 +30,8 @@ from stagewise._commands import (
     RunClaimPendingResult,
     RunCreate,
     RunCreateResult,
+    RunPurge,
+    RunPurgeResult,
     RunRerunFrom,
     RunRerunResult,
     RunTransition,
@@ -47,6 +49,7 @@ from stagewise._h_jobs import job_execute
 from stagewise._h_leases import job_heartbeat, job_release
 from stagewise._h_maintenance import lease_reap_stale, stage_poll_suspended
 from stagewise._h_outbox import outbox_flush, plugin_replay_dlq
+from stagewise._h_purge import run_purge
 from stagewise._h_runs import (
     run_cancel,
     run_claim_pending,
@@ -86,6 +89,7 @@ HANDLERS: dict[type[BaseModel], Handler] = {
     OutboxFlush: outbox_flush,
     RunCancel: run_cancel,
     RunRerunFrom: run_rerun_from,
+    RunPurge: run_purge,
     PluginReplayDLQ: plugin_replay_dlq,
     JobHeartbeat: job_heartbeat,
     JobRelease: job_release,
@@ -144,6 +148,8 @@ class Kernel:
     async def dispatch(self, command: RunCancel) -> RunCancelResult: ...
     @overload
     async def dispatch(self, command: RunRerunFrom) -> RunRerunResult: ...
+    @overload
+    async def dispatch(self, command: RunPurge) -> RunPurgeResult: ...
     @overload
     async def dispatch(self, command: PluginReplayDLQ) -> PluginReplayResult: ...
     @overload

@@ -102,6 +102,18 @@ class RunStore(Protocol):
         workflow id and version (None: recorded before versions, sorted first)."""
         ...
 
+    async def finished_before(self, before: datetime, limit: int) -> list[RunRecord]:
+        """Lock up to `limit` COMPLETED, FAILED or CANCELLED runs that finished before
+        `before`, oldest first (then by run id), skipping rows another transaction has locked
+        (a purge never waits on a worker, nor a worker on it)."""
+        ...
+
+    async def purge(self, run_ids: Sequence[str]) -> int:
+        """Delete these runs (their locks held by this transaction) with their stage rows,
+        events and those events' deliveries, and log lines; how many runs were deleted.
+        Idempotency keys and blobs are the caller's (`IdempotencyStore.delete`)."""
+        ...
+
 
 class StageStore(Protocol):
     """Reads of stage rows: for views, and the candidates maintenance looks at. Each is a
@@ -195,6 +207,10 @@ class IdempotencyStore(Protocol):
     """Idempotency keys: written with the effect they guard (`Changeset`), read here."""
 
     async def get(self, scope: str, key: str) -> IdempotencyRecord | None: ...
+
+    async def delete(self, scope: str, keys: Sequence[str]) -> int:
+        """Delete these keys of `scope` (those of purged runs); how many there were."""
+        ...
 
     async def purge_expired(self, now: datetime) -> int:
         """Delete completed records past their `expires_at`; returns how many."""

@@ -29,6 +29,12 @@ class KernelSettings:
     """How long a completed idempotency record replays its result."""
     worker_retention: float = 24 * 3600.0
     """How long a worker's row is kept after it was last seen (`stagewise workers list`)."""
+    retention: float | None = None
+    """Seconds a finished run is kept after it finished; then `lease.reapStale` (every
+    host's maintenance) purges it, `purge_batch` runs per pass, as `run.purge` does. None
+    (the default): runs are kept until purged by hand (`stagewise runs purge`)."""
+    purge_batch: int = 500
+    """Most runs one purge transaction deletes (its locks are held that long)."""
     group_commit: int = 64
     """Most attempts one transaction starts or records together: `job.execute` calls that
     reach the database while another one's transaction is open wait for it and then share
@@ -37,6 +43,10 @@ class KernelSettings:
     def __post_init__(self) -> None:
         if self.lease_seconds <= 0 or self.requeue_after <= 0:
             raise ValueError("lease_seconds and requeue_after must be positive")
+        if self.retention is not None and self.retention <= 0:
+            raise ValueError(f"retention must be positive (or None), got {self.retention!r}")
+        if self.purge_batch < 1 or self.purge_batch > 10_000:
+            raise ValueError(f"purge_batch must be from 1 to 10000, got {self.purge_batch!r}")
         if self.sync_workers < 1 or self.outbox_max_attempts < 1 or self.group_commit < 1:
             raise ValueError(
                 "sync_workers, outbox_max_attempts and group_commit must be at least 1"

@@ -121,8 +121,12 @@ def _install_sqlite_hooks(engine: AsyncEngine, *, busy_timeout_ms: int) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         try:
-            cursor.execute("PRAGMA journal_mode=WAL")
+            # The busy timeout first: switching to WAL needs the database to itself for a
+            # moment, and under another process's write it must wait, not fail with
+            # "database is locked" (the flaky side-database fixture of the node tests had
+            # this very order). Once the file is in WAL mode the switch is a no-op.
             cursor.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
+            cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA synchronous=NORMAL")
         finally:

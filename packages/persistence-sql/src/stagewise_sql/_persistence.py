@@ -25,6 +25,7 @@ from stagewise_sql import _rows
 from stagewise_sql._engine import Database, UnitConnection
 from stagewise_sql._finding import SqlLogStore, find_statement
 from stagewise_sql._outbox import SqlOutboxStore
+from stagewise_sql._purging import finished_before_statement, purge_statement
 from stagewise_sql._schema import idempotency, runs
 from stagewise_sql._schema import stages as stages_t
 from stagewise_sql._schema import workers as workers_t
@@ -107,6 +108,15 @@ class SqlRunStore(Store):
     ) -> list[RunRecord]:
         stmt = find_statement(where or RunFilter(), before, limit, self._dialect)
         return [_rows.run_from_row(row) for row in await self._link.execute(stmt)]
+
+    async def finished_before(self, before: datetime, limit: int) -> list[RunRecord]:
+        stmt = finished_before_statement(before, limit, self._dialect)
+        return [_rows.run_from_row(row) for row in await self._link.execute(stmt)]
+
+    async def purge(self, run_ids: Sequence[str]) -> int:
+        if not run_ids:
+            return 0
+        return (await self._link.execute(purge_statement(run_ids))).rowcount
 
     async def active_versions(self) -> list[tuple[str, str | None, int]]:
         stmt = (
@@ -196,6 +206,12 @@ class SqlIdempotencyStore(Store):
         result = await self._link.execute(_IDEMPOTENCY_BY_KEY, {"scope": scope, "key": key})
         row = result.first()
         return None if row is None else _rows.idempotency_from_row(row)
+
+    async def delete(self, scope: str, keys: Sequence[str]) -> int:
+        stmt = delete(idempotency).where(
+            idempotency.c.scope == scope, idempotency.c.key.in_(list(keys))
+        )
+        return (await self._link.execute(stmt)).rowcount
 
     async def purge_expired(self, now: datetime) -> int:
         stmt = delete(idempotency).where(

@@ -159,6 +159,13 @@ Index(
     **_partial("status = 'PENDING'"),
 )
 Index("ix_stagewise_runs_created", runs.c.created_at, runs.c.run_id)
+# Serves purging (`RunStore.finished_before`): finished runs, oldest first.
+Index(
+    "ix_stagewise_runs_finished",
+    runs.c.finished_at,
+    runs.c.run_id,
+    **_partial("finished_at IS NOT NULL"),
+)
 Index("ix_stagewise_runs_status_created", runs.c.status, runs.c.created_at)
 Index("ix_stagewise_runs_workflow_created", runs.c.workflow_id, runs.c.created_at)
 # PostgreSQL: the runs that have labels, for `metadata @> ...` (jsonb_path_ops: containment

@@ -303,6 +303,39 @@ def runs_cancel(
     run_async(cancel_run(db=db, run_id=run_id, reason=reason))
 
 
+@runs_app.command("purge")
+def runs_purge(
+    finished_before: Annotated[
+        str,
+        typer.Option(
+            help="Purge runs that finished before this: a duration back from now (30d, 12h) "
+            "or a date and time."
+        ),
+    ],
+    archive: Annotated[
+        bool, typer.Option(help="First write each run as one JSON document to the blob store.")
+    ] = False,
+    batch: Annotated[
+        int, typer.Option(help="Runs per transaction (its locks last that long).")
+    ] = 500,
+    db: Db = DEFAULT_DATABASE,
+    utc: Utc = False,
+) -> None:
+    """Delete finished runs with their stages, events, logs, idempotency keys and blobs."""
+    from stagewise_node.cli._purge import purge_runs
+    from stagewise_node.cli._render import Times
+
+    run_async(
+        purge_runs(
+            db=db,
+            finished_before=finished_before,
+            archive=archive,
+            batch=batch,
+            times=Times(utc=utc),
+        )
+    )
+
+
 @runs_app.command("rerun")
 def runs_rerun(
     run_id: Annotated[str, typer.Argument()],

@@ -32,6 +32,7 @@ from stagewise._records import (
     with_stages,
 )
 from stagewise._states import RunStatus, StageStatus
+from stagewise.testing import _memory_purge
 from stagewise.testing._memory_logs import MemoryLogs
 
 _TABLES = ("runs", "stages", "events", "deliveries", "idempotency", "logs", "workers")
@@ -237,6 +238,12 @@ class _Runs(_Store):
         runs.sort(key=lambda r: (r.created_at, r.run_id), reverse=True)
         return runs[:limit]
 
+    async def finished_before(self, before: datetime, limit: int) -> list[RunRecord]:
+        return await _memory_purge.finished_before(self._tx, before, limit)
+
+    async def purge(self, run_ids: Sequence[str]) -> int:
+        return _memory_purge.purge(self._tx, run_ids)
+
     async def active_versions(self) -> list[tuple[str, str | None, int]]:
         counts = Counter(
             (r.workflow_id, r.workflow_version)
@@ -362,6 +369,10 @@ class _Outbox(_Store):
 class _Idempotency(_Store):
     async def get(self, scope: str, key: str) -> IdempotencyRecord | None:
         return self._tx.read("idempotency").get((scope, key))
+
+    async def delete(self, scope: str, keys: Sequence[str]) -> int:
+        table = self._tx.write("idempotency")
+        return sum(table.pop((scope, key), None) is not None for key in keys)
 
     async def purge_expired(self, now: datetime) -> int:
         table = self._tx.write("idempotency")
