@@ -212,8 +212,7 @@ def runs_list(
     db: Db = DEFAULT_DATABASE,
     utc: Utc = False,
 ) -> None:
-    """List runs, newest first, a page at a time (the command for the next page is printed
-    when there is one)."""
+    """List runs, newest first, a page at a time (and the command for the next page)."""
     from stagewise_node.cli._listing import Listing, list_runs, parse_meta
     from stagewise_node.cli._render import Times
 
