@@ -8,7 +8,7 @@ import functools
 import inspect
 import traceback
 from collections.abc import Callable
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -28,6 +28,18 @@ from stagewise._text import UnstorableValue, encode_json, scrub
 from stagewise._workflow import _summary
 
 _TRACEBACK_LIMIT = 8000
+
+
+class StagePool(ThreadPoolExecutor):
+    """The bounded pool sync stages run on, with the number of calls on it whose result the
+    event loop has not taken yet (`busy`, counted on the loop: a call stays busy until its
+    awaiting task has resumed, so nobody sees zero while a result is still in flight).
+
+    No amount of fake time finishes a call on a thread: a driver on a `FakeClock`
+    (`stagewise.testing.run_until_idle`) waits for `busy` calls in real time rather than
+    looping, so that a play makes the same calls however slow the machine is."""
+
+    busy: int = 0
 
 
 async def call_user_code(
@@ -52,7 +64,7 @@ async def call_user_code(
         work = asyncio.ensure_future(fn(*args))
     else:
         call = functools.partial(contextvars.copy_context().run, fn, *args)
-        work = asyncio.ensure_future(_await_if_needed(loop.run_in_executor(executor, call)))
+        work = asyncio.ensure_future(_on_thread(loop, executor, call))
     watchers: dict[asyncio.Future[Any], str] = {}
     if time_limit is not None:
         watchers[asyncio.ensure_future(clock.sleep(time_limit))] = "timeout"
@@ -77,8 +89,15 @@ async def call_user_code(
         await asyncio.gather(*watchers, return_exceptions=True)
 
 
-async def _await_if_needed(future: asyncio.Future[Any]) -> Any:
-    result = await future
+async def _on_thread(loop: asyncio.AbstractEventLoop, executor: Executor, call: Any) -> Any:
+    pool = executor if isinstance(executor, StagePool) else None
+    if pool is not None:
+        pool.busy += 1
+    try:
+        result = await loop.run_in_executor(executor, call)
+    finally:
+        if pool is not None:
+            pool.busy -= 1
     if inspect.isawaitable(result):  # a plain def that returned a coroutine
         return await result
     return result

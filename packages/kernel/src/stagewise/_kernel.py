@@ -130,6 +130,12 @@ class Kernel:
         """Attempts executing in this process right now."""
         return len(self._rt.inflight)
 
+    @property
+    def sync_stages_running(self) -> int:
+        """Calls of sync (`def`) stages on this process's thread pool right now: real work
+        that no clock can hurry (a driver on a fake clock waits for it)."""
+        return self._rt.threads_busy
+
     @overload
     async def dispatch(self, command: RunCreate) -> RunCreateResult: ...
     @overload

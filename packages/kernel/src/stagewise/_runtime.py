@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -21,6 +20,7 @@ from datetime import datetime
 from stagewise._context import AttemptBuffer, CancellationToken
 from stagewise._decisions import Rules, StartedAttempt
 from stagewise._errors import WorkflowNotFoundError
+from stagewise._execution import StagePool
 from stagewise._group import GroupCommit
 from stagewise._plugins import PluginRunner
 from stagewise._ports import (
@@ -92,7 +92,7 @@ class Runtime:
         self.waiters = RunWaiters()
         """`Kernel.wait_for_run` callers, resolved after the commit that ends their run."""
         self.group = GroupCommit(self.unit, settings.group_commit)
-        self._executor: ThreadPoolExecutor | None = None
+        self._executor: StagePool | None = None
         self._unknown_workflows: set[tuple[str, str | None]] = set()
 
     @property
@@ -100,13 +100,18 @@ class Runtime:
         return self.ports.clock.now()
 
     @property
-    def executor(self) -> ThreadPoolExecutor:
+    def executor(self) -> StagePool:
         """The bounded pool sync stages run on (created on first use)."""
         if self._executor is None:
-            self._executor = ThreadPoolExecutor(
+            self._executor = StagePool(
                 max_workers=self.settings.sync_workers, thread_name_prefix="stagewise-stage"
             )
         return self._executor
+
+    @property
+    def threads_busy(self) -> int:
+        """Sync stage calls on the pool now (see `StagePool.busy`)."""
+        return 0 if self._executor is None else self._executor.busy
 
     def close(self) -> None:
         if self._executor is not None:

@@ -105,6 +105,10 @@ async def run_until_idle(
         await drive.stop()
 
 
+_THREAD_PATIENCE = 2.0
+"""Seconds of real time a pass waits for sync stages on threads before it goes on."""
+
+
 @dataclass
 class _Drive:
     """One `run_until_idle`: the jobs it runs, and how it moves the clock."""
@@ -117,6 +121,8 @@ class _Drive:
     worker_id: str
     report: DriveReport
     running: dict[asyncio.Task[JobExecuteResult | None], JobMessage] = field(default_factory=dict)
+    patient: bool = True
+    """Whether a pass waits for sync stages on threads (not after one ran out of patience)."""
 
     async def _execute(self, job: JobMessage) -> JobExecuteResult | None:
         try:
@@ -141,16 +147,41 @@ class _Drive:
                 self.running[asyncio.ensure_future(self._execute(job))] = job
                 moved = True
         if self.running:
-            done, _ = await asyncio.wait(
-                self.running, timeout=0.002, return_when=asyncio.FIRST_COMPLETED
-            )
-            for task in done:
+            for task in await self._wait_for_jobs():
                 self.running.pop(task)
                 result = task.result()
                 if result is not None:
                     self.report.outcomes[result.outcome] += 1
                 moved = True
         return moved
+
+    async def _wait_for_jobs(self) -> set[asyncio.Task[JobExecuteResult | None]]:
+        """The running jobs that finished, waiting until one has or none can go further
+        without the clock: each is waiting on the fake clock (or on real I/O, on a SQL
+        backend, where the wait stays the short one it always was).
+
+        Why not a fixed short wait: every pass of the driver's loop makes calls (claims,
+        polls, reaps, flushes), and a pass taken while a job could still move on its own
+        (its next step queued on the event loop, or a sync stage busy on a thread) makes the
+        number of calls depend on how fast the machine is rather than on the workflow. The
+        fault sweeps place a fault at each call of a play, so a play must make the same
+        calls however loaded the machine. Waiting on a thread is bounded by
+        `_THREAD_PATIENCE`, so a sync stage that never returns still meets its timeout on
+        the fake clock."""
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + _THREAD_PATIENCE
+        while True:
+            done, _ = await asyncio.wait(
+                self.running, timeout=0.002, return_when=asyncio.FIRST_COMPLETED
+            )
+            if done:
+                self.patient = True
+                return done
+            threads = self.patient and self.kernel.sync_stages_running > 0
+            if threads and loop.time() > give_up:
+                self.patient = threads = False  # until a job finishes: time must move
+            if not threads and not _callbacks_ready(loop):
+                return done
 
     async def skip_time(self) -> bool:
         """Nothing can move now: advance the clock to when something can; False when
@@ -182,6 +213,13 @@ class _Drive:
             task.cancel()
         if self.running:
             await asyncio.gather(*self.running, return_exceptions=True)
+
+
+def _callbacks_ready(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether some other task's next step is queued on the loop (it can go on without
+    anything from outside). CPython's loops keep that queue as `_ready`; on a loop that
+    does not, the answer is no (and the driver waits as it did before: 2 ms)."""
+    return bool(getattr(loop, "_ready", ()))
 
 
 async def _maintain(kernel: Kernel, worker_id: str) -> bool:
