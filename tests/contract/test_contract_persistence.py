@@ -457,6 +457,26 @@ async def test_due_for_poll_finds_due_unheld_suspended_stages_earliest_first(
     assert [s.stage_id for s in first_two] == ["early", "hold-lapsed"]
 
 
+async def test_next_poll_at_is_the_earliest_suspended_due_time_still_to_come(
+    backend: Adapters,
+) -> None:
+    suspended = StageStatus.SUSPENDED
+    async with backend.persistence.transaction() as tx:
+        assert await tx.stages.next_poll_at(at(0)) is None
+    await insert_stages(
+        backend,
+        stage("r1", "due", status=suspended, due_at=at(10)),
+        stage("r1", "next", status=suspended, due_at=at(70)),
+        stage("r1", "later", status=suspended, due_at=at(3600)),
+        stage("r1", "retrying", status=StageStatus.RETRYING, due_at=at(65)),
+        stage("r1", "no-due", status=suspended),
+    )
+    async with backend.persistence.transaction() as tx:
+        assert await tx.stages.next_poll_at(at(60)) == at(70)
+        assert await tx.stages.next_poll_at(at(70)) == at(3600)
+        assert await tx.stages.next_poll_at(at(3600)) is None
+
+
 async def test_expired_leases_finds_running_stages_past_their_lease(backend: Adapters) -> None:
     running = StageStatus.RUNNING
     await insert_stages(

@@ -2,9 +2,9 @@
 invariants.
 
 Hypothesis drives a kernel on the in-memory adapters through any order of: creating runs,
-claiming, dequeuing, executing, crashing a worker mid-stage (its task is abandoned), delivering
-a job again, moving the clock past leases and backoffs, reaping, polling, flushing, cancelling
-and transitioning. After every step:
+claiming, dequeuing, executing (a durable sleep among the stages), crashing a worker
+mid-stage (its task is abandoned), delivering a job again, moving the clock past leases and
+backoffs, reaping, polling, flushing, cancelling and transitioning. After every step:
 
 * every run's events are numbered 1..n with no gap;
 * no stage completes twice, and a COMPLETED stage has exactly one stage.completed event;
@@ -53,6 +53,7 @@ from stagewise import (
     Suspend,
     WorkflowBuilder,
     define_async_batch_stage,
+    define_sleep_stage,
     define_stage,
 )
 from stagewise.testing import TestEnvironment
@@ -122,12 +123,13 @@ FAN = (
             define_stage(id="a", execute=passthrough),
             define_stage(id="b", execute=passthrough),
             define_async_batch_stage(id="batch", execute=submit, check_completion=check),
+            define_sleep_stage(id="nap", duration=45),  # a durable wait: resumed by polls
         ]
     )
     .pipe(define_stage(id="join", execute=lambda ctx: sorted(ctx.input)))
     .build()
 )
-EXPECTED = {"chain": 111, "fan": ["a", "b", "batch"]}
+EXPECTED = {"chain": 111, "fan": ["a", "b", "batch", "nap"]}
 # Enough attempts that random crashes (each reaped crash counts as one) rarely exhaust them.
 SETTINGS = KernelSettings(lease_seconds=30, outbox_max_attempts=3)
 

@@ -4,6 +4,8 @@
     batch              an async-batch stage: suspends, is polled until the outside work is ready
     flaky              fails its first attempt on purpose and is retried; output too large to
                        keep inline (it goes to the blob store)
+    nap                a durable sleep of an hour: suspended, resumed by maintenance when due,
+                       its input (flaky's large output) passed through
     finish             reads earlier outputs and the blob, writes an artifact
 
 and a plugin (`audit`) that receives every stage.completed and run.completed event.
@@ -37,6 +39,7 @@ from stagewise import (
     create_kernel,
     define_async_batch_stage,
     define_plugin,
+    define_sleep_stage,
     define_stage,
 )
 from stagewise._ports import BlobStore, EventSink, JobTransport, Persistence
@@ -122,6 +125,7 @@ reliable = (
         )
     )
     .pipe(define_stage(id="flaky", execute=flaky, retry=RETRY))
+    .pipe(define_sleep_stage(id="nap", duration=3600, retry=RETRY))
     .pipe(define_stage(id="finish", execute=finish, retry=RETRY))
     .build()
 )

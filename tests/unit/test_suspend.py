@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from stagewise import (
+    JobExecute,
+    KernelSettings,
     NotReady,
     Ready,
+    RunClaimPending,
     RunStatus,
     StageContext,
+    StagePollSuspended,
     StageStatus,
     Suspend,
     WorkflowBuilder,
     define_async_batch_stage,
+    define_sleep_stage,
     define_stage,
 )
-from stagewise.testing import TestEnvironment
+from stagewise.testing import InMemoryBlobStore, TestEnvironment
 
 env_holder: list[TestEnvironment] = []
 
@@ -104,3 +110,42 @@ async def test_only_async_batch_stages_may_suspend() -> None:
     run = await TestEnvironment([wf]).run("y")
     assert run.status is RunStatus.FAILED
     assert run.error is not None and "define_async_batch_stage" in run.error.message
+
+
+async def test_a_blob_store_outage_while_checking_reschedules_the_check() -> None:
+    # The stage's check never ran (its input could not be read): an outage, not the
+    # stage's failure. It is checked again shortly, and resumes.
+    class Flaky(InMemoryBlobStore):
+        down = 0
+
+        async def get(self, key: str) -> bytes:
+            if self.down:
+                self.down -= 1
+                raise ConnectionError("blob store unreachable")
+            return await super().get(key)
+
+    blobs = Flaky()
+    wf = (
+        WorkflowBuilder("big")
+        .pipe(define_stage(id="large", execute=lambda ctx: {"rows": list(range(500))}))
+        .pipe(define_sleep_stage(id="nap", duration=600))
+        .pipe(define_stage(id="count", execute=lambda ctx: len(ctx.input["rows"])))
+        .build()
+    )
+    settings = KernelSettings(inline_output_bytes=64)  # large's output is a blob
+    env = TestEnvironment([wf], blob_store=blobs, settings=settings)
+    run_id = await env.create_run("big")
+    await env.kernel.dispatch(RunClaimPending())
+    for _ in range(2):
+        (job,) = await env.queue.dequeue(worker_id="w", limit=1, lease_for=30)
+        await env.kernel.dispatch(JobExecute(job=job, worker_id="w"))
+    env.clock.advance(600)
+    blobs.down = 1
+    polled = await env.kernel.dispatch(StagePollSuspended(poller_id="p"))
+    assert (polled.checked, polled.failed, polled.rescheduled) == (1, 0, 1)
+    nap = (await env.stages(run_id))["nap"]
+    assert nap.status is StageStatus.SUSPENDED
+    assert nap.due_at == env.clock.now() + timedelta(seconds=2)
+    await env.run_until_idle()
+    run = await env.get_run(run_id)
+    assert (run.status, run.output) == (RunStatus.COMPLETED, 500)

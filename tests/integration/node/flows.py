@@ -7,6 +7,7 @@ that a test can count how many times each stage ran, in which process, even acro
     three: a -> b -> c, each adds one to `n` (async stages). The input may make one stage
     slow: {"n": 0, "slow": "b", "sleep": 3.0} sleeps 3 s in stage b.
     three-sync: the same with blocking `def` stages (they run on the thread pool).
+    nap: a -> a durable sleep of 4 s -> c (for workers killed while their runs sleep).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import time
 
 from pydantic import BaseModel
 
-from stagewise import StageContext, WorkflowBuilder, define_stage
+from stagewise import StageContext, WorkflowBuilder, define_sleep_stage, define_stage
 
 SIDE_DB_ENV = "NODE_TEST_SIDE_DB"
 
@@ -122,4 +123,12 @@ three_sync = (
     .build()
 )
 
-workflows = [three, three_sync]
+nap = (
+    WorkflowBuilder("nap", input=Step, output=Step)
+    .pipe(define_stage(id="a", input=Step, output=Step, execute=step_async))
+    .pipe(define_sleep_stage(id="nap", duration=4))
+    .pipe(define_stage(id="c", input=Step, output=Step, execute=step_async))
+    .build()
+)
+
+workflows = [three, three_sync, nap]

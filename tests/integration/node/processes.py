@@ -10,11 +10,20 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stagewise import Kernel, RunCreate, RunFilter, RunStatus, WorkflowRegistry, create_kernel
+from stagewise import (
+    Kernel,
+    RunCreate,
+    RunFilter,
+    RunStatus,
+    StageStatus,
+    WorkflowRegistry,
+    create_kernel,
+)
 from stagewise.testing import NoopEventSink, NoopScheduler
 from stagewise_sql import SqlBackend
 from tests.integration.node.flows import SIDE_DB_ENV, create_side_db, side_db, workflows
@@ -188,18 +197,43 @@ class Client:
         return run, stages
 
     async def wait_finished(self, run_ids: list[str], *, within: float, why: Workers) -> None:
+        async def finished(tx: Any, run_id: str) -> bool:
+            run = await tx.runs.get(run_id)
+            return run is not None and run.status.is_terminal
+
+        await self._wait(run_ids, finished, "finished", within=within, why=why)
+
+    async def wait_stages(
+        self, run_ids: list[str], stage_id: str, status: StageStatus, *, within: float, why: Workers
+    ) -> None:
+        """Until stage `stage_id` of every run is `status`."""
+
+        async def there(tx: Any, run_id: str) -> bool:
+            stages = {s.stage_id: s for s in await tx.stages.for_run(run_id)}
+            return stage_id in stages and stages[stage_id].status is status
+
+        await self._wait(run_ids, there, f"with {stage_id} {status.value}", within=within, why=why)
+
+    async def _wait(
+        self,
+        run_ids: list[str],
+        done: Callable[[Any, str], Awaitable[bool]],
+        what: str,
+        *,
+        within: float,
+        why: Workers,
+    ) -> None:
         deadline = time.monotonic() + within
         pending = set(run_ids)
         while pending:
             async with self.backend.persistence.transaction() as tx:
                 for run_id in list(pending):
-                    run = await tx.runs.get(run_id)
-                    if run is not None and run.status.is_terminal:
+                    if await done(tx, run_id):
                         pending.discard(run_id)
             if not pending:
                 return
             if time.monotonic() > deadline:
                 raise AssertionError(
-                    f"{len(pending)} run(s) not finished after {within}s\n{why.logs()}"
+                    f"{len(pending)} run(s) not {what} after {within}s\n{why.logs()}"
                 )
             await asyncio.sleep(0.1)

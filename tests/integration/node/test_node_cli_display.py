@@ -12,7 +12,7 @@ import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -28,6 +28,7 @@ from stagewise import (
     Suspend,
     WorkflowBuilder,
     define_async_batch_stage,
+    define_sleep_stage,
     define_stage,
 )
 from stagewise.testing import FakeClock, TestEnvironment
@@ -73,6 +74,10 @@ workflows = [
     .build(),
     WorkflowBuilder("waits")
     .pipe(define_async_batch_stage(id="w", execute=waits, check_completion=lambda s, c: NotReady()))
+    .pipe(define_stage(id="after", execute=lambda ctx: None))
+    .build(),
+    WorkflowBuilder("sleeps")
+    .pipe(define_sleep_stage(id="nap", duration=timedelta(days=2)))
     .pipe(define_stage(id="after", execute=lambda ctx: None))
     .build(),
 ]
@@ -139,6 +144,20 @@ def test_a_suspended_stage_shows_progress_then_its_wait(db: str, kolkata: None) 
     assert code == 0, out
     assert "10% service; waiting; next check 2026-07-01 18:30:00.000 +05:30" in out
     assert "servicewaiting" not in out
+
+
+def test_a_sleeping_stage_says_until_when(db: str, kolkata: None) -> None:
+    async def asleep(env: TestEnvironment) -> str:
+        run_id = await env.create_run("sleeps")
+        await env.kernel.dispatch(RunClaimPending(limit=1))
+        for job in await env.queue.dequeue(worker_id="t", limit=5, lease_for=30):
+            await env.kernel.dispatch(JobExecute(job=job, worker_id="t"))
+        return run_id
+
+    run_id = on_the_database(db, asleep)
+    code, out = stagewise("runs", "show", run_id, "--db", db)
+    assert code == 0, out
+    assert "sleeping until 2026-07-03 17:30:00.000 +05:30" in out
 
 
 def test_pending_stages_show_no_attempt_and_no_start(db: str) -> None:

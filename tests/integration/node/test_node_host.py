@@ -32,6 +32,7 @@ from stagewise import (
     WorkflowBuilder,
     WorkflowRegistry,
     define_async_batch_stage,
+    define_sleep_stage,
     define_stage,
 )
 from stagewise_node import HostScheduler, NodeHost, NodeHostSettings
@@ -221,6 +222,59 @@ async def test_a_suspended_stage_is_polled_when_due() -> None:
         assert checks == 2
     finally:
         await stop_all(host)
+
+
+def napping(days: float) -> Any:
+    return (
+        WorkflowBuilder("nap")
+        .pipe(define_sleep_stage(id="nap", duration=timedelta(days=days)))
+        .pipe(define_stage(id="after", execute=lambda ctx: ctx.input))
+        .build()
+    )
+
+
+async def sleeping(world: World, run_id: str) -> bool:
+    stage = (await world.stages(run_id)).get("nap")
+    return stage is not None and stage.status is StageStatus.SUSPENDED
+
+
+async def test_a_sleep_wakes_on_its_hint_at_the_moment_it_is_due() -> None:
+    world = World.of([napping(days=3)])
+    host = world.host()
+    await host.start()
+    try:
+        run_id = await world.create(host.kernel, "nap", {"n": 1})
+        await eventually(lambda: sleeping(world, run_id))
+        world.clock.advance(timedelta(days=3).total_seconds() - 1)
+        await asyncio.sleep(0.05)
+        assert await sleeping(world, run_id)  # not a second early
+        world.clock.advance(1)
+        await eventually(lambda: world.finished(run_id))
+        assert (await world.run(run_id)).output == {"n": 1}
+    finally:
+        await stop_all(host)
+
+
+async def test_a_sleep_begun_on_a_host_that_stopped_wakes_on_another() -> None:
+    # The hint of the commit that put the run to sleep went to the first host's timer; the
+    # second host learns the wake time from its own poll of the due index (next_due_at).
+    world = World.of([napping(days=1)])
+    first = world.host("w1")
+    await first.start()
+    try:
+        run_id = await world.create(first.kernel, "nap", {"n": 2})
+        await eventually(lambda: sleeping(world, run_id))
+    finally:
+        await stop_all(first)
+    second = world.host("w2")
+    await second.start()
+    try:
+        await asyncio.sleep(0.05)  # its first ticks run
+        world.clock.advance(timedelta(days=1).total_seconds())
+        await eventually(lambda: world.finished(run_id))
+        assert (await world.run(run_id)).status is RunStatus.COMPLETED
+    finally:
+        await stop_all(second)
 
 
 async def due_in(world: World, run_id: str, seconds: float) -> bool:

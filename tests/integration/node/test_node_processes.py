@@ -196,3 +196,33 @@ async def test_an_idle_sqlite_worker_wakes_for_work_of_another_process_every_tim
     run, _ = await client.run(run_id)
     assert run.status is RunStatus.COMPLETED
     assert workers.counts()[(run_id, "a")] == 4
+
+
+async def test_runs_asleep_when_their_worker_is_sigkilled_each_wake_once_on_another(
+    workers: Workers, client: Client
+) -> None:
+    # Twenty runs go to sleep for 4 s on one worker, which is killed while they sleep. A
+    # worker started afterwards never saw them fall asleep: it learns their wake time from
+    # its own poll of the due index, wakes each once, and each goes on exactly once.
+    first = workers.spawn("sleeper")
+    await workers.ready(first)
+    run_ids = [await client.create("nap", {"n": i}) for i in range(20)]
+    await client.wait_stages(run_ids, "nap", StageStatus.SUSPENDED, within=60, why=workers)
+    first.signal(signal.SIGKILL)
+    assert await first.exit_code(within=10) == -signal.SIGKILL
+
+    second = workers.spawn("waker")
+    await workers.ready(second)
+    await client.wait_finished(run_ids, within=60, why=workers)
+
+    assert (await client.statuses())[RunStatus.COMPLETED] == 20
+    counts = workers.counts()
+    assert {counts[(r, "a")] for r in run_ids} == {1}
+    assert {counts[(r, "c")] for r in run_ids} == {1}, "a run went on twice after its sleep"
+    for run_id in run_ids[:3]:
+        run, stages = await client.run(run_id)
+        assert run.output["n"] == int(run.input["n"]) + 2
+        nap = stages["nap"]
+        assert nap.finished_at is not None and nap.started_at is not None
+        assert (nap.finished_at - nap.started_at).total_seconds() >= 4
+        assert nap.attempt == 1  # woken, not retried

@@ -7,9 +7,19 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from datetime import timedelta
 from typing import Any
 
-from stagewise import JobMessage, RetryPolicy, RunStatus, StageContext, StageStatus
+from stagewise import (
+    JobMessage,
+    RetryPolicy,
+    RunStatus,
+    StageContext,
+    StageStatus,
+    WorkflowBuilder,
+    define_sleep_stage,
+    define_stage,
+)
 from stagewise_serverless import ServerlessSettings, encode_job_message
 from tests.conftest import Adapters
 
@@ -188,5 +198,39 @@ async def test_a_delivery_whose_lease_expired_and_was_retried_elsewhere_changes_
             2,
             {"attempt": 2},
         )
+    finally:
+        await d.aclose()
+
+
+async def test_a_sleeping_run_takes_no_invocation_and_a_tick_wakes_it(backend: Adapters) -> None:
+    # A week's sleep between two stages: the invocation that runs the sleep's job ends at
+    # once (the run holds nothing while it sleeps), each tick says when to wake, and the
+    # first tick at or after that moment resumes it.
+    wf = (
+        WorkflowBuilder("nap")
+        .pipe(define_stage(id="before", execute=lambda ctx: {"n": ctx.run_input["n"]}))
+        .pipe(define_sleep_stage(id="week", duration=timedelta(days=7)))
+        .pipe(define_stage(id="after", execute=lambda ctx: ctx.input["n"] + 1))
+        .build()
+    )
+    d = deployment(backend, [wf])
+    try:
+        run_id = await d.create_run("nap", {"n": 1})
+        await d.host().run_maintenance_tick()
+        assert (await d.host().process_available_jobs(max_jobs=10)).succeeded == 2
+        wake = (await d.stages(run_id))["week"].due_at
+        assert wake == d.clock.now() + timedelta(days=7)
+        assert (await d.host().process_available_jobs()).succeeded == 0  # nothing to run
+
+        d.clock.advance(timedelta(days=6).total_seconds())
+        tick = await d.host().run_maintenance_tick()
+        assert (tick.suspended_checked, tick.next_wake_at) == (0, wake)
+
+        d.clock.advance(timedelta(days=1).total_seconds())
+        tick = await d.host().run_maintenance_tick()
+        assert (tick.suspended_checked, tick.resumed, tick.next_wake_at) == (1, 1, None)
+        assert (await d.host().process_available_jobs()).succeeded == 1
+        run = await d.get_run(run_id)
+        assert (run.status, run.output) == (RunStatus.COMPLETED, 2)
     finally:
         await d.aclose()

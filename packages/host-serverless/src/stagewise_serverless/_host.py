@@ -339,6 +339,7 @@ class ServerlessHost:
         counts: dict[str, int] = Counter()
         errors: list[str] = []
         skipped: list[str] = []
+        next_wake_at: datetime | None = None
         steps = (
             RunClaimPending(limit=s.claim_limit),
             StagePollSuspended(limit=s.poll_limit, poller_id=wid),
@@ -358,6 +359,7 @@ class ServerlessHost:
                     polled = await self._kernel.dispatch(command)
                     counts["suspended_checked"] += polled.checked
                     counts["resumed"] += polled.resumed
+                    next_wake_at = polled.next_due_at
                 elif isinstance(command, LeaseReapStale):
                     reaped = await self._kernel.dispatch(command)
                     counts["leases_released"] += reaped.retried + reaped.failed
@@ -369,7 +371,9 @@ class ServerlessHost:
             except Exception as exc:
                 logger.exception("maintenance step %s failed", command.type)
                 errors.append(f"{command.type}: {type(exc).__name__}: {exc}")
-        return MaintenanceCounts(**counts, errors=tuple(errors), skipped=tuple(skipped))
+        return MaintenanceCounts(
+            **counts, next_wake_at=next_wake_at, errors=tuple(errors), skipped=tuple(skipped)
+        )
 
 
 def _deferred(result: JobExecuteResult) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from typing import Any, Literal
 
 JobOutcome = Literal["completed", "suspended", "failed", "retry", "cancelled", "lease_lost"]
@@ -77,11 +78,16 @@ class MaintenanceCounts:
     events_flushed: int = 0
     purged: int = 0
     """Finished runs past `KernelSettings.retention` deleted (one batch per tick)."""
+    next_wake_at: datetime | None = None
+    """When the next suspended stage is due (a sleep wakes, a poll is due), if any: a tick
+    then resumes it, so a platform that can schedule one-off invocations can run the next
+    tick at that moment rather than wait for its fixed schedule."""
     errors: tuple[str, ...] = ()
     skipped: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["errors"] = list(self.errors)
+        data["next_wake_at"] = None if self.next_wake_at is None else self.next_wake_at.isoformat()
         data["skipped"] = list(self.skipped)
         return data

@@ -133,6 +133,7 @@ from stagewise._stages import (
     define_stage,
 )
 from stagewise._states import RunStatus, StageStatus
+from stagewise._waits import define_sleep_stage
 from stagewise._workflow import Workflow, WorkflowBuilder, WorkflowRegistry, WorkflowSource
 
 __version__ = "0.1.0"
@@ -267,5 +268,6 @@ __all__ = [
     "create_kernel",
     "define_async_batch_stage",
     "define_plugin",
+    "define_sleep_stage",
     "define_stage",
 ]

@@ -50,6 +50,8 @@ async def build_context(
         stage_id=stage_def.id,
         attempt=stage.attempt,
         input=_validate(stage_def, stage_def.input, raw_input, "input"),
+        run_input=run.input,
+        run_input_model=workflow.input,
         config=_validate(stage_def, stage_def.config, run.config.get(stage_def.id), "config"),
         resume_state=resume_state,
         outputs=outputs,

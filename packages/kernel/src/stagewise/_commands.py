@@ -294,6 +294,8 @@ class StagePollResult(_Message):
     resumed: int = 0
     rescheduled: int = 0
     failed: int = 0
+    next_due_at: datetime | None = None
+    """When the next suspended stage (a sleep, a poll) not yet due is due, if any."""
 
 
 class LeaseReapResult(_Message):

@@ -112,6 +112,8 @@ class StageContext:
         stage_id: str,
         attempt: int,
         input: Any,
+        run_input: Json = None,
+        run_input_model: type[BaseModel] | None = None,
         config: Any,
         resume_state: Json,
         outputs: Mapping[str, Json],
@@ -126,6 +128,8 @@ class StageContext:
         self.stage_id = stage_id
         self.attempt = attempt
         self.input = input
+        self._run_input = run_input
+        self._run_input_model = run_input_model
         self.config = config
         self.resume_state = resume_state
         self.storage = storage
@@ -134,6 +138,18 @@ class StageContext:
         self._output_models = output_models
         self._buffer = buffer
         self._now = now
+
+    @property
+    def run_input(self) -> Any:
+        """The run's input, in every stage (`input` is the previous group's output after
+        the first group): as the workflow's input model when it has one."""
+        model = self._run_input_model
+        return self._run_input if model is None else model.model_validate(self._run_input)
+
+    def now(self) -> datetime:
+        """The time on the kernel's clock (the database's, on the SQL backends; a
+        `FakeClock`'s in tests): the time leases, retries and sleeps are reckoned in."""
+        return self._now()
 
     def require(self, stage_id: str) -> Any:
         """The output of an earlier, completed stage (as its output model when it has one).

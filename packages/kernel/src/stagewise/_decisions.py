@@ -64,6 +64,9 @@ class Suspension:
     state: Json
     poll_interval: float
     max_wait: float
+    wake_at: datetime | None = None
+    """A durable sleep's wake time: due then, exactly (not `poll_interval` after the
+    commit that suspends it, which comes a moment after the time was worked out)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -58,6 +58,7 @@ from stagewise._runtime import Inflight, Runtime
 from stagewise._stages import Stage, Suspend, to_seconds
 from stagewise._states import StageStatus
 from stagewise._unit import UnitOfWork
+from stagewise._waits import wake_time
 from stagewise._workflow import Workflow
 
 Outcome = Output | Suspension | ErrorInfo
@@ -202,6 +203,7 @@ async def _run(
                 state=returned.state,
                 poll_interval=to_seconds(returned.poll_interval, "poll_interval") or 60.0,
                 max_wait=to_seconds(returned.max_wait, "max_wait") or 86400.0,
+                wake_at=wake_time(stage_def, returned),
             )
         return normalize_output(stage_def, returned)
     except Exception as exc:

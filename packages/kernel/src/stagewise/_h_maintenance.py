@@ -40,7 +40,12 @@ from stagewise._commands import (
     StagePollSuspended,
 )
 from stagewise._decisions import Output, StartedAttempt
-from stagewise._errors import StageOutputError, StagewiseError, SuspendTimeoutError
+from stagewise._errors import (
+    InvalidInputError,
+    StageOutputError,
+    StagewiseError,
+    SuspendTimeoutError,
+)
 from stagewise._execution import call_user_code, error_info, normalize_output
 from stagewise._h_purge import run_purge
 from stagewise._records import ErrorInfo, JobMessage, StageRecord
@@ -69,6 +74,11 @@ async def stage_poll_suspended(rt: Runtime, cmd: StagePollSuspended) -> StagePol
     claims: list[_PollClaim] = []
     async with rt.unit(cmd.type) as unit:
         candidates = await unit.tx.stages.due_for_poll(unit.now, cmd.limit)
+        # When the next wait is due, whichever process suspended it: a hint for this
+        # host's timer, so that a sleep wakes on time after a restart, or on a worker
+        # other than the one that put it to sleep (the commit's own hint reached only
+        # that one's scheduler).
+        next_due = await unit.tx.stages.next_poll_at(unit.now)
         await unit.lock([c.run_id for c in candidates], skip_locked=True)
         for cand in candidates:
             run = unit.runs.get(cand.run_id)
@@ -89,7 +99,9 @@ async def stage_poll_suspended(rt: Runtime, cmd: StagePollSuspended) -> StagePol
         await unit.lock([c.job.run_id for c in claims])
         for claim in sorted(claims, key=lambda c: (c.job.run_id, c.job.stage_id)):
             counts[await _record(rt, unit, claim)] += 1
-    return StagePollResult(checked=len(claims), **counts)
+    if next_due is not None:
+        await rt.wake(cmd.type, next_due)
+    return StagePollResult(checked=len(claims), next_due_at=next_due, **counts)
 
 
 def _poll_job(stage: StageRecord, workflow_id: str, token: str) -> JobMessage:
@@ -103,18 +115,27 @@ def _poll_job(stage: StageRecord, workflow_id: str, token: str) -> JobMessage:
     )
 
 
+_TRY_AGAIN_IN = 2.0
+"""Seconds until a poll that the kernel's own I/O failed is tried again."""
+
+
 async def _check(rt: Runtime, claim: _PollClaim) -> Output | float | ErrorInfo:
-    """Call check_completion outside any transaction: what it said, or its failure."""
+    """Call check_completion outside any transaction: what it said, or its failure.
+
+    What fails the stage is the stage's: its check raising or returning something else, an
+    input or output that does not validate. What fails around it is not: the blob store
+    failing to give the earlier outputs or to take the ready one is an outage, and the
+    stage is checked again shortly, as after a crash (it said nothing yet)."""
     started, now = claim.started, rt.now
     stage = started.stages[claim.job.stage_id]
+    workflow = rt.registry.get_workflow(started.run.workflow_id, started.run.workflow_version)
+    stage_def = workflow.stage(stage.stage_id)
+    envelope = stage.suspend_state or {}
+    state = envelope.get("state")
+    interval = float(envelope.get("poll_interval") or 60.0)
+    # At the deadline check one last time: the outside work may just have finished.
+    expired = stage.suspend_deadline is not None and now >= stage.suspend_deadline
     try:
-        workflow = rt.registry.get_workflow(started.run.workflow_id, started.run.workflow_version)
-        stage_def = workflow.stage(stage.stage_id)
-        envelope = stage.suspend_state or {}
-        state = envelope.get("state")
-        interval = float(envelope.get("poll_interval") or 60.0)
-        # At the deadline check one last time: the outside work may just have finished.
-        expired = stage.suspend_deadline is not None and now >= stage.suspend_deadline
         ctx = await build_context(
             rt.ports.blob_store,
             rt.ports.clock.now,
@@ -125,6 +146,11 @@ async def _check(rt: Runtime, claim: _PollClaim) -> Output | float | ErrorInfo:
             buffer=claim.attempt.buffer,
             resume_state=state,
         )
+    except InvalidInputError as exc:  # an input or config that does not validate
+        return error_info(exc, retryable=False)
+    except Exception as exc:
+        return _outage(claim, exc)
+    try:
         assert stage_def.check_completion is not None
         answer = await call_user_code(
             stage_def.check_completion,
@@ -137,20 +163,34 @@ async def _check(rt: Runtime, claim: _PollClaim) -> Output | float | ErrorInfo:
         )
         if isinstance(answer, Ready):
             output = normalize_output(stage_def, answer.output)
-            stored = await store_blobs(rt.ports.blob_store, rt.settings, claim.job, output)
-            if isinstance(stored, BaseException):
-                raise stored
-            return stored
-        if not isinstance(answer, NotReady):
+        elif not isinstance(answer, NotReady):
             raise StageOutputError(
                 f"check_completion of stage {stage.stage_id!r} must return Ready or NotReady, "
                 f"not {type(answer).__name__}"
             )
-        if expired:
+        elif expired:
             raise SuspendTimeoutError(stage.stage_id, float(envelope.get("max_wait") or 0))
-        return to_seconds(answer.next_check_in, "next_check_in") or interval
+        else:
+            return to_seconds(answer.next_check_in, "next_check_in") or interval
     except Exception as exc:
         return error_info(exc, retryable=False)
+    try:
+        stored = await store_blobs(rt.ports.blob_store, rt.settings, claim.job, output)
+    except Exception as exc:
+        return _outage(claim, exc)
+    return error_info(stored, retryable=False) if isinstance(stored, BaseException) else stored
+
+
+def _outage(claim: _PollClaim, exc: Exception) -> float:
+    logger.warning(
+        "could not check suspended stage %r of run %s (%s: %s); checking again in %.0fs",
+        claim.job.stage_id,
+        claim.job.run_id,
+        type(exc).__name__,
+        exc,
+        _TRY_AGAIN_IN,
+    )
+    return _TRY_AGAIN_IN
 
 
 async def _record(rt: Runtime, unit: UnitOfWork, claim: _PollClaim) -> str:

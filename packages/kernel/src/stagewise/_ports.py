@@ -128,6 +128,12 @@ class StageStore(Protocol):
         a stage while its `lease_expires_at` is in the future). Earliest due first."""
         ...
 
+    async def next_poll_at(self, now: datetime) -> datetime | None:
+        """The earliest `due_at` after `now` of any SUSPENDED stage (None when none is):
+        when the next sleep wakes or the next poll is due, for a host to set its timer by,
+        whichever process suspended it."""
+        ...
+
     async def expired_leases(
         self, now: datetime, limit: int, *, holders: Sequence[str] = ()
     ) -> list[StageRecord]:

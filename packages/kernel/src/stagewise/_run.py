@@ -53,7 +53,7 @@ blobs nothing refers to any more are deleted only after it commits.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Literal
 
 from stagewise._decisions import (
@@ -326,8 +326,7 @@ class Run(RunFlow):
             self._complete_stage(stage_id, "resume", outcome, outputs)
             return self._decided("resumed")
         if isinstance(outcome, float):
-            due = min(self.now + timedelta(seconds=outcome), stage.suspend_deadline or self.now)
-            self._set_stage(stage_id, due_at=due, job_id=None, lease_expires_at=None)
+            self._check_again(stage_id, outcome)
             return self._decided("rescheduled")
         self._fail_stage(stage_id, outcome)
         return self._decided("failed")

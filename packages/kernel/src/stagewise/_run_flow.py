@@ -145,13 +145,15 @@ class RunFlow(RunRows):
 
     def _suspend(self, stage_id: str, wait: Suspension) -> None:
         now = self.now
-        deadline = now + timedelta(seconds=wait.max_wait)
+        deadline = wait.wake_at or now + timedelta(seconds=wait.max_wait)
         due = min(now + timedelta(seconds=wait.poll_interval), deadline)
-        envelope = {
+        envelope: dict[str, Json] = {
             "state": wait.state,
             "poll_interval": wait.poll_interval,
             "max_wait": wait.max_wait,
         }
+        if wait.wake_at is not None:
+            envelope["wait"] = "sleep"  # what readers (runs show) say it waits on
         stage = self._set_stage(
             stage_id,
             "suspend",
@@ -176,6 +178,16 @@ class RunFlow(RunRows):
         # itself: tell that once, when the last open stage suspends.
         if all(s.status is S.SUSPENDED for s in open_):
             self._emit(RunSuspended, stage_ids=[s.stage_id for s in open_])
+
+    def _check_again(self, stage_id: str, seconds: float) -> None:
+        """A suspended stage is due again in `seconds`, but never past its deadline, where
+        the last check is due; once that has passed (a check that could not be made), in
+        `seconds` all the same."""
+        due = self.now + timedelta(seconds=seconds)
+        deadline = self.stages[stage_id].suspend_deadline
+        if deadline is not None and deadline > self.now:
+            due = min(due, deadline)
+        self._set_stage(stage_id, due_at=due, job_id=None, lease_expires_at=None)
 
     def _fail_or_retry(
         self, stage_id: str, error: ErrorInfo, *, trigger: StageTrigger, at_once: bool = False

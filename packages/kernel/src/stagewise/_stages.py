@@ -138,6 +138,9 @@ class Stage:
     timeout: float | None
     requires: tuple[str, ...]
     check_completion: CheckFn | None = None
+    wait: str | None = None
+    """What a durable wait waits for ("sleep"), for a stage the kernel resumes itself
+    (`_waits`); None for stages of user code."""
 
     @property
     def is_async_batch(self) -> bool:
@@ -146,6 +149,8 @@ class Stage:
     @property
     def kind(self) -> str:
         """What kind of stage it is, as a workflow's version fingerprint sees it."""
+        if self.wait is not None:
+            return self.wait
         return "async_batch" if self.is_async_batch else "code"
 
     @property

@@ -158,6 +158,16 @@ class SqlStageStore(Store):
         )
         return [_rows.stage_from_row(row) for row in await self._link.execute(stmt)]
 
+    async def next_poll_at(self, now: datetime) -> datetime | None:
+        # MIN over the partial index of suspended stages: one index probe (min() keeps
+        # the column's type, so the value comes back timezone-aware like any other).
+        stmt = select(func.min(stages_t.c.due_at)).where(
+            stages_t.c.status == StageStatus.SUSPENDED.value,
+            stages_t.c.due_at > time_param("now", now),
+        )
+        value: datetime | None = (await self._link.execute(stmt)).scalar()
+        return value
+
     async def expired_leases(
         self, now: datetime, limit: int, *, holders: Sequence[str] = ()
     ) -> list[StageRecord]:

@@ -207,7 +207,9 @@ def notes(view: RunView, stage: StageRecord, times: Times) -> Text:
     if failed and stage.error is not None:
         parts.append(Text(error_text(stage.error), style="bold red"))
     if stage.status is StageStatus.SUSPENDED and stage.due_at is not None:
-        parts.append(Text(f"waiting; next check {times.full(stage.due_at)}", style="magenta"))
+        sleeping = (stage.suspend_state or {}).get("wait") == "sleep"
+        what = "sleeping until" if sleeping else "waiting; next check"
+        parts.append(Text(f"{what} {times.full(stage.due_at)}", style="magenta"))
     return Text("; ").join(parts)
 
 

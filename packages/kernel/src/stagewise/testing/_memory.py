@@ -12,7 +12,6 @@ import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -21,7 +20,6 @@ from stagewise._ports import of_workflows
 from stagewise._query import RunFilter
 from stagewise._records import (
     Changeset,
-    ClaimedDelivery,
     Delivery,
     EventRecord,
     IdempotencyRecord,
@@ -34,6 +32,7 @@ from stagewise._records import (
 from stagewise._states import RunStatus, StageStatus
 from stagewise.testing import _memory_purge
 from stagewise.testing._memory_logs import MemoryLogs
+from stagewise.testing._memory_outbox import MemoryOutbox
 
 _TABLES = ("runs", "stages", "events", "deliveries", "idempotency", "logs", "workers")
 
@@ -60,7 +59,7 @@ class MemoryTransaction:
         self.failed: Exception | None = None
         self.runs = _Runs(self)
         self.stages = _Stages(self)
-        self.outbox = _Outbox(self)
+        self.outbox = MemoryOutbox(self)
         self.idempotency = _Idempotency(self)
         self.workers = _Workers(self)
         self.logs = MemoryLogs(self)
@@ -272,6 +271,11 @@ class _Stages(_Store):
         rows.sort(key=lambda s: (s.due_at, s.run_id, s.stage_id))
         return rows[:limit]
 
+    async def next_poll_at(self, now: datetime) -> datetime | None:
+        rows = self._tx.read("stages").values()
+        due = [s.due_at for s in rows if s.status is StageStatus.SUSPENDED and s.due_at]
+        return min((d for d in due if d > now), default=None)
+
     async def expired_leases(
         self, now: datetime, limit: int, *, holders: Sequence[str] = ()
     ) -> list[StageRecord]:
@@ -300,70 +304,6 @@ class _Stages(_Store):
         ]
         rows.sort(key=lambda s: (s.enqueued_at, s.run_id, s.stage_id))
         return rows[:limit]
-
-
-class _Outbox(_Store):
-    async def claim(
-        self, *, now: datetime, limit: int, claimer: str, claim_until: datetime
-    ) -> list[ClaimedDelivery]:
-        groups: dict[tuple[str, str], list[Delivery]] = {}
-        for d in self._tx.read("deliveries").values():
-            if d.status == "pending":
-                groups.setdefault((d.consumer, d.run_id), []).append(d)
-        eligible: list[Delivery] = []
-        for key in sorted(groups):
-            group = sorted(groups[key], key=lambda d: d.seq)
-            head = group[0]
-            if head.next_attempt_at is not None and head.next_attempt_at > now:
-                continue
-            if any(d.claimed_until is not None and d.claimed_until > now for d in group):
-                continue
-            eligible.extend(group)
-            if len(eligible) >= limit:
-                break
-        eligible = eligible[:limit]
-        table = self._tx.write("deliveries")
-        events = self._tx.read("events")
-        claimed = []
-        for d in eligible:
-            d = replace(d, claimed_by=claimer, claimed_until=claim_until)
-            table[(d.event_id, d.consumer)] = d
-            claimed.append(ClaimedDelivery(delivery=d, event=events[d.event_id]))
-        return claimed
-
-    async def update(self, deliveries: Sequence[Delivery]) -> None:
-        table = self._tx.write("deliveries")
-        for d in deliveries:
-            table[(d.event_id, d.consumer)] = d
-
-    async def replay_dead(
-        self, *, consumer: str | None, event_ids: Sequence[str] | None, now: datetime
-    ) -> int:
-        table = self._tx.write("deliveries")
-        wanted = set(event_ids) if event_ids is not None else None
-        count = 0
-        for key, d in list(table.items()):
-            if d.status != "dead" or (consumer is not None and d.consumer != consumer):
-                continue
-            if wanted is not None and d.event_id not in wanted:
-                continue
-            table[key] = replace(
-                d,
-                status="pending",
-                attempts=0,
-                next_attempt_at=now,
-                claimed_until=None,
-                claimed_by=None,
-            )
-            count += 1
-        return count
-
-    async def events(self, run_id: str, *, after_seq: int = 0) -> list[EventRecord]:
-        rows = [
-            e for e in self._tx.read("events").values() if e.run_id == run_id and e.seq > after_seq
-        ]
-        rows.sort(key=lambda e: e.seq)
-        return rows
 
 
 class _Idempotency(_Store):

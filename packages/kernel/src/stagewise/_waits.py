@@ -1,0 +1,134 @@
+"""Durable waits: stages that wait without user code and without holding anything.
+
+A wait is an async-batch stage whose two halves the kernel provides. Its job runs once, to
+work out what it waits for, and returns a `Suspend`: the stage is SUSPENDED with the time
+it is due stored on its row (`due_at`, under the partial index of suspended stages), its
+job slot is free, and nothing about it runs until it is due. Maintenance
+(`stage.pollSuspended`) picks it up then, on any worker, and resumes it; the wake-up is on
+time because the commit that suspended it leaves a Scheduler hint for that moment (a host
+whose hints were lost, a restarted one, finds it on its fallback poll). On a `FakeClock`
+the test driver jumps straight to it.
+
+Why a job at all, when a sleep's length is known when its group starts: `until(ctx)` needs
+a context (earlier outputs, the run's input) and may be user code, and one path for every
+wait keeps the aggregate's rules as they are (an attempt starts, suspends, resumes); the
+job costs two short transactions at the start of a wait, none while it lasts.
+
+A job retried before its suspension committed (a crash in between) works out the wake time
+again: a `duration` then counts from the retry. Once the stage is suspended its wake time
+is on the row and is never recomputed.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from stagewise._errors import WorkflowDefinitionError
+from stagewise._stages import (
+    NotReady,
+    Ready,
+    RetryPolicy,
+    Seconds,
+    Stage,
+    Suspend,
+    _check_id,
+    define_async_batch_stage,
+    to_seconds,
+)
+
+if TYPE_CHECKING:
+    from stagewise._context import StageContext
+
+Until = Callable[["StageContext"], datetime] | Callable[["StageContext"], Awaitable[datetime]]
+
+
+def define_sleep_stage(
+    *,
+    id: str,
+    duration: Seconds | None = None,
+    until: Until | None = None,
+    name: str | None = None,
+    description: str | None = None,
+    retry: RetryPolicy | None = None,
+    requires: Sequence[str] = (),
+) -> Stage:
+    """A stage that waits, durably, for a length of time or until a moment.
+
+    Give exactly one of `duration` (seconds or a timedelta) or `until`, a function of the
+    stage's context (`def` or `async def`, called once when the sleep begins) returning an
+    aware datetime. The stage is SUSPENDED while it sleeps, holding no job slot; a crash or
+    a deploy meanwhile loses nothing. Its output is its input, passed through, so it can
+    sit between two stages without changing what the second one gets. A moment already
+    past completes it at once.
+
+    Raises:
+        WorkflowDefinitionError: neither or both of `duration` and `until`; a duration that
+            is not positive; an `until` that is not callable. When the sleep begins, an
+            `until` that returns anything but an aware datetime fails the stage with it
+            (not retried).
+    """
+    _check_id(id)
+    if (duration is None) == (until is None):
+        raise WorkflowDefinitionError(f"sleep stage {id!r}: give exactly one of duration or until")
+    seconds = to_seconds(duration, f"sleep stage {id!r} duration")
+    if until is not None and not callable(until):
+        raise WorkflowDefinitionError(f"sleep stage {id!r}: until must be callable")
+
+    async def fall_asleep(ctx: StageContext) -> Any:
+        now = ctx.now()
+        if seconds is not None:
+            wake = now + timedelta(seconds=seconds)
+        else:
+            assert until is not None
+            wake = _aware(id, await _call(until, ctx))
+        left = (wake - now).total_seconds()
+        if left <= 0:
+            return ctx.input
+        return Suspend(state={"wake_at": wake.isoformat()}, poll_interval=left, max_wait=left)
+
+    stage = define_async_batch_stage(
+        id=id,
+        name=name,
+        description=description,
+        execute=fall_asleep,
+        check_completion=_wake_up,
+        retry=retry,
+        requires=requires,
+    )
+    return replace(stage, wait="sleep")
+
+
+def wake_time(stage: Stage, suspend: Suspend) -> datetime | None:
+    """When a sleep that `suspend` begins is due (None for other stages)."""
+    if stage.wait != "sleep" or not isinstance(suspend.state, dict):
+        return None
+    return datetime.fromisoformat(suspend.state["wake_at"])
+
+
+async def _wake_up(state: dict[str, Any], ctx: StageContext) -> Ready | NotReady:
+    """Due: resume with the input passed through (early, as after a clock step back: the
+    time left)."""
+    left = (datetime.fromisoformat(state["wake_at"]) - ctx.now()).total_seconds()
+    return Ready(ctx.input) if left <= 0 else NotReady(next_check_in=left)
+
+
+async def _call(until: Until, ctx: StageContext) -> Any:
+    value = until(ctx)
+    return await value if inspect.isawaitable(value) else value
+
+
+def _aware(stage_id: str, value: Any) -> datetime:
+    if not isinstance(value, datetime):
+        raise WorkflowDefinitionError(
+            f"sleep stage {stage_id!r}: until must return a datetime, not {type(value).__name__}"
+        )
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise WorkflowDefinitionError(
+            f"sleep stage {stage_id!r}: until returned a naive datetime ({value.isoformat()}); "
+            "give it a time zone (datetime.now(timezone.utc) + ..., or .replace(tzinfo=...))"
+        )
+    return value
