@@ -48,7 +48,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -347,10 +347,21 @@ def emit(result: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-async def w1(db: str, sizes: Sizes, poll: float, variant: str) -> dict[str, Any]:
+async def w1(
+    db: str,
+    sizes: Sizes,
+    poll: float,
+    variant: str,
+    prepare: Callable[[Bench], Awaitable[None]] | None = None,
+    label: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """W1; `prepare` fills the database before the workers start (bench/sleep.py puts a
+    sleeping backlog there), and `label` goes into the result."""
     workers, slots = {"c10": (1, 10), "c16": (1, 16), "2proc": (2, 16)}[variant]
     runs = sizes.w1_runs
     async with bench(db, poll) as b:
+        if prepare is not None:
+            await prepare(b)
         for i in range(workers):
             await b.start_worker(f"w1-{i}", concurrency=slots)
         began = time.monotonic()
@@ -384,6 +395,7 @@ async def w1(db: str, sizes: Sizes, poll: float, variant: str) -> dict[str, Any]
             "worker_stmts_per_stage": round(totals.get("statements", 0) / max(stages, 1), 2),
             "worker_trips_per_stage": round(totals.get("trips", 0) / max(stages, 1), 2),
             "statement_shapes": totals.get("shapes", {}),
+            **(label or {}),
         }
     )
 

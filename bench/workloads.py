@@ -5,6 +5,8 @@ bench-fanout-N   N parallel stages returning input + i, then `sum` adds their ou
 bench-recovery   like bench-three, but b sleeps 0.2 s; every stage body that finishes
                  appends "run_id stage_id attempt pid" to $BENCH_EXEC_LOG (W4), so the
                  runner can count bodies that executed more than once across a SIGKILL
+bench-nap        a -> a durable sleep of NAP_SECONDS -> c (sleep wake-up lateness)
+bench-sleeper    a 30-day sleep (the sleeping backlog W1 runs beside)
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ import os
 
 from pydantic import BaseModel
 
-from stagewise import StageContext, WorkflowBuilder, define_stage
+from stagewise import StageContext, WorkflowBuilder, define_sleep_stage, define_stage
 
 EXEC_LOG_ENV = "BENCH_EXEC_LOG"
+NAP_SECONDS = 2.0
 FANOUT_SIZES = (50, 200)
 
 
@@ -86,4 +89,22 @@ def _recovery() -> object:
     )
 
 
-workflows = [_three(), *(_fanout(n) for n in FANOUT_SIZES), _recovery()]
+def _nap() -> object:
+    return (
+        WorkflowBuilder("bench-nap", input=Num, output=Num)
+        .pipe(define_stage(id="a", input=Num, output=Num, execute=inc))
+        .pipe(define_sleep_stage(id="nap", duration=NAP_SECONDS))
+        .pipe(define_stage(id="c", input=Num, output=Num, execute=inc))
+        .build()
+    )
+
+
+def _sleeper() -> object:
+    return (
+        WorkflowBuilder("bench-sleeper")
+        .pipe(define_sleep_stage(id="nap", duration=30 * 86400))
+        .build()
+    )
+
+
+workflows = [_three(), *(_fanout(n) for n in FANOUT_SIZES), _recovery(), _nap(), _sleeper()]

@@ -54,3 +54,24 @@ def test_the_purge_benchmark_runs_w1_alone_and_while_purging_on_sqlite() -> None
         assert r["w1_completed"] == 30, r
     assert results["alone"]["purged"] == 0
     assert 0 < results["purging"]["purged"] <= 600
+
+
+@pytest.mark.slow
+def test_the_sleep_benchmark_measures_lateness_and_w1_beside_sleepers_on_sqlite() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "sleep.py"), "--db", "sqlite", "--runs", "10",
+         "--sleepers", "500", "--w1", "30", "--rounds", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+    late = next(r for r in results if r.get("bench") == "sleep-lateness")
+    assert late["completed"] == 10
+    assert late["resume_ms"]["p50"] >= 0  # never woken before its time
+    backlog = {r["with"]: r for r in results if r.get("bench") == "sleep-backlog"}
+    assert set(backlog) == {"alone", "sleepers"}
+    assert all(r["completed"] == 30 for r in backlog.values())
