@@ -30,7 +30,8 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from stagewise import KernelSettings, RunStatus, StageStatus
 from stagewise._decisions import NO_REPORTS, Output, Rules, Suspension
 from stagewise._records import ErrorInfo, JobMessage, RunRecord, StageRecord
-from stagewise._run import Reclaim, Run
+from stagewise._run import Run
+from stagewise._run_maintenance import Reclaim
 from stagewise.testing import SequentialIds
 from stagewise.testing._clock import DEFAULT_START as T0
 from tests.unit.test_run_aggregate import LEASE, workflow

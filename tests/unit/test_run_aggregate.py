@@ -30,7 +30,8 @@ from stagewise import (
 )
 from stagewise._decisions import NO_REPORTS, Decision, Output, Reports, Rules, Suspension
 from stagewise._records import ErrorInfo, JobMessage, LogRecord, RunRecord, StageRecord
-from stagewise._run import Reclaim, Run
+from stagewise._run import Run
+from stagewise._run_maintenance import Reclaim
 from stagewise.testing import SequentialIds
 from stagewise.testing._clock import DEFAULT_START as T0
 

@@ -49,7 +49,7 @@ from stagewise._errors import (
 from stagewise._execution import call_user_code, error_info, normalize_output
 from stagewise._h_purge import run_purge
 from stagewise._records import ErrorInfo, JobMessage, StageRecord
-from stagewise._run import Reclaim
+from stagewise._run_maintenance import Reclaim
 from stagewise._runtime import Inflight, Runtime
 from stagewise._stages import NotReady, Ready, to_seconds
 from stagewise._unit import UnitOfWork
