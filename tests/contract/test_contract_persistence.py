@@ -457,6 +457,36 @@ async def test_due_for_poll_finds_due_unheld_suspended_stages_earliest_first(
     assert [s.stage_id for s in first_two] == ["early", "hold-lapsed"]
 
 
+async def test_past_deadline_and_next_deadline_see_only_unfinished_runs(
+    backend: Adapters,
+) -> None:
+    running, pending = RunStatus.RUNNING, RunStatus.PENDING
+    async with backend.persistence.transaction() as tx:
+        assert await tx.runs.past_deadline(at(100), 10) == []
+        assert await tx.runs.next_deadline(at(0)) is None
+    await insert_runs(
+        backend,
+        run("late", status=running, deadline=at(50)),
+        run("later", status=pending, deadline=at(60)),
+        run("exactly", status=running, deadline=at(100)),
+        run("ahead", status=running, deadline=at(150)),
+        run("further", status=pending, deadline=at(400)),
+        run("done", status=RunStatus.COMPLETED, deadline=at(10), finished_at=at(5)),
+        run("failed", status=RunStatus.FAILED, deadline=at(120), finished_at=at(5)),
+        run("none", status=running),
+    )
+    async with backend.persistence.transaction() as tx:
+        late = await tx.runs.past_deadline(at(100), 10)
+        first = await tx.runs.past_deadline(at(100), 1)
+        upcoming = await tx.runs.next_deadline(at(100))
+        last = await tx.runs.next_deadline(at(150))
+        beyond = await tx.runs.next_deadline(at(400))
+    assert [r.run_id for r in late] == ["late", "later", "exactly"]
+    assert late[0].deadline == at(50)  # the column round-trips, timezone-aware
+    assert [r.run_id for r in first] == ["late"]
+    assert (upcoming, last, beyond) == (at(150), at(400), None)
+
+
 async def test_next_poll_at_is_the_earliest_suspended_due_time_still_to_come(
     backend: Adapters,
 ) -> None:

@@ -117,7 +117,7 @@ CHAIN = (
     .build()
 )
 FAN = (
-    WorkflowBuilder("fan")
+    WorkflowBuilder("fan", timeout=900)  # a deadline the clock may pass
     .parallel(
         [
             define_stage(id="a", execute=passthrough),
@@ -355,6 +355,10 @@ class KernelMachine(RuleBasedStateMachine):
                     assert run.status is RunStatus.CANCELLED
                 elif run.status is RunStatus.COMPLETED:
                     assert run.output == EXPECTED[run.workflow_id]
+                elif run.error is not None and run.error.type == "DeadlineExceededError":
+                    # the clock went past the run's deadline before it finished
+                    assert run.deadline is not None and run.finished_at is not None
+                    assert run.finished_at >= run.deadline, run
                 else:
                     # only crashes (each reaped one counts as an attempt) can exhaust attempts
                     assert run.status is RunStatus.FAILED, run

@@ -112,7 +112,7 @@ class RunAggregateMachine(RuleBasedStateMachine):
         rules = Rules(self.now, self.ids.new_id, KernelSettings(LEASE), "machine")
         run = Run.create(
             run_id="r1", workflow=self.wf, input={"n": 1}, config={}, priority=0,
-            idempotency_key=None, rules=rules,
+            idempotency_key=None, rules=rules, deadline=self.now + timedelta(hours=2),
         ).outcome  # fmt: skip
         self.commit(run)
 
@@ -195,6 +195,19 @@ class RunAggregateMachine(RuleBasedStateMachine):
                 reason: Reclaim = why if stage.worker_id == "w1" else "lease"
                 run.expire_lease(stage.stage_id, stage.job_id, why=reason)
         self.commit(run)
+
+    @precondition(lambda self: self.record is not None)
+    @rule()
+    def deadline_checked(self) -> None:
+        run = self.load()
+        expired = run.expire_deadline().outcome
+        deadline = self.record.deadline if self.record is not None else None
+        self.commit(run)
+        if expired:
+            assert deadline is not None and deadline <= self.now
+            assert self.record is not None and self.record.status is R.FAILED
+            assert not any(s.status in OPEN for s in self.stages.values())
+            assert not self.queue
 
     @precondition(lambda self: self.record is not None)
     @rule()

@@ -83,8 +83,8 @@ def test_keys_recorded_before_metadata_still_match_a_creation_with_none() -> Non
     data, config = {"n": 1}, {"s": {}}
     before = json.dumps(["w", data, config, 0], sort_keys=True, separators=(",", ":"))
     old = hashlib.sha256(before.encode()).hexdigest()
-    assert _fingerprint("w", data, config, 0, {}) == old
-    assert _fingerprint("w", data, config, 0, {"k": "v"}) != old
+    assert _fingerprint(RunCreate(workflow_id="w"), data, config) == old
+    assert _fingerprint(RunCreate(workflow_id="w", metadata={"k": "v"}), data, config) != old
 
 
 async def test_a_key_reused_with_other_metadata_is_refused() -> None:

@@ -480,3 +480,46 @@ def test_a_finish_after_the_reaper_took_the_attempt_is_lost_not_a_replay() -> No
     late = run.record_attempt(job(), ErrorInfo("Boom", "boom"), NO_REPORTS, {})
 
     assert (late.outcome.outcome, late.outcome.replayed) == ("lost", False)
+
+
+@pytest.mark.parametrize(
+    ("status", "deadline", "expired"),
+    [
+        (R.RUNNING, T0, True),  # due this very moment
+        (R.PENDING, T0 - timedelta(seconds=1), True),
+        (R.RUNNING, T0 + timedelta(seconds=1), False),  # not yet (a rerun moved it, say)
+        (R.RUNNING, None, False),
+        (R.COMPLETED, T0 - timedelta(hours=1), False),  # it ended in time
+    ],
+)
+def test_a_run_past_its_deadline_fails_and_closes_every_open_stage(
+    status: RunStatus, deadline: datetime | None, expired: bool
+) -> None:
+    loaded = run_row(status, deadline=deadline)
+    stages = () if status is R.PENDING else (stage_row("a", S.RUNNING),)
+    run = Run(loaded, stages, workflow=workflow(), rules=rules())
+    decision = run.expire_deadline()
+    check_bookkeeping(run, decision, loaded)
+    assert decision.outcome is expired
+    if not expired:
+        assert decision.changes.run is None and not decision.changes.events
+        return
+    assert run.record.status is R.FAILED
+    assert run.record.error is not None and run.record.error.type == "DeadlineExceededError"
+    assert not run.record.error.retryable
+    assert all(s.status is S.CANCELLED for s in run.stages.values())
+    assert decision.changes.stop_attempts and decision.changes.discard_jobs
+    assert [e.type for e in decision.changes.events][-1] == "run.failed"
+
+
+def test_a_retry_scheduled_before_the_run_ends_in_one_transaction_is_not_enqueued() -> None:
+    # The reaper retries stage a (a job enqueued), then the run's deadline fails it, in one
+    # transaction: the transaction discards the run's jobs before it enqueues, so the retry
+    # must not be among the jobs it enqueues, or it would outlive the run.
+    loaded = run_row(R.RUNNING, deadline=T0)
+    late = T0 + timedelta(seconds=LEASE + 1)
+    run = Run(loaded, (stage_row("a", S.RUNNING),), workflow=workflow(), rules=rules(late))
+    assert run.expire_lease("a", "j1").outcome == "retry"
+    assert run.expire_deadline().outcome is True
+    written = run.take_changes().changes
+    assert written.discard_jobs and written.jobs == ()

@@ -4,6 +4,7 @@ and PostgreSQL; a client engine beside a serving one; closing delivers the last 
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -199,3 +200,15 @@ async def test_an_engine_lists_runs_by_label_and_reads_their_logs(db_url: str) -
         logs = await engine.logs(mine)
         assert [(line.stage_id, line.message) for line in logs.lines] == [("shout", "shouting")]
         assert (await engine.logs(mine, after=logs.next_after)).lines == []
+
+
+async def test_a_run_started_with_a_deadline_fails_when_it_passes(db_url: str) -> None:
+    # The stage holds until it is told to stop; the deadline tells it, through maintenance
+    # on the engine's own host, woken by the deadline's hint (its fallback is 5 s).
+    async with Engine(db_url, ALL, settings=FAST) as engine:
+        deadline = engine.kernel.clock.now() + timedelta(seconds=1)
+        run_id = await engine.start("hold", deadline=deadline)
+        with pytest.raises(RunFailedError, match="DeadlineExceededError"):
+            await engine.result(run_id, timeout=20)
+        run = await engine.get(run_id)
+        assert run is not None and run.deadline == deadline

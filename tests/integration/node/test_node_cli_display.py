@@ -76,7 +76,7 @@ workflows = [
     .pipe(define_async_batch_stage(id="w", execute=waits, check_completion=lambda s, c: NotReady()))
     .pipe(define_stage(id="after", execute=lambda ctx: None))
     .build(),
-    WorkflowBuilder("sleeps")
+    WorkflowBuilder("sleeps", timeout=timedelta(days=3))
     .pipe(define_sleep_stage(id="nap", duration=timedelta(days=2)))
     .pipe(define_stage(id="after", execute=lambda ctx: None))
     .build(),
@@ -158,6 +158,7 @@ def test_a_sleeping_stage_says_until_when(db: str, kolkata: None) -> None:
     code, out = stagewise("runs", "show", run_id, "--db", db)
     assert code == 0, out
     assert "sleeping until 2026-07-03 17:30:00.000 +05:30" in out
+    assert "deadline  2026-07-04 17:30:00.000 +05:30" in out
 
 
 def test_pending_stages_show_no_attempt_and_no_start(db: str) -> None:

@@ -23,6 +23,7 @@ from stagewise import (
     Ready,
     RetryPolicy,
     RunCancel,
+    RunCreate,
     RunStatus,
     StageContext,
     StagePollSuspended,
@@ -275,6 +276,22 @@ async def test_a_sleep_begun_on_a_host_that_stopped_wakes_on_another() -> None:
         assert (await world.run(run_id)).status is RunStatus.COMPLETED
     finally:
         await stop_all(second)
+
+
+async def test_a_deadline_is_enforced_on_its_hint_at_its_moment() -> None:
+    world = World.of([napping(days=3)])
+    host = world.host()
+    await host.start()
+    try:
+        deadline = world.clock.now() + timedelta(hours=1)
+        created = await host.kernel.dispatch(RunCreate(workflow_id="nap", deadline=deadline))
+        await eventually(lambda: sleeping(world, created.run_id))
+        world.clock.advance(3600)
+        await eventually(lambda: world.finished(created.run_id))
+        run = await world.run(created.run_id)
+        assert run.status is RunStatus.FAILED and run.finished_at == deadline
+    finally:
+        await stop_all(host)
 
 
 async def due_in(world: World, run_id: str, seconds: float) -> bool:

@@ -234,3 +234,24 @@ async def test_a_sleeping_run_takes_no_invocation_and_a_tick_wakes_it(backend: A
         assert (run.status, run.output) == (RunStatus.COMPLETED, 2)
     finally:
         await d.aclose()
+
+
+async def test_a_tick_fails_a_run_past_its_deadline(backend: Adapters) -> None:
+    wf = (
+        WorkflowBuilder("bounded", timeout=timedelta(hours=1))
+        .pipe(define_sleep_stage(id="long", duration=timedelta(days=1)))
+        .build()
+    )
+    d = deployment(backend, [wf])
+    try:
+        run_id = await d.create_run("bounded", {})
+        await d.host().run_maintenance_tick()
+        await d.host().process_available_jobs()
+        d.clock.advance(3600)
+        tick = await d.host().run_maintenance_tick()
+        assert tick.timed_out == 1
+        run = await d.get_run(run_id)
+        assert run.status is RunStatus.FAILED
+        assert run.error is not None and run.error.type == "DeadlineExceededError"
+    finally:
+        await d.aclose()

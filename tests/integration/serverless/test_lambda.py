@@ -173,6 +173,7 @@ async def test_a_scheduled_event_runs_a_tick_and_reports_its_counts(
             "requeued": 0,
             "events_flushed": 2,
             "purged": 0,
+            "timed_out": 0,
             "next_wake_at": None,
             "errors": [],
             "skipped": [],

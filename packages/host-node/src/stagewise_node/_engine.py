@@ -13,6 +13,7 @@ code that has no event loop of its own.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from datetime import datetime
 from types import TracebackType
 from typing import Any, TypedDict, Unpack
 
@@ -200,10 +201,13 @@ class Engine:
         config: Mapping[str, dict[str, Any]] | None = None,
         priority: int = 0,
         metadata: Mapping[str, str] | None = None,
+        deadline: datetime | None = None,
     ) -> str:
         """Create a run and return its id. With a host serving here and a free slot, its
         first stage starts at once in this process; otherwise any worker claims it.
-        `metadata` labels it, to find it by (`list_runs(RunFilter(metadata=...))`).
+        `metadata` labels it, to find it by (`list_runs(RunFilter(metadata=...))`); a
+        `deadline` (aware) fails it with `DeadlineExceededError` if it has not ended by
+        then (so does the workflow's `timeout`).
 
         Raises:
             WorkflowNotFoundError: no such workflow is registered.
@@ -218,6 +222,7 @@ class Engine:
             idempotency_key=idempotency_key,
             priority=priority,
             metadata=dict(metadata or {}),
+            deadline=deadline,
         )
         host = self._host
         result = await (host.submit(command) if host else self.kernel.dispatch(command))

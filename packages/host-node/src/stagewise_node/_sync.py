@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Coroutine, Mapping
+from datetime import datetime
 from types import TracebackType
 from typing import Any, TypeVar, Unpack
 
@@ -101,6 +102,7 @@ class SyncEngine:
         config: Mapping[str, dict[str, Any]] | None = None,
         priority: int = 0,
         metadata: Mapping[str, str] | None = None,
+        deadline: datetime | None = None,
     ) -> str:
         """`Engine.start`: create a run; its id."""
         return self._call(
@@ -111,6 +113,7 @@ class SyncEngine:
                 config=config,
                 priority=priority,
                 metadata=metadata,
+                deadline=deadline,
             )
         )
 

@@ -328,8 +328,9 @@ class ServerlessHost:
 
     async def run_maintenance_tick(self, deadline: datetime | None = None) -> MaintenanceCounts:
         """One bounded pass of every maintenance command: start pending runs, check due
-        suspended stages, reap expired leases (and repeat lost deliveries, and purge one
-        batch of runs past `KernelSettings.retention`), flush the outbox.
+        suspended stages, reap expired leases (and fail runs past their deadline, repeat
+        lost deliveries, and purge one batch of runs past `KernelSettings.retention`),
+        flush the outbox.
 
         Each step is isolated: one that raises is logged and named in `errors`, and the
         others still run. Steps that no longer fit before `deadline` are named in `skipped`.
@@ -365,6 +366,7 @@ class ServerlessHost:
                     counts["leases_released"] += reaped.retried + reaped.failed
                     counts["requeued"] += reaped.released_jobs + reaped.requeued
                     counts["purged"] += reaped.purged
+                    counts["timed_out"] += reaped.timed_out
                 else:
                     flushed = await self._kernel.dispatch(command)
                     counts["events_flushed"] += flushed.delivered

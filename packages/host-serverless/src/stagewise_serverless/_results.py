@@ -78,6 +78,8 @@ class MaintenanceCounts:
     events_flushed: int = 0
     purged: int = 0
     """Finished runs past `KernelSettings.retention` deleted (one batch per tick)."""
+    timed_out: int = 0
+    """Runs failed because they were still unfinished at their deadline."""
     next_wake_at: datetime | None = None
     """When the next suspended stage is due (a sleep wakes, a poll is due), if any: a tick
     then resumes it, so a platform that can schedule one-off invocations can run the next

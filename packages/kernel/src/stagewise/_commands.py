@@ -55,6 +55,9 @@ class RunCreate(_Message):
     priority: Annotated[int, Field(ge=-1_000_000, le=1_000_000)] = 0
     metadata: Metadata = Field(default_factory=dict)
     """Labels kept with the run, to find it by (`Kernel.list_runs(metadata=...)`)."""
+    deadline: AwareDatetime | None = None
+    """When the run must have finished: still unfinished then, it fails with
+    `DeadlineExceededError` (the earlier of this and the workflow's `timeout` applies)."""
     worker_id: Ident | None = None
     """Start at creation (an in-process host): the creating transaction also claims the run
     (RUNNING, its first group's stages created) and starts the first due stage of that group
@@ -305,6 +308,8 @@ class LeaseReapResult(_Message):
     requeued: int = 0
     purged: int = 0
     """Finished runs past `KernelSettings.retention` deleted by this pass."""
+    timed_out: int = 0
+    """Runs failed because they were still unfinished at their deadline."""
 
 
 class OutboxFlushResult(_Message):

@@ -215,6 +215,16 @@ class ChangeLog:
         self.stages[stage.stage_id] = stage
         self._touched[stage.stage_id] = None
 
+    def discard_run_jobs(self) -> None:
+        """Drop the run's queued jobs, and forget the ones enqueued earlier in this
+        transaction: the transaction writes its discard before its enqueues, so a job an
+        earlier decision enqueued (a retry the reaper scheduled a moment before the run
+        failed or passed its deadline) would otherwise outlive the run."""
+        self.jobs.clear()
+        self.discard_jobs = True
+        events, logs, _, acks, writes, deletes, discarded, stopped = self._marks
+        self._marks = (events, logs, 0, acks, writes, deletes, discarded, stopped)
+
     def delete_stage(self, stage_id: str) -> None:
         self.stages.pop(stage_id, None)
         self.deleted[stage_id] = None

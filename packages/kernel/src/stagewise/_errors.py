@@ -233,6 +233,11 @@ class SchemaVersionError(PersistenceError):
     """The database schema is not the version this code expects."""
 
 
+class DeadlineExceededError(StagewiseError):
+    """A run was still unfinished at its deadline (`RunCreate.deadline`, the workflow's
+    `timeout`): it ended FAILED with this error type, its open stages cancelled."""
+
+
 class StageTimeoutError(StagewiseError):
     """A stage attempt ran longer than its `timeout`."""
 

@@ -211,13 +211,14 @@ async def _record(rt: Runtime, unit: UnitOfWork, claim: _PollClaim) -> str:
 
 
 async def lease_reap_stale(rt: Runtime, cmd: LeaseReapStale) -> LeaseReapResult:
-    retried = failed = requeued = 0
+    retried = failed = requeued = timed_out = 0
     async with rt.unit(cmd.type) as unit:
         now = unit.now
         gone = await _gone(unit, cmd.observer)
         holders = [*gone, *([cmd.worker_id] if cmd.worker_id else [])]
         expired = await unit.tx.stages.expired_leases(now, cmd.limit, holders=holders)
-        await unit.lock([s.run_id for s in expired], skip_locked=True)
+        late = await unit.tx.runs.past_deadline(now, cmd.limit)
+        await unit.lock([s.run_id for s in expired] + [r.run_id for r in late], skip_locked=True)
         for cand in expired:
             run = unit.runs.get(cand.run_id)
             if run is None or rt.left_to_others(run):
@@ -230,14 +231,29 @@ async def lease_reap_stale(rt: Runtime, cmd: LeaseReapStale) -> LeaseReapResult:
             decided = run.expire_lease(cand.stage_id, cand.job_id, why=why).outcome
             retried += decided == "retry"
             failed += decided == "failed"
+        for candidate in late:
+            # Any worker may enforce a deadline, even one without the run's workflow
+            # version: failing a run and closing its stages needs no plan.
+            late_run = unit.runs.get(candidate.run_id)
+            timed_out += late_run is not None and late_run.expire_deadline().outcome
+        # The next deadline, whoever created its run: a hint for this host's timer, so a
+        # deadline is enforced on time after a restart or on another worker.
+        next_deadline = await unit.tx.runs.next_deadline(now)
         if not unit.joined:
             requeued = await _requeue_lost(rt, unit)
         await unit.tx.idempotency.purge_expired(now)
         await unit.tx.workers.prune(now - timedelta(seconds=rt.settings.worker_retention))
+    if next_deadline is not None:
+        await rt.wake(cmd.type, next_deadline)
     released = await rt.ports.job_transport.release_expired(worker_id=cmd.worker_id)
     purged = await _apply_retention(rt) if cmd.worker_id is None else 0
     return LeaseReapResult(
-        retried=retried, failed=failed, released_jobs=released, requeued=requeued, purged=purged
+        retried=retried,
+        failed=failed,
+        released_jobs=released,
+        requeued=requeued,
+        purged=purged,
+        timed_out=timed_out,
     )
 
 

@@ -70,7 +70,7 @@ async def _create(rt: Runtime, cmd: RunCreate) -> RunCreateResult:
     if size > rt.settings.max_payload_bytes:  # the config is stored with the run too
         raise PayloadTooLargeError("run input and config", size, rt.settings.max_payload_bytes)
     _stored_size(cmd.metadata, lambda why: InvalidInputError(f"run metadata is refused: {why}"))
-    fingerprint = _fingerprint(cmd.workflow_id, data, config, cmd.priority, cmd.metadata)
+    fingerprint = _fingerprint(cmd, data, config)
 
     async def create(
         unit: UnitOfWork, _: Run | None
@@ -93,6 +93,7 @@ async def _create(rt: Runtime, cmd: RunCreate) -> RunCreateResult:
                 idempotency_key=key,
                 rules=unit.rules,
                 metadata=cmd.metadata,
+                deadline=cmd.deadline,
             ).outcome
         )
         handoff = None
@@ -154,11 +155,14 @@ def _stored_size(data: Json, refused: Callable[[str], InvalidInputError]) -> int
         raise refused(f"it {exc}") from None
 
 
-def _fingerprint(
-    workflow_id: str, data: Json, config: Json, priority: int, metadata: dict[str, str]
-) -> str:
-    # Metadata only when there is some: the keys recorded before runs had any still match.
-    request = [workflow_id, data, config, priority] + ([metadata] if metadata else [])
+def _fingerprint(cmd: RunCreate, data: Json, config: Json) -> str:
+    # Metadata and a deadline only when there are: keys recorded before runs had them
+    # still match.
+    request: list[Json] = [cmd.workflow_id, data, config, cmd.priority]
+    if cmd.metadata:
+        request.append(dict(cmd.metadata))
+    if cmd.deadline is not None:
+        request.append(["deadline", cmd.deadline.isoformat()])
     blob = json.dumps(request, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()
 

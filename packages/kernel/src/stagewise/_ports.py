@@ -102,6 +102,16 @@ class RunStore(Protocol):
         workflow id and version (None: recorded before versions, sorted first)."""
         ...
 
+    async def past_deadline(self, now: datetime, limit: int) -> list[RunRecord]:
+        """Up to `limit` PENDING or RUNNING runs whose deadline is at or before `now`,
+        earliest deadline first (read without locks: candidates, checked again under
+        the run's lock)."""
+        ...
+
+    async def next_deadline(self, now: datetime) -> datetime | None:
+        """The earliest deadline after `now` of a PENDING or RUNNING run (None: none)."""
+        ...
+
     async def finished_before(self, before: datetime, limit: int) -> list[RunRecord]:
         """Lock up to `limit` COMPLETED, FAILED or CANCELLED runs that finished before
         `before`, oldest first (then by run id), skipping rows another transaction has locked

@@ -86,6 +86,9 @@ class RunRecord:
     the stage's next row goes on from there (attempt numbers are never used twice)."""
     metadata: dict[str, str] = field(default_factory=dict)
     """Labels given at creation (`RunCreate.metadata`), for finding runs: never changed."""
+    deadline: datetime | None = None
+    """When the run must have finished (`RunCreate.deadline`, the workflow's `timeout`):
+    maintenance fails it then, if it has not ended (None: no deadline)."""
 
 
 @dataclass(frozen=True, slots=True)

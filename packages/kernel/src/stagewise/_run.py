@@ -53,6 +53,7 @@ blobs nothing refers to any more are deleted only after it commits.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 
 from stagewise._decisions import (
     Beat,
@@ -67,7 +68,7 @@ from stagewise._decisions import (
 from stagewise._errors import ConflictError
 from stagewise._events import RunCancelled, RunCreated, RunStarted, StageReleased, StageStarted
 from stagewise._records import ErrorInfo, JobMessage, Json, RunRecord
-from stagewise._run_maintenance import RunMaintenance
+from stagewise._run_maintenance import RunMaintenance, deadline_of
 from stagewise._run_rows import S, blob_keys, holds, recorded_by
 from stagewise._states import RunStatus
 from stagewise._text import scrub
@@ -89,8 +90,10 @@ class Run(RunMaintenance):
         idempotency_key: str | None,
         rules: Rules,
         metadata: dict[str, str] | None = None,
+        deadline: datetime | None = None,
     ) -> Decision[Run]:
-        """A new PENDING run (its row is inserted, at version 1)."""
+        """A new PENDING run (its row is inserted, at version 1), due to finish by the
+        earlier of `deadline` and the workflow's `timeout` from now."""
         now = rules.now
         record = RunRecord(
             run_id=run_id,
@@ -104,6 +107,7 @@ class Run(RunMaintenance):
             idempotency_key=idempotency_key,
             workflow_version=workflow.version,
             metadata=dict(metadata or {}),
+            deadline=deadline_of(workflow, now, deadline),
         )
         run = cls(record, (), workflow=workflow, rules=rules, new=True)
         run._emit(RunCreated, priority=priority)
@@ -289,6 +293,9 @@ class Run(RunMaintenance):
             error=None,
             finished_at=None,
             attempts_before=numbers,
+            # Its deadline was for the run that ended: the rerun gets the workflow's
+            # timeout afresh, from now (a deadline given at creation does not carry over).
+            deadline=deadline_of(plan, self.now, None),
         )
         for sid in reset + later:
             self._values.pop(sid, None)

@@ -261,7 +261,7 @@ class RunFlow(RunRows):
                 )
         # Their queued jobs would only be refused by the fence one by one: drop them now, in
         # this transaction (a transport in the same database) or right after it.
-        self._log.discard_jobs = True
+        self._log.discard_run_jobs()
 
     def _report(self, stage: StageRecord, reports: Reports) -> None:
         """Write what a running attempt reported: its log lines, its latest progress."""

@@ -9,7 +9,7 @@ docstring is the theory of operation.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Literal
 
 from stagewise._decisions import Decision, Output, Reports, StartedAttempt
@@ -17,8 +17,9 @@ from stagewise._errors import LeaseExpiredError
 from stagewise._records import ErrorInfo, JobMessage, Json
 from stagewise._run_flow import RunFlow
 from stagewise._run_rows import S
+from stagewise._workflow import Workflow
 
-__all__ = ["Reclaim", "RunMaintenance"]
+__all__ = ["Reclaim", "RunMaintenance", "deadline_of"]
 
 Reclaim = Literal["lease", "restarted", "stopped", "gone"]
 """Why the reaper takes an attempt back: its lease expired, its worker restarted under the
@@ -26,8 +27,30 @@ same id or stopped with it still running (past its drain deadline), or its worke
 presumed gone (see `_workers`)."""
 
 
+def deadline_of(workflow: Workflow, created: datetime, given: datetime | None) -> datetime | None:
+    """A new run's deadline: the earlier of the one it was given and its workflow's
+    `timeout` from `created` (None when neither is set)."""
+    limits = [given] if given is not None else []
+    if workflow.timeout is not None:
+        limits.append(created + timedelta(seconds=workflow.timeout))
+    return min(limits, default=None)
+
+
 class RunMaintenance(RunFlow):
     """The decisions maintenance makes about a run (see the module docstring)."""
+
+    def expire_deadline(self) -> Decision[bool]:
+        """Fail a run still unfinished at its deadline: its open stages are cancelled
+        (running code is told to stop, queued jobs are dropped, sleeps and polls end) and
+        the run is FAILED with `DeadlineExceededError`. False when the run ended, or its
+        deadline moved past now (a rerun), since the candidate was read."""
+        run = self.record
+        if run.status.is_terminal or run.deadline is None or run.deadline > self.now:
+            return self._decided(False)
+        message = f"run {run.run_id!r} was still unfinished at its deadline, {run.deadline}"
+        self._fail_run(ErrorInfo("DeadlineExceededError", message, retryable=False), None)
+        self._log.stop_attempts = True
+        return self._decided(True)
 
     def expire_lease(
         self, stage_id: str, job_id: str | None, *, why: Reclaim = "lease"

@@ -77,6 +77,7 @@ R, S = RunStatus, StageStatus
 RUN_TRANSITIONS: dict[tuple[RunStatus, RunTrigger], RunStatus] = {
     (R.PENDING, "claim"): R.RUNNING,
     (R.PENDING, "cancel"): R.CANCELLED,
+    (R.PENDING, "fail"): R.FAILED,  # past its deadline before it started
     (R.RUNNING, "complete"): R.COMPLETED,
     (R.RUNNING, "fail"): R.FAILED,
     (R.RUNNING, "cancel"): R.CANCELLED,

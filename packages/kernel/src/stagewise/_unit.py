@@ -221,6 +221,8 @@ class UnitOfWork:
                 wake.add(("stage.pollSuspended", stage.due_at))
         if new and run.record.status is RunStatus.PENDING:
             wake.add(("run.claimPending", self.now))
+        if run.record.deadline is not None and not run.record.status.is_terminal:
+            wake.add(("lease.reapStale", run.record.deadline))  # the reaper enforces it
 
     async def _put_blobs(self, writes: list[BlobWrite]) -> None:
         # Before the rows that refer to them commit: no row ever points at a missing blob.

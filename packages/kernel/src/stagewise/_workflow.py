@@ -19,7 +19,7 @@ from stagewise._errors import (
     WorkflowVersionNotFoundError,
 )
 from stagewise._records import Json
-from stagewise._stages import Stage, _check_id
+from stagewise._stages import Seconds, Stage, _check_id, to_seconds
 
 
 class Workflow:
@@ -41,6 +41,7 @@ class Workflow:
         output: type[BaseModel] | None,
         groups: tuple[tuple[Stage, ...], ...],
         version: str | None = None,
+        timeout: float | None = None,
     ) -> None:
         self.id = id
         self.name = name
@@ -48,6 +49,8 @@ class Workflow:
         self.input = input
         self.output = output
         self.groups = groups
+        self.timeout = timeout
+        """Seconds a run may take from its creation (its deadline; None: no limit)."""
         self._stages = {s.id: s for group in groups for s in group}
         self._group_of = {s.id: i for i, group in enumerate(groups) for s in group}
         self.version = version or self.fingerprint()
@@ -173,16 +176,19 @@ class WorkflowBuilder:
         input: type[BaseModel] | None = None,
         output: type[BaseModel] | None = None,
         version: str | None = None,
+        timeout: Seconds | None = None,
     ) -> None:
         """`version` pins runs to this plan (letters, digits, `_`, `-`, `.`); by default it
         is a fingerprint of the plan (`Workflow.fingerprint`), so a changed plan is a new
-        version by itself."""
+        version by itself. `timeout` (seconds or a timedelta) bounds every run: one still
+        unfinished that long after its creation fails with `DeadlineExceededError`."""
         try:
             _check_id(id)
             if version is not None:
                 _check_id(version)
         except WorkflowDefinitionError as exc:
             raise WorkflowDefinitionError(f"workflow {exc.message}") from None
+        self._timeout = to_seconds(timeout, f"workflow {id!r} timeout")
         self._version = version
         self._id = id
         self._name = name or id
@@ -241,6 +247,7 @@ class WorkflowBuilder:
             output=self._output,
             groups=tuple(self._groups),
             version=self._version,
+            timeout=self._timeout,
         )
 
 

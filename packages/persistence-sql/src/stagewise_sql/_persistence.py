@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, func, or_, select
+from sqlalchemy import and_, bindparam, delete, func, or_, select, text
 
 from stagewise._query import RunFilter
 from stagewise._records import Changeset, IdempotencyRecord, RunRecord, StageRecord, WorkerRecord
@@ -26,7 +26,7 @@ from stagewise_sql._engine import Database, UnitConnection
 from stagewise_sql._finding import SqlLogStore, find_statement
 from stagewise_sql._outbox import SqlOutboxStore
 from stagewise_sql._purging import finished_before_statement, purge_statement
-from stagewise_sql._schema import idempotency, runs
+from stagewise_sql._schema import ACTIVE_WITH_DEADLINE, idempotency, runs
 from stagewise_sql._schema import stages as stages_t
 from stagewise_sql._schema import workers as workers_t
 from stagewise_sql._statements import Store, time_param, upsert
@@ -109,6 +109,22 @@ class SqlRunStore(Store):
         stmt = find_statement(where or RunFilter(), before, limit, self._dialect)
         return [_rows.run_from_row(row) for row in await self._link.execute(stmt)]
 
+    async def past_deadline(self, now: datetime, limit: int) -> list[RunRecord]:
+        stmt = (
+            select(runs)
+            .where(_ACTIVE_WITH_DEADLINE, runs.c.deadline <= time_param("now", now))
+            .order_by(runs.c.deadline, runs.c.run_id)
+            .limit(limit)
+        )
+        return [_rows.run_from_row(row) for row in await self._link.execute(stmt)]
+
+    async def next_deadline(self, now: datetime) -> datetime | None:
+        stmt = select(func.min(runs.c.deadline)).where(
+            _ACTIVE_WITH_DEADLINE, runs.c.deadline > time_param("now", now)
+        )
+        value: datetime | None = (await self._link.execute(stmt)).scalar()
+        return value
+
     async def finished_before(self, before: datetime, limit: int) -> list[RunRecord]:
         stmt = finished_before_statement(before, limit, self._dialect)
         return [_rows.run_from_row(row) for row in await self._link.execute(stmt)]
@@ -127,6 +143,11 @@ class SqlRunStore(Store):
         )
         rows: list[Any] = list(await self._link.execute(stmt))
         return [(str(r[0]), None if r[1] is None else str(r[1]), int(r[2])) for r in rows]
+
+
+# The partial index's own predicate, as literal SQL: a planner uses a partial index only
+# for a query whose WHERE implies the index's, which bound parameters cannot show.
+_ACTIVE_WITH_DEADLINE = text(ACTIVE_WITH_DEADLINE)
 
 
 # --- stages ------------------------------------------------------------------------------

@@ -61,6 +61,7 @@ def run_values(run: RunRecord) -> Values:
         "workflow_version": run.workflow_version,
         "attempts_before": run.attempts_before or None,
         "metadata": run.metadata,
+        "deadline": run.deadline,
     }
 
 
@@ -87,6 +88,7 @@ def run_from_row(row: Any) -> RunRecord:
         workflow_version=row.workflow_version,
         attempts_before=row.attempts_before or {},
         metadata=row.metadata,
+        deadline=row.deadline,
     )
 
 

@@ -149,6 +149,8 @@ runs = Table(
     Column("attempts_before", JSON_VALUE, nullable=True),
     # Labels given at creation, to find runs by ({}: none; existing runs have none).
     Column("metadata", JSON_VALUE, nullable=False, server_default=text("'{}'")),
+    # When the run must have finished (NULL: no deadline).
+    _time("deadline"),
     PrimaryKeyConstraint("run_id"),
 )
 Index(
@@ -165,6 +167,11 @@ Index(
     runs.c.finished_at,
     runs.c.run_id,
     **_partial("finished_at IS NOT NULL"),
+)
+# Serves deadlines (`RunStore.past_deadline`, `next_deadline`): unfinished runs that have one.
+ACTIVE_WITH_DEADLINE = "deadline IS NOT NULL AND status IN ('PENDING', 'RUNNING')"
+Index(
+    "ix_stagewise_runs_deadline", runs.c.deadline, runs.c.run_id, **_partial(ACTIVE_WITH_DEADLINE)
 )
 Index("ix_stagewise_runs_status_created", runs.c.status, runs.c.created_at)
 Index("ix_stagewise_runs_workflow_created", runs.c.workflow_id, runs.c.created_at)

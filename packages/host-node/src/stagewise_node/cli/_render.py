@@ -259,6 +259,8 @@ def run_header(view: RunView, times: Times) -> Table:
     grid.add_row("created", times.full(run.created_at))
     grid.add_row("started", times.full(run.started_at))
     grid.add_row("finished", times.full(run.finished_at))
+    if run.deadline is not None:
+        grid.add_row("deadline", times.full(run.deadline))
     grid.add_row("duration", duration(run.started_at, run.finished_at))
     grid.add_row("input", Text(short(run.input, 200)))
     if run.error is not None:

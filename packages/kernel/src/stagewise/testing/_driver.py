@@ -232,6 +232,7 @@ async def _maintain(kernel: Kernel, worker_id: str) -> bool:
         or polled.checked
         or reaped.retried
         or reaped.failed
+        or reaped.timed_out
         or reaped.requeued
         or flushed.delivered
         or flushed.dead_lettered

@@ -237,6 +237,18 @@ class _Runs(_Store):
         runs.sort(key=lambda r: (r.created_at, r.run_id), reverse=True)
         return runs[:limit]
 
+    async def past_deadline(self, now: datetime, limit: int) -> list[RunRecord]:
+        late = [r for r in self._active() if r.deadline is not None and r.deadline <= now]
+        return sorted(late, key=lambda r: (r.deadline, r.run_id))[:limit]
+
+    async def next_deadline(self, now: datetime) -> datetime | None:
+        ahead = [r.deadline for r in self._active() if r.deadline and r.deadline > now]
+        return min(ahead, default=None)
+
+    def _active(self) -> list[RunRecord]:
+        active = (RunStatus.PENDING, RunStatus.RUNNING)
+        return [r for r in self._tx.read("runs").values() if r.status in active]
+
     async def finished_before(self, before: datetime, limit: int) -> list[RunRecord]:
         return await _memory_purge.finished_before(self._tx, before, limit)
 
