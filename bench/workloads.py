@@ -7,6 +7,7 @@ bench-recovery   like bench-three, but b sleeps 0.2 s; every stage body that fin
                  runner can count bodies that executed more than once across a SIGKILL
 bench-nap        a -> a durable sleep of NAP_SECONDS -> c (sleep wake-up lateness)
 bench-sleeper    a 30-day sleep (the sleeping backlog W1 runs beside)
+bench-approve    a signal stage on topic "go", then a stage (signal-to-next-stage latency)
 """
 
 from __future__ import annotations
@@ -16,7 +17,13 @@ import os
 
 from pydantic import BaseModel
 
-from stagewise import StageContext, WorkflowBuilder, define_sleep_stage, define_stage
+from stagewise import (
+    StageContext,
+    WorkflowBuilder,
+    define_signal_stage,
+    define_sleep_stage,
+    define_stage,
+)
 
 EXEC_LOG_ENV = "BENCH_EXEC_LOG"
 NAP_SECONDS = 2.0
@@ -107,4 +114,20 @@ def _sleeper() -> object:
     )
 
 
-workflows = [_three(), *(_fanout(n) for n in FANOUT_SIZES), _recovery(), _nap(), _sleeper()]
+def _approve() -> object:
+    return (
+        WorkflowBuilder("bench-approve")
+        .pipe(define_signal_stage(id="wait", topic="go"))
+        .pipe(define_stage(id="after", execute=lambda ctx: ctx.input))
+        .build()
+    )
+
+
+workflows = [
+    _three(),
+    *(_fanout(n) for n in FANOUT_SIZES),
+    _recovery(),
+    _nap(),
+    _sleeper(),
+    _approve(),
+]

@@ -75,3 +75,26 @@ def test_the_sleep_benchmark_measures_lateness_and_w1_beside_sleepers_on_sqlite(
     backlog = {r["with"]: r for r in results if r.get("bench") == "sleep-backlog"}
     assert set(backlog) == {"alone", "sleepers"}
     assert all(r["completed"] == 30 for r in backlog.values())
+
+
+@pytest.mark.slow
+def test_the_signal_benchmark_measures_both_placements_on_sqlite() -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "signal_latency.py"),
+            "--db",
+            "sqlite",
+            "--runs",
+            "5",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+    assert {r["placement"] for r in results} == {"in-process", "2 processes"}
+    assert all(r["runs"] == 5 and r["p50_ms"] >= 0 for r in results)

@@ -17,6 +17,7 @@ every completed run has the right output.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import Counter
 from typing import Any
 
@@ -45,6 +46,8 @@ from stagewise import (
     RunCancel,
     RunClaimPending,
     RunCreate,
+    RunNotActiveError,
+    RunSignal,
     RunStatus,
     RunTransition,
     StageContext,
@@ -53,6 +56,7 @@ from stagewise import (
     Suspend,
     WorkflowBuilder,
     define_async_batch_stage,
+    define_signal_stage,
     define_sleep_stage,
     define_stage,
 )
@@ -124,12 +128,14 @@ FAN = (
             define_stage(id="b", execute=passthrough),
             define_async_batch_stage(id="batch", execute=submit, check_completion=check),
             define_sleep_stage(id="nap", duration=45),  # a durable wait: resumed by polls
+            # a signal wait that races its timeout (signals come from the `signal` rule)
+            define_signal_stage(id="gate", topic="go", timeout=90, on_timeout="continue"),
         ]
     )
     .pipe(define_stage(id="join", execute=lambda ctx: sorted(ctx.input)))
     .build()
 )
-EXPECTED = {"chain": 111, "fan": ["a", "b", "batch", "nap"]}
+EXPECTED = {"chain": 111, "fan": ["a", "b", "batch", "gate", "nap"]}
 # Enough attempts that random crashes (each reaped crash counts as one) rarely exhaust them.
 SETTINGS = KernelSettings(lease_seconds=30, outbox_max_attempts=3)
 
@@ -299,6 +305,31 @@ class KernelMachine(RuleBasedStateMachine):
         run_id = self.run_ids[index % len(self.run_ids)]
         if self.dispatch(RunCancel(run_id=run_id)).cancelled:
             self.cancelled.add(run_id)
+
+    @precondition(lambda self: bool(self.run_ids))
+    @rule(index=st.integers(0, 50), key=st.one_of(st.none(), st.sampled_from(["s1", "s2"])))
+    def signal(self, index: int, key: str | None) -> None:
+        run_id = self.run_ids[index % len(self.run_ids)]
+        command = RunSignal(run_id=run_id, topic="go", payload=index, idempotency_key=key)
+        with contextlib.suppress(RunNotActiveError):  # the run ended: refused, as it must be
+            self.dispatch(command)
+
+    @invariant()
+    def a_signal_wait_takes_one_signal_or_times_out_never_both(self) -> None:
+        signals = self.env.persistence.snapshot_signals()
+        for run in self.env.persistence.snapshot_runs():
+            mine = [s for s in signals if s.run_id == run.run_id]
+            assert [s.seq for s in mine] == list(range(1, len(mine) + 1))
+            taken = [s for s in mine if s.consumed_by is not None]
+            assert len(taken) <= 1, taken  # one wait per run: one signal at most
+            gate = {s.stage_id: s for s in self.env.persistence.snapshot_stages(run.run_id)}.get(
+                "gate"
+            )
+            if gate is not None and gate.status is StageStatus.COMPLETED:
+                expected = taken[0].payload if taken else None
+                assert gate.output == expected, (gate, taken)
+            keys = [s.idempotency_key for s in mine if s.idempotency_key]
+            assert len(keys) == len(set(keys))
 
     @precondition(lambda self: bool(self.run_ids))
     @rule(index=st.integers(0, 50))

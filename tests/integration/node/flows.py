@@ -8,6 +8,7 @@ that a test can count how many times each stage ran, in which process, even acro
     slow: {"n": 0, "slow": "b", "sleep": 3.0} sleeps 3 s in stage b.
     three-sync: the same with blocking `def` stages (they run on the thread pool).
     nap: a -> a durable sleep of 4 s -> c (for workers killed while their runs sleep).
+    approve: a signal stage waiting on topic "approval" (an Approval) -> who approved.
 """
 
 from __future__ import annotations
@@ -19,7 +20,13 @@ import time
 
 from pydantic import BaseModel
 
-from stagewise import StageContext, WorkflowBuilder, define_sleep_stage, define_stage
+from stagewise import (
+    StageContext,
+    WorkflowBuilder,
+    define_signal_stage,
+    define_sleep_stage,
+    define_stage,
+)
 
 SIDE_DB_ENV = "NODE_TEST_SIDE_DB"
 
@@ -131,4 +138,17 @@ nap = (
     .build()
 )
 
-workflows = [three, three_sync, nap]
+
+class Approval(BaseModel):
+    approved: bool
+    by: str
+
+
+approve = (
+    WorkflowBuilder("approve")
+    .pipe(define_signal_stage(id="approval", topic="approval", payload=Approval))
+    .pipe(define_stage(id="who", execute=lambda ctx: ctx.input["by"]))
+    .build()
+)
+
+workflows = [three, three_sync, nap, approve]

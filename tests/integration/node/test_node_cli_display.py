@@ -28,6 +28,7 @@ from stagewise import (
     Suspend,
     WorkflowBuilder,
     define_async_batch_stage,
+    define_signal_stage,
     define_sleep_stage,
     define_stage,
 )
@@ -75,6 +76,9 @@ workflows = [
     WorkflowBuilder("waits")
     .pipe(define_async_batch_stage(id="w", execute=waits, check_completion=lambda s, c: NotReady()))
     .pipe(define_stage(id="after", execute=lambda ctx: None))
+    .build(),
+    WorkflowBuilder("asks")
+    .pipe(define_signal_stage(id="ok", topic="approval", timeout=timedelta(hours=2)))
     .build(),
     WorkflowBuilder("sleeps", timeout=timedelta(days=3))
     .pipe(define_sleep_stage(id="nap", duration=timedelta(days=2)))
@@ -159,6 +163,22 @@ def test_a_sleeping_stage_says_until_when(db: str, kolkata: None) -> None:
     assert code == 0, out
     assert "sleeping until 2026-07-03 17:30:00.000 +05:30" in out
     assert "deadline  2026-07-04 17:30:00.000 +05:30" in out
+
+
+def test_a_signal_wait_says_its_topic_since_when_and_its_timeout(db: str, kolkata: None) -> None:
+    async def asking(env: TestEnvironment) -> str:
+        run_id = await env.create_run("asks")
+        await env.kernel.dispatch(RunClaimPending(limit=1))
+        for job in await env.queue.dequeue(worker_id="t", limit=5, lease_for=30):
+            await env.kernel.dispatch(JobExecute(job=job, worker_id="t"))
+        return run_id
+
+    run_id = on_the_database(db, asking)
+    code, out = stagewise("runs", "show", run_id, "--db", db)
+    assert code == 0, out
+    # (the note may wrap in its column)
+    assert "waiting for signal 'approval' since 2026-07-01 17:30:00.000 +05:30; times" in out
+    assert "2026-07-01 19:30:00.000 +05:30" in out
 
 
 def test_pending_stages_show_no_attempt_and_no_start(db: str) -> None:

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 
 import pytest
 
-from stagewise import RunClaimPending, RunRerunFrom, RunStatus, StageStatus
+from stagewise import RunClaimPending, RunRerunFrom, RunSignal, RunStatus, StageStatus
 from tests.integration.node.processes import Client, Workers
 
 pytestmark = pytest.mark.slow
@@ -226,3 +227,29 @@ async def test_runs_asleep_when_their_worker_is_sigkilled_each_wake_once_on_anot
         assert nap.finished_at is not None and nap.started_at is not None
         assert (nap.finished_at - nap.started_at).total_seconds() >= 4
         assert nap.attempt == 1  # woken, not retried
+
+
+async def test_a_signal_sent_from_another_process_wakes_the_waiting_run_at_once(
+    workers: Workers, client: Client
+) -> None:
+    # The worker polls every 120 s; the signal's own commit completes the waiting stage and
+    # enqueues the next one, and NOTIFY (PostgreSQL) or the file watch (SQLite) wakes the
+    # worker for it. Three runs in turn, so each wake-up is heard, not only the first.
+    worker = workers.spawn("approver", poll=120.0)
+    await workers.ready(worker)
+    for i in range(3):
+        run_id = await client.create("approve", {})
+        await client.kernel.dispatch(RunClaimPending(limit=1))
+        await client.wait_stages(
+            [run_id], "approval", StageStatus.SUSPENDED, within=60, why=workers
+        )
+        began = time.monotonic()
+        payload = {"approved": True, "by": f"p{i}"}
+        sent = await client.kernel.dispatch(
+            RunSignal(run_id=run_id, topic="approval", payload=payload)
+        )
+        assert sent.consumed_by == "approval"
+        await client.wait_finished([run_id], within=60, why=workers)
+        assert time.monotonic() - began < 60  # far below the 120 s poll: woken, not polled
+        run, _ = await client.run(run_id)
+        assert (run.status, run.output) == (RunStatus.COMPLETED, f"p{i}")

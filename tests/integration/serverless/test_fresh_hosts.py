@@ -13,10 +13,12 @@ from typing import Any
 from stagewise import (
     JobMessage,
     RetryPolicy,
+    RunSignal,
     RunStatus,
     StageContext,
     StageStatus,
     WorkflowBuilder,
+    define_signal_stage,
     define_sleep_stage,
     define_stage,
 )
@@ -253,5 +255,39 @@ async def test_a_tick_fails_a_run_past_its_deadline(backend: Adapters) -> None:
         run = await d.get_run(run_id)
         assert run.status is RunStatus.FAILED
         assert run.error is not None and run.error.type == "DeadlineExceededError"
+    finally:
+        await d.aclose()
+
+
+async def test_a_signal_wait_takes_no_invocation_and_the_signal_moves_the_run_on(
+    backend: Adapters,
+) -> None:
+    wf = (
+        WorkflowBuilder("gate")
+        .pipe(define_signal_stage(id="ok", topic="ok", timeout=timedelta(hours=1)))
+        .pipe(define_stage(id="after", execute=lambda ctx: ctx.input))
+        .build()
+    )
+    d = deployment(backend, [wf])
+    try:
+        run_id = await d.create_run("gate", {})
+        await d.host().run_maintenance_tick()
+        assert (await d.host().process_available_jobs()).succeeded == 1  # it begins waiting
+        assert (await d.host().process_available_jobs()).succeeded == 0  # nothing to run
+        # An API handler (a function of its own) sends the signal through a kernel.
+        sent = await d.kernel().dispatch(RunSignal(run_id=run_id, topic="ok", payload=42))
+        assert sent.consumed_by == "ok"
+        assert (await d.host().process_available_jobs()).succeeded == 1
+        run = await d.get_run(run_id)
+        assert (run.status, run.output) == (RunStatus.COMPLETED, 42)
+
+        late = await d.create_run("gate", {})  # nobody signals this one: the tick times it out
+        await d.host().run_maintenance_tick()
+        await d.host().process_available_jobs()
+        d.clock.advance(3600)
+        tick = await d.host().run_maintenance_tick()
+        assert (tick.suspended_checked, tick.resumed) == (1, 0)
+        failed = await d.get_run(late)
+        assert failed.error is not None and failed.error.type == "SignalTimeoutError"
     finally:
         await d.aclose()

@@ -1,6 +1,6 @@
-"""Migrations 0005 to 0008 on a database that has runs: they come out with no attempt
-numbers kept from a rerun, no metadata and no deadline, and are listed and matched like
-runs created after them."""
+"""Migrations 0005 to 0009 on a database that has runs: they come out with no attempt
+numbers kept from a rerun, no metadata, no deadline and no signals, and are listed and
+matched like runs created after them."""
 
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ def _at_0004_with_a_run(conn: Connection) -> None:
     config.attributes["connection"] = conn
     command.upgrade(config, "0004")
     values = run_values(run("old", workflow_id="wf"))
-    del values["metadata"], values["attempts_before"], values["deadline"]  # not there yet
+    for later in ("metadata", "attempts_before", "deadline", "signal_seq"):  # not there yet
+        del values[later]
     conn.execute(insert(runs).values(values))
 
 
@@ -46,6 +47,6 @@ async def test_runs_made_before_metadata_have_none_and_are_listed(empty_db_url: 
 
     assert old == run("old", workflow_id="wf")
     assert old is not None and old.metadata == {} and old.attempts_before == {}
-    assert old.deadline is None
+    assert old.deadline is None and old.signal_seq == 0
     assert [r.run_id for r in every] == ["new", "old"]
     assert [r.run_id for r in labelled] == ["new"]

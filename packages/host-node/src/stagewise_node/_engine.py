@@ -29,6 +29,7 @@ from stagewise import (
     RunPage,
     RunRecord,
     RunRerunFrom,
+    RunSignal,
     Workflow,
     WorkflowRegistry,
     WorkflowSource,
@@ -274,6 +275,23 @@ class Engine:
     async def logs(self, run_id: str, *, after: int = 0, stage_id: str | None = None) -> LogPage:
         """The run's log lines after line `after`, in order (`Kernel.run_logs`)."""
         return await self.kernel.run_logs(run_id, after=after, stage_id=stage_id)
+
+    async def signal(
+        self, run_id: str, topic: str, payload: Any = None, *, idempotency_key: str | None = None
+    ) -> str | None:
+        """Send a signal to the run (`RunSignal`): the stage waiting on `topic` takes it
+        and the run goes on, or the run's mailbox keeps it for the next wait on it. The
+        stage that took it, or None.
+
+        Raises:
+            RunNotFoundError: there is no such run.
+            RunNotActiveError: the run has ended.
+            InvalidInputError: the waiting stage's payload model refuses the payload.
+        """
+        command = RunSignal(
+            run_id=run_id, topic=topic, payload=payload, idempotency_key=idempotency_key
+        )
+        return (await self.kernel.dispatch(command)).consumed_by
 
     async def cancel(self, run_id: str, reason: str | None = None) -> bool:
         """Cancel the run and its unfinished stages (running attempts are told through

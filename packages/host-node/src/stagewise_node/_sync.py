@@ -138,6 +138,14 @@ class SyncEngine:
             self.engine.run(workflow_id, input, idempotency_key=idempotency_key, timeout=timeout)
         )
 
+    def signal(
+        self, run_id: str, topic: str, payload: Any = None, *, idempotency_key: str | None = None
+    ) -> str | None:
+        """`Engine.signal`: send a signal to the run; the stage that took it, or None."""
+        return self._call(
+            self.engine.signal(run_id, topic, payload, idempotency_key=idempotency_key)
+        )
+
     def get(self, run_id: str) -> RunRecord | None:
         """`Engine.get`: the run as stored now."""
         return self._call(self.engine.get(run_id))

@@ -30,6 +30,8 @@ from stagewise._commands import (
     RunPurgeResult,
     RunRerunFrom,
     RunRerunResult,
+    RunSignal,
+    RunSignalResult,
     RunTransition,
     RunTransitionResult,
     StagePollResult,
@@ -62,8 +64,10 @@ from stagewise._errors import (
     PluginDeliveryError,
     RunCancelledError,
     RunFailedError,
+    RunNotActiveError,
     RunNotFoundError,
     SchemaVersionError,
+    SignalTimeoutError,
     StageNotFoundError,
     StageOutputError,
     StageTimeoutError,
@@ -80,6 +84,7 @@ from stagewise._events import (
     RunCompleted,
     RunCreated,
     RunFailed,
+    RunSignalled,
     RunStarted,
     RunSuspended,
     StageCancelled,
@@ -119,6 +124,7 @@ from stagewise._records import (
     LogRecord,
     RunRecord,
     RunWrite,
+    SignalRecord,
     StageRecord,
     WorkerRecord,
 )
@@ -134,12 +140,19 @@ from stagewise._stages import (
     define_stage,
 )
 from stagewise._states import RunStatus, StageStatus
-from stagewise._waits import define_sleep_stage
+from stagewise._waits import define_signal_stage, define_sleep_stage
 from stagewise._workflow import Workflow, WorkflowBuilder, WorkflowRegistry, WorkflowSource
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "define_signal_stage",
+    "SignalRecord",
+    "RunSignalled",
+    "SignalTimeoutError",
+    "RunNotActiveError",
+    "RunSignalResult",
+    "RunSignal",
     "BlobNotFoundError",
     "BlobStore",
     "CancellationToken",

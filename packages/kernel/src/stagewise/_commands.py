@@ -8,13 +8,10 @@ handler runs.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
     AwareDatetime,
-    BaseModel,
-    ConfigDict,
     Field,
     StringConstraints,
     TypeAdapter,
@@ -23,7 +20,8 @@ from pydantic import (
 
 from stagewise._query import METADATA_KEY
 from stagewise._records import JobMessage
-from stagewise._states import RunStatus
+from stagewise._results import *  # noqa: F403  (the results, re-exported with the commands)
+from stagewise._results import Message
 
 Ident = Annotated[
     str,
@@ -37,14 +35,10 @@ Metadata = Annotated[dict[MetadataKey, MetadataValue], Field(max_length=32)]
 """A run's labels (at most 32): what `Kernel.list_runs(metadata=...)` matches exactly."""
 
 
-class _Message(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
 # --- commands ------------------------------------------------------------------------------
 
 
-class RunCreate(_Message):
+class RunCreate(Message):
     """Create a PENDING run; idempotent by `idempotency_key`."""
 
     type: Literal["run.create"] = "run.create"
@@ -67,7 +61,7 @@ class RunCreate(_Message):
     nothing."""
 
 
-class RunClaimPending(_Message):
+class RunClaimPending(Message):
     """Start up to `limit` PENDING runs (priority, then age) and enqueue their first jobs."""
 
     type: Literal["run.claimPending"] = "run.claimPending"
@@ -86,7 +80,7 @@ class RunClaimPending(_Message):
         return self
 
 
-class JobExecute(_Message):
+class JobExecute(Message):
     """Execute one delivered job: fence, run user code, record, advance."""
 
     type: Literal["job.execute"] = "job.execute"
@@ -98,14 +92,14 @@ class JobExecute(_Message):
     next stage of the same run) for this worker, instead of enqueueing its job."""
 
 
-class RunTransition(_Message):
+class RunTransition(Message):
     """Decide what comes next for a run: next group, completed, failed, or nothing."""
 
     type: Literal["run.transition"] = "run.transition"
     run_id: Ident
 
 
-class StagePollSuspended(_Message):
+class StagePollSuspended(Message):
     """Check up to `limit` due suspended stages."""
 
     type: Literal["stage.pollSuspended"] = "stage.pollSuspended"
@@ -113,7 +107,7 @@ class StagePollSuspended(_Message):
     poller_id: Ident = "poller"
 
 
-class LeaseReapStale(_Message):
+class LeaseReapStale(Message):
     """Retry or fail attempts whose lease expired; with `worker_id`, every attempt that
     worker holds (a worker restarting under the same id reclaims its own leases at once);
     with `observer` (the worker running this pass), every attempt of a worker it presumes
@@ -127,7 +121,7 @@ class LeaseReapStale(_Message):
     observer: Ident | None = None
 
 
-class OutboxFlush(_Message):
+class OutboxFlush(Message):
     """Deliver pending events to the sink and plugins."""
 
     type: Literal["outbox.flush"] = "outbox.flush"
@@ -135,13 +129,25 @@ class OutboxFlush(_Message):
     flusher_id: Ident = "flusher"
 
 
-class RunCancel(_Message):
+class RunCancel(Message):
     type: Literal["run.cancel"] = "run.cancel"
     run_id: Ident
     reason: Annotated[str, StringConstraints(max_length=2000)] | None = None
 
 
-class RunPurge(_Message):
+class RunSignal(Message):
+    """Send a signal to a run: the stage waiting on `topic` takes it at once (and the run
+    goes on), or it waits in the run's mailbox for the next wait on `topic` (first sent,
+    first taken). The same `idempotency_key` twice stores one signal."""
+
+    type: Literal["run.signal"] = "run.signal"
+    run_id: Ident
+    topic: Ident
+    payload: Any = None
+    idempotency_key: Ident | None = None
+
+
+class RunPurge(Message):
     """Delete up to `limit` finished runs (COMPLETED, FAILED, CANCELLED) that finished before
     `finished_before`, oldest first, with everything of theirs: stage rows, events and their
     deliveries, log lines, idempotency keys and blobs. With `archive`, each run is first
@@ -154,7 +160,7 @@ class RunPurge(_Message):
     archive: bool = False
 
 
-class RunRerunFrom(_Message):
+class RunRerunFrom(Message):
     """Run a finished run again from `stage_id`: that stage and every later one."""
 
     type: Literal["run.rerunFrom"] = "run.rerunFrom"
@@ -162,7 +168,7 @@ class RunRerunFrom(_Message):
     stage_id: Ident
 
 
-class PluginReplayDLQ(_Message):
+class PluginReplayDLQ(Message):
     """Put dead-lettered deliveries back for the next flush (all, or one consumer's, or
     some events')."""
 
@@ -171,7 +177,7 @@ class PluginReplayDLQ(_Message):
     event_ids: list[Ident] | None = None
 
 
-class JobHeartbeat(_Message):
+class JobHeartbeat(Message):
     """Extend a running attempt's lease; says whether its run was cancelled."""
 
     type: Literal["job.heartbeat"] = "job.heartbeat"
@@ -179,7 +185,7 @@ class JobHeartbeat(_Message):
     worker_id: Ident
 
 
-class JobRelease(_Message):
+class JobRelease(Message):
     """Give back a running attempt this worker cannot finish (a graceful shutdown past its
     drain deadline): the same attempt is queued again at once for another worker, and does
     not count against the retry policy. Code still running it in this process is told to
@@ -190,7 +196,7 @@ class JobRelease(_Message):
     worker_id: Ident
 
 
-class WorkerBeat(_Message):
+class WorkerBeat(Message):
     """A worker is alive: write its row (what it is, the workflow versions it has, how often
     it beats), at the database's time."""
 
@@ -206,7 +212,7 @@ class WorkerBeat(_Message):
     one grouped read of the runs, so a host asks now and then, not at every beat."""
 
 
-class WorkerStop(_Message):
+class WorkerStop(Message):
     """A worker stopped cleanly (its attempts were given back): nobody takes it over."""
 
     type: Literal["worker.stop"] = "worker.stop"
@@ -222,6 +228,7 @@ Command = Annotated[
     | LeaseReapStale
     | OutboxFlush
     | RunCancel
+    | RunSignal
     | RunPurge
     | RunRerunFrom
     | PluginReplayDLQ
@@ -233,168 +240,3 @@ Command = Annotated[
 ]
 
 COMMAND_ADAPTER: TypeAdapter[Command] = TypeAdapter(Command)
-
-
-# --- results -------------------------------------------------------------------------------
-
-
-class RunCreateResult(_Message):
-    run_id: str
-    status: RunStatus
-    """PENDING, or RUNNING when started at creation (`RunCreate.worker_id`); for a replay,
-    the run's status now."""
-    created: bool
-    """False when an idempotency key replayed an earlier creation."""
-    started_jobs: list[JobMessage] = []
-    """With `worker_id`: the stage started for the worker (RUNNING, lease taken), as with
-    `RunClaimPendingResult.started_jobs`; if the worker dies first, its lease expires and
-    `lease.reapStale` retries it."""
-
-
-class RunClaimPendingResult(_Message):
-    run_ids: list[str]
-    jobs_enqueued: int
-    started_jobs: list[JobMessage] = []
-    """With `take`: stages started for the worker (RUNNING, lease taken), as with
-    `JobExecuteResult.next_job`; if the worker dies first, their leases expire and
-    `lease.reapStale` retries them."""
-
-
-JobOutcome = Literal["completed", "suspended", "retry", "failed", "cancelled", "lease_lost"]
-
-
-class JobExecuteResult(_Message):
-    outcome: JobOutcome
-    run_id: str
-    stage_id: str
-    attempt: int
-    error: str | None = None
-    retry_after: float | None = None
-    """For `retry`: seconds until the next attempt may start."""
-    replayed: bool = False
-    """The stage had already completed: this delivery was a duplicate and ran nothing."""
-    deferred: bool = False
-    """For `retry`: the job arrived before its attempt was due and ran nothing; it was given
-    back to the transport for `retry_after` seconds (not a failed attempt)."""
-    next_job: JobMessage | None = None
-    """With `chain`: a stage this worker now holds (RUNNING, its lease taken in the same
-    transaction that recorded this one). Execute it next with the same worker id. It never
-    went through the transport: if the worker dies first, its lease expires and
-    `lease.reapStale` retries it like any other attempt."""
-
-
-TransitionDecision = Literal["advanced", "completed", "failed", "noop"]
-
-
-class RunTransitionResult(_Message):
-    run_id: str
-    decision: TransitionDecision
-    status: RunStatus
-
-
-class StagePollResult(_Message):
-    checked: int = 0
-    resumed: int = 0
-    rescheduled: int = 0
-    failed: int = 0
-    next_due_at: datetime | None = None
-    """When the next suspended stage (a sleep, a poll) not yet due is due, if any."""
-
-
-class LeaseReapResult(_Message):
-    retried: int = 0
-    failed: int = 0
-    released_jobs: int = 0
-    requeued: int = 0
-    purged: int = 0
-    """Finished runs past `KernelSettings.retention` deleted by this pass."""
-    timed_out: int = 0
-    """Runs failed because they were still unfinished at their deadline."""
-
-
-class OutboxFlushResult(_Message):
-    delivered: int = 0
-    failed: int = 0
-    dead_lettered: int = 0
-
-
-class RunCancelResult(_Message):
-    run_id: str
-    cancelled: bool
-    """False when the run had already finished: cancelling it changed nothing."""
-    status: RunStatus
-
-
-class RunPurgeResult(_Message):
-    purged: int
-    """Runs deleted by this call."""
-    archived: int = 0
-    """Of those, written to the blob store first."""
-    more: bool
-    """More runs finished before the cutoff are left (another call purges the next ones)."""
-
-
-class RunRerunResult(_Message):
-    run_id: str
-    status: RunStatus
-    reset_stages: list[str]
-
-
-class PluginReplayResult(_Message):
-    replayed: int
-
-
-class HeartbeatResult(_Message):
-    lease_expires_at: datetime
-    cancelled: bool
-    started: bool = True
-    """False when the job has not started yet (nothing to extend); the heartbeat is early,
-    not late. A lost lease raises `LeaseLost` instead."""
-
-
-class JobReleaseResult(_Message):
-    released: bool
-    """False when the attempt was no longer this job's to give back (finished, reaped or
-    cancelled meanwhile)."""
-
-
-class StrandedRuns(_Message):
-    """Unfinished runs of a workflow version that no live worker has registered: they wait,
-    untouched, until a worker that has it starts (see docs/deploys.md)."""
-
-    workflow_id: str
-    workflow_version: str | None
-    """None: runs recorded before versions (any version of the workflow runs them)."""
-    runs: int
-
-
-class WorkerBeatResult(_Message):
-    gone: list[str]
-    """Workers this one now presumes gone: `lease.reapStale` with it as `observer` takes
-    their attempts over."""
-    stranded: list[StrandedRuns] = Field(default_factory=list)
-    """With `survey`: the versions whose runs no live worker can run."""
-
-
-class WorkerStopResult(_Message):
-    stopped: bool
-    """False when the worker had no row (it never beat)."""
-
-
-CommandResult = (
-    RunCreateResult
-    | RunClaimPendingResult
-    | JobExecuteResult
-    | RunTransitionResult
-    | StagePollResult
-    | LeaseReapResult
-    | OutboxFlushResult
-    | RunCancelResult
-    | RunPurgeResult
-    | RunRerunResult
-    | PluginReplayResult
-    | HeartbeatResult
-    | JobReleaseResult
-    | WorkerBeatResult
-    | WorkerStopResult
-)

@@ -23,6 +23,7 @@ from stagewise._records import (
     Json,
     LogRecord,
     RunRecord,
+    SignalRecord,
     StageRecord,
 )
 from stagewise._settings import KernelSettings
@@ -65,8 +66,11 @@ class Suspension:
     poll_interval: float
     max_wait: float
     wake_at: datetime | None = None
-    """A durable sleep's wake time: due then, exactly (not `poll_interval` after the
-    commit that suspends it, which comes a moment after the time was worked out)."""
+    """A durable wait's wake time (a sleep's end, a signal wait's timeout): due then,
+    exactly (not `poll_interval` after the commit that suspends it, which comes a moment
+    after the time was worked out)."""
+    wait: str | None = None
+    """What a durable wait waits for ("sleep", "signal"); None for an async-batch stage."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +128,8 @@ class Changes:
     """Blobs the changes refer to: written before the transaction commits."""
     blob_deletes: tuple[str, ...] = ()
     """Blobs nothing refers to any more: deleted after it commits."""
+    signals: tuple[SignalRecord, ...] = ()
+    """Signal rows to write: a new one sent, or one a wait consumed."""
     stop_attempts: bool = False
     """The run was cancelled: code still running its attempts is told to stop."""
 
@@ -165,6 +171,7 @@ class ChangeLog:
         "jobs",
         "logs",
         "run",
+        "signals",
         "stages",
         "stop_attempts",
     )
@@ -183,6 +190,7 @@ class ChangeLog:
         self.discard_jobs = False
         self.blob_writes: list[BlobWrite] = []
         self.blob_deletes: list[str] = []
+        self.signals: list[SignalRecord] = []
         self.stop_attempts = False
         self._mark()
 
@@ -198,6 +206,7 @@ class ChangeLog:
             len(self.blob_deletes),
             self.discard_jobs,
             self.stop_attempts,
+            len(self.signals),
         )
 
     @property
@@ -222,8 +231,8 @@ class ChangeLog:
         failed or passed its deadline) would otherwise outlive the run."""
         self.jobs.clear()
         self.discard_jobs = True
-        events, logs, _, acks, writes, deletes, discarded, stopped = self._marks
-        self._marks = (events, logs, 0, acks, writes, deletes, discarded, stopped)
+        events, logs, _, acks, writes, deletes, discarded, stopped, signals = self._marks
+        self._marks = (events, logs, 0, acks, writes, deletes, discarded, stopped, signals)
 
     def delete_stage(self, stage_id: str) -> None:
         self.stages.pop(stage_id, None)
@@ -232,7 +241,7 @@ class ChangeLog:
 
     def decision(self) -> Changes:
         """What changed since the mark, as data; the mark moves here."""
-        events, logs, jobs, acks, writes, deletes, discarded, stopped = self._marks
+        events, logs, jobs, acks, writes, deletes, discarded, stopped, signals = self._marks
         touched = self._touched
         changes = Changes(
             run=self.run if self._run_touched else None,
@@ -246,6 +255,7 @@ class ChangeLog:
             blob_writes=tuple(self.blob_writes[writes:]),
             blob_deletes=tuple(self.blob_deletes[deletes:]),
             stop_attempts=self.stop_attempts and not stopped,
+            signals=tuple(self.signals[signals:]),
         )
         self._mark()
         return changes
@@ -264,6 +274,7 @@ class ChangeLog:
             blob_writes=tuple(self.blob_writes),
             blob_deletes=tuple(self.blob_deletes),
             stop_attempts=self.stop_attempts,
+            signals=tuple(self.signals),
         )
         self._clear()
         return changes

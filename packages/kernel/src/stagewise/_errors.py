@@ -238,6 +238,27 @@ class DeadlineExceededError(StagewiseError):
     `timeout`): it ended FAILED with this error type, its open stages cancelled."""
 
 
+class SignalTimeoutError(StagewiseError):
+    """A signal stage (`on_timeout="fail"`) received no signal on its topic in time."""
+
+    def __init__(self, stage_id: str, topic: str, timeout: float) -> None:
+        super().__init__(
+            f"stage {stage_id!r} received no signal on topic {topic!r} within {timeout:g}s"
+        )
+        self.stage_id = stage_id
+        self.topic = topic
+        self.timeout = timeout
+
+
+class RunNotActiveError(ConflictError):
+    """The run has ended (COMPLETED, FAILED or CANCELLED): it takes no more signals."""
+
+    def __init__(self, run_id: str, status: str) -> None:
+        super().__init__(f"run {run_id!r} is {status}: it takes no signals")
+        self.run_id = run_id
+        self.status = status
+
+
 class StageTimeoutError(StagewiseError):
     """A stage attempt ran longer than its `timeout`."""
 

@@ -68,6 +68,16 @@ class RunSuspended(_Event):
     stage_ids: list[str]
 
 
+class RunSignalled(_Event):
+    """A signal reached the run: consumed at once by the stage waiting on its topic
+    (`consumed_by`), or kept in the run's mailbox for the next wait on it."""
+
+    type: Literal["run.signalled"] = "run.signalled"
+    topic: str
+    signal_id: str
+    consumed_by: str | None = None
+
+
 class _StageEvent(_Event):
     stage_id: str
     attempt: int
@@ -130,6 +140,7 @@ Event = Annotated[
     | RunFailed
     | RunCancelled
     | RunSuspended
+    | RunSignalled
     | StageStarted
     | StageProgress
     | StageCompleted
@@ -152,6 +163,7 @@ EVENT_TYPES: frozenset[str] = frozenset(
         RunFailed,
         RunCancelled,
         RunSuspended,
+        RunSignalled,
         StageStarted,
         StageProgress,
         StageCompleted,

@@ -52,7 +52,7 @@ from stagewise._execution import (
     normalize_output,
 )
 from stagewise._group import Step
-from stagewise._records import ErrorInfo, JobMessage
+from stagewise._records import ErrorInfo, JobMessage, SignalRecord
 from stagewise._run import Run
 from stagewise._runtime import Inflight, Runtime
 from stagewise._stages import Stage, Suspend, to_seconds
@@ -204,6 +204,7 @@ async def _run(
                 poll_interval=to_seconds(returned.poll_interval, "poll_interval") or 60.0,
                 max_wait=to_seconds(returned.max_wait, "max_wait") or 86400.0,
                 wake_at=wake_time(stage_def, returned),
+                wait=stage_def.wait,
             )
         return normalize_output(stage_def, returned)
     except Exception as exc:
@@ -222,9 +223,11 @@ async def _finish(
             unit.acks.append(job.job_id)
         if run is None:
             return Recorded("lost", error="the stage no longer exists"), None
-        refs = run.refs_to_finish(job.stage_id) if isinstance(outcome, Output) else []
+        mailbox = await _mailbox(unit, job, outcome)
+        completes = isinstance(outcome, Output) or bool(mailbox)
+        refs = run.refs_to_finish(job.stage_id) if completes else []
         outputs = await load_blobs(rt.ports.blob_store, refs)
-        decision = run.record_attempt(job, outcome, reports, outputs)
+        decision = run.record_attempt(job, outcome, reports, outputs, mailbox)
         handoff = None
         if cmd.chain and decision.outcome.replayed:
             # The try that committed may have handed the next stage to this worker.
@@ -249,6 +252,16 @@ async def _finish(
         return result
     rt.hand_over([handoff])  # only now that the transaction committed
     return result.model_copy(update={"next_job": handoff.job})
+
+
+async def _mailbox(unit: UnitOfWork, job: JobMessage, outcome: Outcome) -> list[SignalRecord]:
+    """For a signal wait beginning: the run's signals on its topic still in the mailbox
+    (read under the run's lock, so a signal sent a moment ago is either here or finds the
+    wait suspended; `_run_signals`)."""
+    if not isinstance(outcome, Suspension) or outcome.wait != "signal":
+        return []
+    assert isinstance(outcome.state, dict)
+    return await unit.tx.signals.pending(job.run_id, outcome.state["topic"])
 
 
 async def _while_leased(rt: Runtime, inflight: Inflight, step: Callable[[], Awaitable[T]]) -> T:

@@ -34,6 +34,8 @@ from stagewise._commands import (
     RunPurgeResult,
     RunRerunFrom,
     RunRerunResult,
+    RunSignal,
+    RunSignalResult,
     RunTransition,
     RunTransitionResult,
     StagePollResult,
@@ -57,6 +59,7 @@ from stagewise._h_runs import (
     run_rerun_from,
     run_transition,
 )
+from stagewise._h_signals import run_signal
 from stagewise._h_workers import worker_beat, worker_stop
 from stagewise._plugins import Plugin, PluginRunner
 from stagewise._ports import (
@@ -88,6 +91,7 @@ HANDLERS: dict[type[BaseModel], Handler] = {
     LeaseReapStale: lease_reap_stale,
     OutboxFlush: outbox_flush,
     RunCancel: run_cancel,
+    RunSignal: run_signal,
     RunRerunFrom: run_rerun_from,
     RunPurge: run_purge,
     PluginReplayDLQ: plugin_replay_dlq,
@@ -152,6 +156,8 @@ class Kernel:
     async def dispatch(self, command: OutboxFlush) -> OutboxFlushResult: ...
     @overload
     async def dispatch(self, command: RunCancel) -> RunCancelResult: ...
+    @overload
+    async def dispatch(self, command: RunSignal) -> RunSignalResult: ...
     @overload
     async def dispatch(self, command: RunRerunFrom) -> RunRerunResult: ...
     @overload

@@ -10,9 +10,10 @@ list, str, int, float, bool, None) that `json.dumps` accepts as they are.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Literal
 
+from stagewise._job_message import JobMessage as JobMessage
 from stagewise._states import RunStatus, StageStatus
 
 Json = Any
@@ -89,6 +90,8 @@ class RunRecord:
     deadline: datetime | None = None
     """When the run must have finished (`RunCreate.deadline`, the workflow's `timeout`):
     maintenance fails it then, if it has not ended (None: no deadline)."""
+    signal_seq: int = 0
+    """The last number handed to a signal sent to the run (signals are 1, 2, 3...)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,79 +136,6 @@ class StageRecord:
     @property
     def key(self) -> str:
         return f"{self.run_id}/{self.stage_id}"
-
-
-@dataclass(frozen=True, slots=True)
-class JobMessage:
-    """One delivery of one stage attempt.
-
-    Deliveries may be lost or duplicated; the stage row is the truth, and `job.execute`
-    fences every delivery against it. This is also the JSON body an external queue carries
-    (see `to_json` / `from_json`).
-    """
-
-    job_id: str
-    run_id: str
-    workflow_id: str
-    stage_id: str
-    attempt: int
-    available_at: datetime
-    priority: int = 0
-    lease_expires_at: datetime | None = None
-    """Set by the transport on dequeue: the delivery's visibility lease."""
-    workflow_version: str | None = None
-    """The run's workflow version: a worker that lacks it leaves the job to one that has it."""
-
-    def to_json(self) -> dict[str, Json]:
-        return {
-            "job_id": self.job_id,
-            "run_id": self.run_id,
-            "workflow_id": self.workflow_id,
-            "workflow_version": self.workflow_version,
-            "stage_id": self.stage_id,
-            "attempt": self.attempt,
-            "available_at": self.available_at.isoformat(),
-            "priority": self.priority,
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, Json]) -> JobMessage:
-        """Parse a message body made by `to_json`.
-
-        Raises:
-            InvalidInputError: a missing or malformed field (named in the message).
-        """
-        from stagewise._errors import InvalidInputError
-
-        try:
-            available = data.get("available_at")
-            return cls(
-                job_id=_text(data, "job_id"),
-                run_id=_text(data, "run_id"),
-                workflow_id=_text(data, "workflow_id"),
-                stage_id=_text(data, "stage_id"),
-                attempt=int(data["attempt"]),
-                available_at=(
-                    datetime.fromisoformat(available)
-                    if isinstance(available, str)
-                    else datetime.fromtimestamp(0, UTC)
-                ),
-                priority=int(data.get("priority") or 0),
-                workflow_version=_optional_text(data, "workflow_version"),
-            )
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise InvalidInputError(f"not a stagewise job message: {exc!r}") from None
-
-
-def _text(data: dict[str, Json], name: str) -> str:
-    value = data[name]
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"{name} must be a non-empty string")
-    return value
-
-
-def _optional_text(data: dict[str, Json], name: str) -> str | None:
-    return None if data.get(name) is None else _text(data, name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,6 +194,24 @@ class IdempotencyRecord:
     expires_at: datetime
     """An `in_progress` holder past this time is presumed dead and may be taken over."""
     result: Json = None
+
+
+@dataclass(frozen=True, slots=True)
+class SignalRecord:
+    """A signal sent to a run (`run.signal`): kept in the run's mailbox until a wait on its
+    topic consumes it (FIFO per topic, by `seq`); each is consumed by exactly one wait."""
+
+    run_id: str
+    seq: int
+    """Its number within the run (1, 2, 3... in the order sent, under the run's lock)."""
+    signal_id: str
+    topic: str
+    payload: Json
+    sent_at: datetime
+    idempotency_key: str | None = None
+    consumed_by: str | None = None
+    """The stage whose wait took it (None while it waits in the mailbox)."""
+    consumed_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -358,6 +306,8 @@ class Changeset:
     deliveries: tuple[Delivery, ...] = ()
     logs: tuple[LogRecord, ...] = ()
     idempotency: tuple[IdempotencyRecord, ...] = ()
+    signals: tuple[SignalRecord, ...] = ()
+    """Signal rows: upserts on (run_id, seq)."""
 
     def __bool__(self) -> bool:
         return bool(
@@ -369,6 +319,7 @@ class Changeset:
             or self.deliveries
             or self.logs
             or self.idempotency
+            or self.signals
         )
 
 

@@ -52,7 +52,7 @@ blobs nothing refers to any more are deleted only after it commits.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 from stagewise._decisions import (
@@ -67,15 +67,16 @@ from stagewise._decisions import (
 )
 from stagewise._errors import ConflictError
 from stagewise._events import RunCancelled, RunCreated, RunStarted, StageReleased, StageStarted
-from stagewise._records import ErrorInfo, JobMessage, Json, RunRecord
-from stagewise._run_maintenance import RunMaintenance, deadline_of
+from stagewise._records import ErrorInfo, JobMessage, Json, RunRecord, SignalRecord
+from stagewise._run_maintenance import deadline_of
 from stagewise._run_rows import S, blob_keys, holds, recorded_by
+from stagewise._run_signals import RunSignals
 from stagewise._states import RunStatus
 from stagewise._text import scrub
 from stagewise._workflow import Workflow
 
 
-class Run(RunMaintenance):
+class Run(RunSignals):
     """A run and its stage rows as read under the run's lock, deciding every change."""
 
     @classmethod
@@ -166,10 +167,13 @@ class Run(RunMaintenance):
         outcome: Output | Suspension | ErrorInfo,
         reports: Reports,
         outputs: Mapping[str, Json],
+        mailbox: Sequence[SignalRecord] = (),
     ) -> Decision[Recorded]:
         """The finish fence, then the outcome: the stage completes (and the run moves on),
         suspends, or fails (retried per its policy, or failing the run). `outputs` holds
-        the blobs `refs_to_finish(job.stage_id)` named, by key."""
+        the blobs `refs_to_finish(job.stage_id)` named, by key; `mailbox`, for a signal
+        wait beginning, the run's unconsumed signals on its topic, oldest first (the first
+        is consumed instead of waiting: `_run_signals`)."""
         stage = self.stages.get(job.stage_id)
         if stage is None:
             return self._decided(Recorded("lost", error="the stage no longer exists"))
@@ -186,6 +190,9 @@ class Run(RunMaintenance):
         if isinstance(outcome, Output):
             self._complete_stage(job.stage_id, "complete", outcome, outputs)
             return self._decided(Recorded("completed"))
+        if isinstance(outcome, Suspension) and outcome.wait == "signal" and mailbox:
+            taken = self._consume_at_start(job.stage_id, mailbox[0], outputs)
+            return self._decided(Recorded("completed" if taken == "completed" else "failed"))
         if isinstance(outcome, Suspension):
             self._suspend(job.stage_id, outcome)
             return self._decided(Recorded("suspended"))

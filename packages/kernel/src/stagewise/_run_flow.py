@@ -152,8 +152,8 @@ class RunFlow(RunRows):
             "poll_interval": wait.poll_interval,
             "max_wait": wait.max_wait,
         }
-        if wait.wake_at is not None:
-            envelope["wait"] = "sleep"  # what readers (runs show) say it waits on
+        if wait.wait is not None:
+            envelope["wait"] = wait.wait  # what readers (runs show) say it waits on
         stage = self._set_stage(
             stage_id,
             "suspend",

@@ -123,6 +123,15 @@ ExecuteFn = Callable[["StageContext"], Any]
 CheckFn = Callable[[Any, "StageContext"], Any]
 
 
+@dataclass(frozen=True, slots=True)
+class SignalSpec:
+    """What a signal stage waits for (`define_signal_stage`)."""
+
+    topic: str
+    payload: type[BaseModel] | None
+    on_timeout: str
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class Stage:
     """A defined stage. Build one with `define_stage` or `define_async_batch_stage`."""
@@ -139,8 +148,10 @@ class Stage:
     requires: tuple[str, ...]
     check_completion: CheckFn | None = None
     wait: str | None = None
-    """What a durable wait waits for ("sleep"), for a stage the kernel resumes itself
-    (`_waits`); None for stages of user code."""
+    """What a durable wait waits for ("sleep", "signal"), for a stage the kernel resumes
+    itself (`_waits`); None for stages of user code."""
+    signal: SignalSpec | None = None
+    """A signal stage's topic, payload model and what a timeout does."""
 
     @property
     def is_async_batch(self) -> bool:

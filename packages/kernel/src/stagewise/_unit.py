@@ -43,6 +43,7 @@ from stagewise._records import (
     LogRecord,
     RunRecord,
     RunWrite,
+    SignalRecord,
     StageRecord,
 )
 from stagewise._run import Run
@@ -155,6 +156,7 @@ class UnitOfWork:
         events: list[EventRecord] = []
         logs: list[LogRecord] = []
         blob_writes: list[BlobWrite] = []
+        signals: list[SignalRecord] = []
         for run_id, run in self.runs.items():
             taken = run.take_changes()
             changes = taken.changes
@@ -168,6 +170,7 @@ class UnitOfWork:
             events += changes.events
             logs += changes.logs
             blob_writes += changes.blob_writes
+            signals += changes.signals
             self._collect(after, run, changes, new=taken.expected_version is None)
         deliveries = [
             Delivery(event_id=e.event_id, consumer=consumer, run_id=e.run_id, seq=e.seq)
@@ -187,6 +190,7 @@ class UnitOfWork:
                 deliveries=tuple(deliveries),
                 logs=tuple(logs),
                 idempotency=tuple(self.keys),
+                signals=tuple(signals),
             )
         )
         if self.joined:

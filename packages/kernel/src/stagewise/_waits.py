@@ -27,15 +27,19 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from stagewise._errors import WorkflowDefinitionError
+from pydantic import BaseModel
+
+from stagewise._errors import SignalTimeoutError, WorkflowDefinitionError
 from stagewise._stages import (
     NotReady,
     Ready,
     RetryPolicy,
     Seconds,
+    SignalSpec,
     Stage,
     Suspend,
     _check_id,
+    _check_model,
     define_async_batch_stage,
     to_seconds,
 )
@@ -44,6 +48,10 @@ if TYPE_CHECKING:
     from stagewise._context import StageContext
 
 Until = Callable[["StageContext"], datetime] | Callable[["StageContext"], Awaitable[datetime]]
+
+FOREVER = timedelta(days=365 * 100)
+"""How long a signal wait without a timeout is due in: never, in practice (the row still
+needs a due time for the index, and a century is one nobody meets)."""
 
 
 def define_sleep_stage(
@@ -102,9 +110,72 @@ def define_sleep_stage(
     return replace(stage, wait="sleep")
 
 
+def define_signal_stage(
+    *,
+    id: str,
+    topic: str,
+    payload: type[BaseModel] | None = None,
+    timeout: Seconds | None = None,
+    on_timeout: str = "fail",
+    name: str | None = None,
+    description: str | None = None,
+) -> Stage:
+    """A stage that waits, durably, for one signal on `topic` (`RunSignal`: a person's
+    approval, a webhook). Its output is the signal's payload, validated against `payload`
+    (a pydantic model; None takes any JSON) and stored as JSON.
+
+    A signal sent before the wait begins waits in the run's mailbox and is consumed when it
+    begins, first sent first; each signal is consumed by one wait. While it waits the stage
+    is SUSPENDED and holds nothing. After `timeout` (seconds or a timedelta; None: no
+    limit) with no signal, `on_timeout="fail"` fails the stage with `SignalTimeoutError`
+    and `"continue"` completes it with output None (the next stage can branch on it). A
+    signal and a timeout that race: exactly one wins (both decide under the run's lock).
+
+    Raises:
+        WorkflowDefinitionError: a bad id or topic, a payload that is not a model class, a
+            timeout that is not positive, an `on_timeout` other than "fail" or "continue".
+    """
+    _check_id(id)
+    try:
+        _check_id(topic)
+    except WorkflowDefinitionError as exc:
+        raise WorkflowDefinitionError(f"signal stage {id!r}: topic {exc.message}") from None
+    model = _check_model(payload, "payload", id)
+    if on_timeout not in ("fail", "continue"):
+        raise WorkflowDefinitionError(
+            f"signal stage {id!r}: on_timeout must be 'fail' or 'continue', not {on_timeout!r}"
+        )
+    seconds = to_seconds(timeout, f"signal stage {id!r} timeout")
+    limit = FOREVER.total_seconds() if seconds is None else seconds
+
+    async def begin_wait(ctx: StageContext) -> Suspend:
+        wake = ctx.now() + timedelta(seconds=limit)
+        return Suspend(
+            state={"topic": topic, "wake_at": wake.isoformat()}, poll_interval=limit, max_wait=limit
+        )
+
+    async def time_out(state: dict[str, Any], ctx: StageContext) -> Ready | NotReady:
+        left = (datetime.fromisoformat(state["wake_at"]) - ctx.now()).total_seconds()
+        if left > 0:
+            return NotReady(next_check_in=left)
+        if on_timeout == "continue":
+            return Ready(None)
+        raise SignalTimeoutError(id, topic, limit)
+
+    stage = define_async_batch_stage(
+        id=id,
+        name=name,
+        description=description,
+        execute=begin_wait,
+        check_completion=time_out,  # (a timeout fails the stage at once: a poll's verdict)
+    )
+    return replace(stage, wait="signal", signal=SignalSpec(topic, model, on_timeout))
+
+
 def wake_time(stage: Stage, suspend: Suspend) -> datetime | None:
-    """When a sleep that `suspend` begins is due (None for other stages)."""
-    if stage.wait != "sleep" or not isinstance(suspend.state, dict):
+    """When a durable wait that `suspend` begins is due: a sleep's end, a signal wait's
+    timeout (None for other stages)."""
+    if stage.wait is None or not isinstance(suspend.state, dict):
         return None
     return datetime.fromisoformat(suspend.state["wake_at"])
 

@@ -36,9 +36,9 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 
 from stagewise._query import RunFilter
-from stagewise._records import LogLine
+from stagewise._records import LogLine, SignalRecord
 from stagewise_sql import _rows
-from stagewise_sql._schema import logs, runs
+from stagewise_sql._schema import logs, runs, signals
 from stagewise_sql._statements import Store, time_param
 
 
@@ -82,6 +82,33 @@ def _metadata(wanted: Mapping[str, str], dialect: str) -> list[ColumnElement[boo
         labelled = type_coerce(column, JSONB) != literal_column("'{}'::jsonb", JSONB)
         return [type_coerce(column, JSONB).contains(dict(wanted)), labelled]
     return [func.json_extract(column, literal(f'$."{k}"')) == v for k, v in wanted.items()]
+
+
+class SqlSignalStore(Store):
+    """A run's mailbox (`SignalStore`)."""
+
+    async def for_run(self, run_id: str) -> list[SignalRecord]:
+        stmt = select(signals).where(signals.c.run_id == run_id).order_by(signals.c.seq)
+        return [_rows.signal_from_row(row) for row in await self._link.execute(stmt)]
+
+    async def pending(self, run_id: str, topic: str) -> list[SignalRecord]:
+        stmt = (  # served by ix_stagewise_signals_pending
+            select(signals)
+            .where(
+                signals.c.run_id == run_id,
+                signals.c.topic == topic,
+                signals.c.consumed_by.is_(None),
+            )
+            .order_by(signals.c.seq)
+        )
+        return [_rows.signal_from_row(row) for row in await self._link.execute(stmt)]
+
+    async def by_key(self, run_id: str, idempotency_key: str) -> SignalRecord | None:
+        stmt = select(signals).where(
+            signals.c.run_id == run_id, signals.c.idempotency_key == idempotency_key
+        )
+        row = (await self._link.execute(stmt)).first()
+        return None if row is None else _rows.signal_from_row(row)
 
 
 class SqlLogStore(Store):

@@ -16,6 +16,7 @@ from stagewise._records import (
     LogLine,
     LogRecord,
     RunRecord,
+    SignalRecord,
     StageRecord,
     WorkerRecord,
 )
@@ -62,6 +63,7 @@ def run_values(run: RunRecord) -> Values:
         "attempts_before": run.attempts_before or None,
         "metadata": run.metadata,
         "deadline": run.deadline,
+        "signal_seq": run.signal_seq,
     }
 
 
@@ -89,6 +91,7 @@ def run_from_row(row: Any) -> RunRecord:
         attempts_before=row.attempts_before or {},
         metadata=row.metadata,
         deadline=row.deadline,
+        signal_seq=row.signal_seq,
     )
 
 
@@ -313,4 +316,32 @@ def worker_from_row(row: Any) -> WorkerRecord:
         workflows=tuple((w, v) for w, v in row.workflows),
         software=row.software,
         stopped_at=row.stopped_at,
+    )
+
+
+def signal_values(signal: SignalRecord) -> Values:
+    return {
+        "run_id": signal.run_id,
+        "seq": signal.seq,
+        "signal_id": signal.signal_id,
+        "topic": signal.topic,
+        "payload": signal.payload,
+        "idempotency_key": signal.idempotency_key,
+        "sent_at": signal.sent_at,
+        "consumed_by": signal.consumed_by,
+        "consumed_at": signal.consumed_at,
+    }
+
+
+def signal_from_row(row: Any) -> SignalRecord:
+    return SignalRecord(
+        run_id=row.run_id,
+        seq=row.seq,
+        signal_id=row.signal_id,
+        topic=row.topic,
+        payload=row.payload,
+        sent_at=row.sent_at,
+        idempotency_key=row.idempotency_key,
+        consumed_by=row.consumed_by,
+        consumed_at=row.consumed_at,
     )

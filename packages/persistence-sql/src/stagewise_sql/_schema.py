@@ -151,6 +151,8 @@ runs = Table(
     Column("metadata", JSON_VALUE, nullable=False, server_default=text("'{}'")),
     # When the run must have finished (NULL: no deadline).
     _time("deadline"),
+    # The last number handed to a signal sent to the run.
+    Column("signal_seq", Integer, nullable=False, server_default=text("0")),
     PrimaryKeyConstraint("run_id"),
 )
 Index(
@@ -306,6 +308,38 @@ logs = Table(
     _fk_to_run("stagewise_logs"),
 )
 Index("ix_stagewise_logs_run", logs.c.run_id, logs.c.id)
+
+# A run's mailbox: signals by their number within the run; a wait takes the oldest of its
+# topic still unconsumed (the partial index), and a key names at most one of a run's.
+signals = Table(
+    "stagewise_signals",
+    metadata,
+    Column("run_id", KEY, nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("signal_id", KEY, nullable=False),
+    Column("topic", KEY, nullable=False),
+    Column("payload", JSON_VALUE, nullable=True),
+    Column("idempotency_key", KEY, nullable=True),
+    _time("sent_at", nullable=False),
+    Column("consumed_by", KEY, nullable=True),
+    _time("consumed_at"),
+    PrimaryKeyConstraint("run_id", "seq"),
+    _fk_to_run("stagewise_signals"),
+)
+Index(
+    "ix_stagewise_signals_pending",
+    signals.c.run_id,
+    signals.c.topic,
+    signals.c.seq,
+    **_partial("consumed_by IS NULL"),
+)
+Index(
+    "ux_stagewise_signals_key",
+    signals.c.run_id,
+    signals.c.idempotency_key,
+    unique=True,
+    **_partial("idempotency_key IS NOT NULL"),
+)
 
 jobs = Table(
     "stagewise_jobs",

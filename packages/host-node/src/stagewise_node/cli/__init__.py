@@ -302,6 +302,25 @@ def runs_cancel(
     run_async(cancel_run(db=db, run_id=run_id, reason=reason))
 
 
+@app.command()
+def signal(
+    run_id: Annotated[str, typer.Argument()],
+    topic: Annotated[str, typer.Argument(help="The topic a signal stage waits on.")],
+    payload: Annotated[str | None, typer.Option(help="JSON, or @file.json.")] = None,
+    key: Annotated[str | None, typer.Option(help="Sending twice with it stores one.")] = None,
+    db: Db = DEFAULT_DATABASE,
+    app_spec: App = None,
+) -> None:
+    """Send a signal to a run: its waiting stage takes it, or its mailbox keeps it."""
+    from stagewise_node.cli._runs import parse_input, send_signal
+
+    try:
+        data = parse_input(payload, "--payload")
+    except CliError as exc:
+        raise fail(exc.message) from None
+    run_async(send_signal(db=db, app=app_spec, run_id=run_id, topic=topic, payload=data, key=key))
+
+
 @runs_app.command("purge")
 def runs_purge(
     finished_before: Annotated[

@@ -22,6 +22,7 @@ from stagewise import (
     RunClaimPending,
     RunCreate,
     RunRerunFrom,
+    RunSignal,
     RunStatus,
 )
 from stagewise_node.cli._compose import client, connect, upgrade
@@ -40,8 +41,9 @@ from stagewise_node.cli._text import json_text, safe_text
 from stagewise_node.cli._views import RunView, load_run
 
 
-def parse_input(raw: str | None) -> Any:
-    """The run input from `--input`: JSON text, or `@path` to a JSON file.
+def parse_input(raw: str | None, option: str = "--input") -> Any:
+    """The run input from `--input` (or a signal's `--payload`): JSON text, or `@path` to a
+    JSON file.
 
     Raises:
         CliError: not valid JSON, or the file cannot be read.
@@ -53,11 +55,11 @@ def parse_input(raw: str | None) -> Any:
         try:
             text = Path(raw[1:]).read_text()
         except OSError as exc:
-            raise CliError(f"cannot read the input file {raw[1:]!r}: {exc.strerror}") from None
+            raise CliError(f"cannot read the {option} file {raw[1:]!r}: {exc.strerror}") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise CliError(f"--input is not valid JSON: {exc}") from None
+        raise CliError(f"{option} is not valid JSON: {exc}") from None
 
 
 async def create_run(
@@ -255,6 +257,29 @@ async def cancel_run(*, db: str, run_id: str, reason: str | None) -> None:
         console.print(
             safe_text(f"run {run_id} had already finished ({result.status.value}): unchanged")
         )
+
+
+async def send_signal(
+    *, db: str, app: str | None, run_id: str, topic: str, payload: Any, key: str | None
+) -> None:
+    async with client(db, app, migrate=False) as c:
+        if not len(c.registry):
+            raise CliError(
+                "signal needs the workflows (the waiting stage's model checks the payload): "
+                "pass --app MODULE:ATTR or set STAGEWISE_APP"
+            )
+        command = RunSignal(run_id=run_id, topic=topic, payload=payload, idempotency_key=key)
+        result = await c.kernel.dispatch(command)
+    if result.duplicate:
+        said = "was sent before with this key: nothing new stored"
+    elif result.consumed_by is not None:
+        said = f"taken by stage {result.consumed_by}: the run goes on"
+    else:
+        said = "kept in the run's mailbox for the next wait on its topic"
+    console.print(
+        Text.assemble("signal ", safe_text(topic, "bold"), " to run ", safe_text(run_id, "bold"))
+        + safe_text(f" {said}")
+    )
 
 
 async def rerun(*, db: str, app: str | None, run_id: str, stage_id: str) -> None:

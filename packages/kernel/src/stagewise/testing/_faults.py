@@ -52,6 +52,7 @@ from stagewise._ports import (
     OutboxStore,
     Persistence,
     RunStore,
+    SignalStore,
     StageStore,
     Transaction,
     WorkerStore,
@@ -206,6 +207,7 @@ class FaultyTransaction:
         )
         self._workers = cast(WorkerStore, _StoreProxy(injector, "workers", inner.workers))
         self._logs = cast(LogStore, _StoreProxy(injector, "logs", inner.logs))
+        self._signals = cast(SignalStore, _StoreProxy(injector, "signals", inner.signals))
         self._injector = injector
 
     @property
@@ -231,6 +233,10 @@ class FaultyTransaction:
     @property
     def logs(self) -> LogStore:
         return self._logs
+
+    @property
+    def signals(self) -> SignalStore:
+        return self._signals
 
     async def apply(self, changes: Changeset) -> None:
         await self._injector.call("tx.apply", lambda: self.inner.apply(changes))

@@ -25,6 +25,7 @@ from stagewise._records import (
     IdempotencyRecord,
     LogRecord,
     RunRecord,
+    SignalRecord,
     StageRecord,
     WorkerRecord,
     with_stages,
@@ -33,8 +34,9 @@ from stagewise._states import RunStatus, StageStatus
 from stagewise.testing import _memory_purge
 from stagewise.testing._memory_logs import MemoryLogs
 from stagewise.testing._memory_outbox import MemoryOutbox
+from stagewise.testing._memory_signals import MemorySignals
 
-_TABLES = ("runs", "stages", "events", "deliveries", "idempotency", "logs", "workers")
+_TABLES = ("runs", "stages", "events", "deliveries", "idempotency", "logs", "workers", "signals")
 
 
 class _State:
@@ -46,6 +48,7 @@ class _State:
         self.idempotency: dict[tuple[str, str], IdempotencyRecord] = {}
         self.logs: dict[int, LogRecord] = {}
         self.workers: dict[str, WorkerRecord] = {}
+        self.signals: dict[tuple[str, int], SignalRecord] = {}
 
 
 class MemoryTransaction:
@@ -63,6 +66,7 @@ class MemoryTransaction:
         self.idempotency = _Idempotency(self)
         self.workers = _Workers(self)
         self.logs = MemoryLogs(self)
+        self.signals = MemorySignals(self)
 
     def read(self, table: str) -> dict[Any, Any]:
         copy = self._copies.get(table)
@@ -102,6 +106,8 @@ class MemoryTransaction:
         if changes.idempotency:
             keys = self.write("idempotency")
             keys.update(((k.scope, k.key), k) for k in changes.idempotency)
+        if changes.signals:
+            self.write("signals").update(((s.run_id, s.seq), s) for s in changes.signals)
 
     def _refuse(self, changes: Changeset) -> None:
         """Raise what the changeset breaks: a key that exists, a version that moved."""
@@ -178,6 +184,9 @@ class InMemoryPersistence:
 
     def snapshot_deliveries(self) -> list[Delivery]:
         return list(self._state.deliveries.values())
+
+    def snapshot_signals(self) -> list[SignalRecord]:
+        return [self._state.signals[k] for k in sorted(self._state.signals)]
 
     def snapshot_logs(self, run_id: str | None = None) -> list[LogRecord]:
         """Log lines in the order they were written."""
