@@ -6,6 +6,8 @@
                        keep inline (it goes to the blob store)
     nap                a durable sleep of an hour: suspended, resumed by maintenance when due,
                        its input (flaky's large output) passed through
+    approve            a signal wait: the client's signal, sent right after it created the
+                       run (with an idempotency key), waits in the mailbox until then
     finish             reads earlier outputs and the blob, writes an artifact
 
 and a plugin (`audit`) that receives every stage.completed and run.completed event.
@@ -21,6 +23,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import BaseModel
 from sqlalchemy import Table, select
 
 from stagewise import (
@@ -31,6 +34,7 @@ from stagewise import (
     Ready,
     RetryPolicy,
     RunCreate,
+    RunSignal,
     StageContext,
     StageResult,
     Suspend,
@@ -39,11 +43,19 @@ from stagewise import (
     create_kernel,
     define_async_batch_stage,
     define_plugin,
+    define_signal_stage,
     define_sleep_stage,
     define_stage,
 )
 from stagewise._ports import BlobStore, EventSink, JobTransport, Persistence
-from stagewise._records import Delivery, EventRecord, JobMessage, RunRecord, StageRecord
+from stagewise._records import (
+    Delivery,
+    EventRecord,
+    JobMessage,
+    RunRecord,
+    SignalRecord,
+    StageRecord,
+)
 from stagewise.testing import (
     FakeClock,
     FaultInjector,
@@ -103,8 +115,12 @@ async def flaky(ctx: StageContext) -> dict[str, Any]:
     return {"rows": [ctx.input["sum"]] * 40}  # well over the inline limit: a blob
 
 
+class Go(BaseModel):
+    rows: int
+
+
 async def finish(ctx: StageContext) -> StageResult:
-    rows = ctx.input["rows"]
+    rows = ctx.require("flaky")["rows"][: ctx.input["rows"]]
     return StageResult(
         output={"total": sum(rows), "a": ctx.require("fan-a")["a"]},
         artifacts={"report.txt": f"{len(rows)} rows"},
@@ -126,6 +142,7 @@ reliable = (
     )
     .pipe(define_stage(id="flaky", execute=flaky, retry=RETRY))
     .pipe(define_sleep_stage(id="nap", duration=3600, retry=RETRY))
+    .pipe(define_signal_stage(id="approve", topic="go", payload=Go))
     .pipe(define_stage(id="finish", execute=finish, retry=RETRY))
     .build()
 )
@@ -187,6 +204,9 @@ class World:
         jobs: list[JobMessage] = self.queue.jobs()
         return jobs
 
+    async def signals(self) -> list[SignalRecord]:
+        return self.memory.snapshot_signals()
+
     # --- processes -----------------------------------------------------------------------
 
     def kernel(
@@ -230,6 +250,11 @@ class World:
             RunCreate(workflow_id="reliable", input={"n": n}, idempotency_key=key)
         )
         return result.run_id
+
+    async def approve(self, kernel: Kernel, run_id: str, key: str) -> None:
+        """The client's signal to the run (the same key on every retry: stored once)."""
+        go = RunSignal(run_id=run_id, topic="go", payload={"rows": 40}, idempotency_key=key)
+        await kernel.dispatch(go)
 
     async def settled(self) -> bool:
         """No run active, no event undelivered, no job queued."""
@@ -295,6 +320,9 @@ class World:
         assert not undelivered, f"deliveries left behind: {undelivered}"
         for run in runs:
             assert run.status.is_terminal, run
+        # The client's signal, however often it asked, is stored once and taken once.
+        taken = [(s.run_id, s.consumed_by) for s in await self.signals()]
+        assert sorted(taken) == sorted((r.run_id, "approve") for r in runs), taken
 
 
 class SqlWorld(World):
@@ -339,3 +367,7 @@ class SqlWorld(World):
     async def jobs(self) -> list[JobMessage]:
         jobs: list[JobMessage] = await self.backend.job_transport.jobs()
         return jobs
+
+    async def signals(self) -> list[SignalRecord]:
+        table = metadata.tables["stagewise_signals"]
+        return [_rows.signal_from_row(r) for r in await self._table(table)]

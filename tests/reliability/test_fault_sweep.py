@@ -12,7 +12,9 @@ operation N with a fault injected at N:
   the transaction committed and nobody knows); a fresh kernel on the same stores recovers,
   like a restarted process.
 
-The client that creates the runs retries with its idempotency key until it gets an answer.
+The client that creates the runs, and signals each at once (its signal waits in the run's
+mailbox until the run's signal stage begins), retries with its idempotency keys until it
+gets an answer.
 After recovery (maintenance ticks, redelivery, time moving on) every run must reach the same
 final state as the fault-free play, no stage may have completed twice, every event must
 have reached the sink and the plugin at least once under one stable id, and no job or
@@ -71,16 +73,19 @@ async def play(world: World, faults: FaultInjector) -> None:
 
     An injected error escapes to the host, which logs it and carries on; a crash ends the
     process, and a new one (a fresh kernel on the same stores) takes over. The client asks
-    again for every run it never heard back about."""
+    again for every run, and every signal, it never heard back about."""
     kernel, transport, scheduler = world.kernel(faults)
-    answered: set[str] = set()
+    created: dict[str, str] = {}  # key -> run id, once the creation was answered
+    signalled: set[str] = set()
     try:
         for _life in range(3):
             try:
                 for key, n in RUNS.items():
-                    if key not in answered:
-                        await world.create(kernel, key, n)
-                        answered.add(key)
+                    if key not in created:
+                        created[key] = await world.create(kernel, key, n)
+                    if key not in signalled:
+                        await world.approve(kernel, created[key], f"{key}-go")
+                        signalled.add(key)
                 await _settle(world, kernel, transport, scheduler)
                 return
             except (InjectedFault, SimulatedCrash):

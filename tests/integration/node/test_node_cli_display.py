@@ -135,15 +135,21 @@ def test_notes_are_kept_apart_and_a_failure_is_not_repeated(db: str) -> None:
     assert "1 retry, last" not in out  # the final error says it
 
 
-def test_a_suspended_stage_shows_progress_then_its_wait(db: str, kolkata: None) -> None:
-    async def suspend(env: TestEnvironment) -> str:
-        run_id = await env.create_run("waits")
+def waiting(workflow_id: str) -> Callable[[TestEnvironment], Awaitable[str]]:
+    """A run of `workflow_id` claimed and its first group's jobs run: it waits."""
+
+    async def start(env: TestEnvironment) -> str:
+        run_id = await env.create_run(workflow_id)
         await env.kernel.dispatch(RunClaimPending(limit=1))
         for job in await env.queue.dequeue(worker_id="t", limit=5, lease_for=30):
             await env.kernel.dispatch(JobExecute(job=job, worker_id="t"))
         return run_id
 
-    run_id = on_the_database(db, suspend)
+    return start
+
+
+def test_a_suspended_stage_shows_progress_then_its_wait(db: str, kolkata: None) -> None:
+    run_id = on_the_database(db, waiting("waits"))
     code, out = stagewise("runs", "show", run_id, "--db", db)
     assert code == 0, out
     assert "10% service; waiting; next check 2026-07-01 18:30:00.000 +05:30" in out
@@ -151,14 +157,7 @@ def test_a_suspended_stage_shows_progress_then_its_wait(db: str, kolkata: None) 
 
 
 def test_a_sleeping_stage_says_until_when(db: str, kolkata: None) -> None:
-    async def asleep(env: TestEnvironment) -> str:
-        run_id = await env.create_run("sleeps")
-        await env.kernel.dispatch(RunClaimPending(limit=1))
-        for job in await env.queue.dequeue(worker_id="t", limit=5, lease_for=30):
-            await env.kernel.dispatch(JobExecute(job=job, worker_id="t"))
-        return run_id
-
-    run_id = on_the_database(db, asleep)
+    run_id = on_the_database(db, waiting("sleeps"))
     code, out = stagewise("runs", "show", run_id, "--db", db)
     assert code == 0, out
     assert "sleeping until 2026-07-03 17:30:00.000 +05:30" in out
@@ -166,14 +165,7 @@ def test_a_sleeping_stage_says_until_when(db: str, kolkata: None) -> None:
 
 
 def test_a_signal_wait_says_its_topic_since_when_and_its_timeout(db: str, kolkata: None) -> None:
-    async def asking(env: TestEnvironment) -> str:
-        run_id = await env.create_run("asks")
-        await env.kernel.dispatch(RunClaimPending(limit=1))
-        for job in await env.queue.dequeue(worker_id="t", limit=5, lease_for=30):
-            await env.kernel.dispatch(JobExecute(job=job, worker_id="t"))
-        return run_id
-
-    run_id = on_the_database(db, asking)
+    run_id = on_the_database(db, waiting("asks"))
     code, out = stagewise("runs", "show", run_id, "--db", db)
     assert code == 0, out
     # (the note may wrap in its column)
