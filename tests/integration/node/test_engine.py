@@ -21,6 +21,7 @@ from stagewise import (
     StageContext,
     WorkflowBuilder,
     WorkflowRegistry,
+    define_signal_stage,
     define_stage,
 )
 from stagewise_node import Engine, SyncEngine
@@ -212,3 +213,23 @@ async def test_a_run_started_with_a_deadline_fails_when_it_passes(db_url: str) -
             await engine.result(run_id, timeout=20)
         run = await engine.get(run_id)
         assert run is not None and run.deadline == deadline
+
+
+async def test_a_client_reads_what_a_run_publishes_and_signals_it(db_url: str) -> None:
+    # A human-in-the-loop flow: the run publishes a question, the client reads it (waiting
+    # for it), answers with a signal, and reads the result.
+    async def ask(ctx: StageContext) -> None:
+        ctx.set_event("question", "ship it?")
+
+    flow = (
+        WorkflowBuilder("ask")
+        .pipe(define_stage(id="ask", execute=ask))
+        .pipe(define_signal_stage(id="answer", topic="answer"))
+        .build()
+    )
+    async with Engine(db_url, [flow], settings=FAST) as engine:
+        run_id = await engine.start("ask")
+        assert await engine.get_event(run_id, "question", timeout=20) == "ship it?"
+        # Taken at once if the wait has begun, else kept until it begins: the same result.
+        assert await engine.signal(run_id, "answer", "yes") in ("answer", None)
+        assert await engine.result(run_id, timeout=20) == "yes"

@@ -293,6 +293,18 @@ class Engine:
         )
         return (await self.kernel.dispatch(command)).consumed_by
 
+    async def get_event(
+        self,
+        run_id: str,
+        key: str,
+        *,
+        timeout: float | None = 0,  # noqa: ASYNC109 (the kernel's clock, not the loop's)
+    ) -> Any:
+        """The latest value the run published under `key` (`ctx.set_event`), waiting up to
+        `timeout` seconds for it (None: until it is set or the run ends); None if there is
+        none (`Kernel.get_event`)."""
+        return await self.kernel.get_event(run_id, key, timeout=timeout, poll_interval=0.2)
+
     async def cancel(self, run_id: str, reason: str | None = None) -> bool:
         """Cancel the run and its unfinished stages (running attempts are told through
         `ctx.cancelled`). False when it had ended already.

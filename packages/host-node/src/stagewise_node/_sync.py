@@ -146,6 +146,10 @@ class SyncEngine:
             self.engine.signal(run_id, topic, payload, idempotency_key=idempotency_key)
         )
 
+    def get_event(self, run_id: str, key: str, *, timeout: float | None = 0) -> Any:
+        """`Engine.get_event`: the run's latest value under `key`, waiting up to `timeout`."""
+        return self._call(self.engine.get_event(run_id, key, timeout=timeout))
+
     def get(self, run_id: str) -> RunRecord | None:
         """`Engine.get`: the run as stored now."""
         return self._call(self.engine.get(run_id))

@@ -123,6 +123,7 @@ from stagewise._records import (
     LogLine,
     LogRecord,
     RunRecord,
+    RunValueRecord,
     RunWrite,
     SignalRecord,
     StageRecord,
@@ -146,6 +147,7 @@ from stagewise._workflow import Workflow, WorkflowBuilder, WorkflowRegistry, Wor
 __version__ = "0.1.0"
 
 __all__ = [
+    "RunValueRecord",
     "define_signal_stage",
     "SignalRecord",
     "RunSignalled",

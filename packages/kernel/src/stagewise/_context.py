@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 from collections.abc import Callable, Mapping
@@ -13,10 +14,10 @@ from typing import Any
 from pydantic import BaseModel
 
 from stagewise._decisions import Reports
-from stagewise._errors import NotFoundError, RunCancelledError
+from stagewise._errors import InvalidInputError, NotFoundError, RunCancelledError
 from stagewise._ports import BlobStore
 from stagewise._records import Json, LogRecord
-from stagewise._text import scrub
+from stagewise._text import UnstorableValue, encode_json, scrub
 
 logger = logging.getLogger("stagewise.stage")
 
@@ -93,6 +94,10 @@ class AttemptBuffer:
 
     logs: list[LogRecord] = field(default_factory=list)
     progress: tuple[float, str | None] | None = None
+    published: dict[str, Json] = field(default_factory=dict)
+    """Values set with `ctx.set_event`, by key (the latest wins): written only with the
+    attempt's recorded outcome, never with a heartbeat, so a failed attempt publishes
+    nothing."""
 
     def drain(self) -> Reports:
         """What was reported since the last drain (and forget it: it is being written)."""
@@ -189,6 +194,24 @@ class StageContext:
                 at=self._now(),
             )
         )
+
+    def set_event(self, key: str, value: Any) -> None:
+        """Publish `value` (JSON) under `key` for clients to read while the run goes on
+        (`Kernel.get_event`, `stagewise runs events`). It is committed with this attempt's
+        outcome: a failed or fenced attempt publishes nothing. The latest value wins.
+
+        Raises:
+            InvalidInputError: a key that is empty, over 200 characters or holds a NUL;
+                a value that is not JSON (or holds text a database cannot store).
+        """
+        if not isinstance(key, str) or not key or len(key) > 200 or "\x00" in key:
+            raise InvalidInputError(f"event key {key!r}: 1-200 characters, no NUL")
+        if isinstance(value, BaseModel):
+            value = value.model_dump(mode="json")
+        try:  # as it will be stored: JSON, text a database can keep (`_text`)
+            self._buffer.published[key] = json.loads(encode_json(value))
+        except UnstorableValue as exc:
+            raise InvalidInputError(f"event {key!r} {exc}") from None
 
     def progress(self, percent: float, message: str | None = None) -> None:
         """Report progress (0-100). Only the latest report is kept until the next write."""

@@ -23,6 +23,7 @@ from stagewise._records import (
     Json,
     LogRecord,
     RunRecord,
+    RunValueRecord,
     SignalRecord,
     StageRecord,
 )
@@ -71,6 +72,9 @@ class Suspension:
     after the time was worked out)."""
     wait: str | None = None
     """What a durable wait waits for ("sleep", "signal"); None for an async-batch stage."""
+    untimed: bool = False
+    """Nothing is ever due: no poll, no deadline (a signal wait without a timeout, ended
+    only by its signal, a cancel or the run's deadline)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +134,8 @@ class Changes:
     """Blobs nothing refers to any more: deleted after it commits."""
     signals: tuple[SignalRecord, ...] = ()
     """Signal rows to write: a new one sent, or one a wait consumed."""
+    values: tuple[RunValueRecord, ...] = ()
+    """Values the run published (`ctx.set_event`), with the outcome that publishes them."""
     stop_attempts: bool = False
     """The run was cancelled: code still running its attempts is told to stop."""
 
@@ -174,6 +180,7 @@ class ChangeLog:
         "signals",
         "stages",
         "stop_attempts",
+        "values",
     )
 
     def __init__(self) -> None:
@@ -191,6 +198,7 @@ class ChangeLog:
         self.blob_writes: list[BlobWrite] = []
         self.blob_deletes: list[str] = []
         self.signals: list[SignalRecord] = []
+        self.values: list[RunValueRecord] = []
         self.stop_attempts = False
         self._mark()
 
@@ -207,6 +215,7 @@ class ChangeLog:
             self.discard_jobs,
             self.stop_attempts,
             len(self.signals),
+            len(self.values),
         )
 
     @property
@@ -231,8 +240,8 @@ class ChangeLog:
         failed or passed its deadline) would otherwise outlive the run."""
         self.jobs.clear()
         self.discard_jobs = True
-        events, logs, _, acks, writes, deletes, discarded, stopped, signals = self._marks
-        self._marks = (events, logs, 0, acks, writes, deletes, discarded, stopped, signals)
+        events, logs, _, acks, writes, deletes, discarded, stopped, signals, values = self._marks
+        self._marks = (events, logs, 0, acks, writes, deletes, discarded, stopped, signals, values)
 
     def delete_stage(self, stage_id: str) -> None:
         self.stages.pop(stage_id, None)
@@ -241,7 +250,7 @@ class ChangeLog:
 
     def decision(self) -> Changes:
         """What changed since the mark, as data; the mark moves here."""
-        events, logs, jobs, acks, writes, deletes, discarded, stopped, signals = self._marks
+        events, logs, jobs, acks, writes, deletes, discarded, stopped, signals, values = self._marks
         touched = self._touched
         changes = Changes(
             run=self.run if self._run_touched else None,
@@ -256,6 +265,7 @@ class ChangeLog:
             blob_deletes=tuple(self.blob_deletes[deletes:]),
             stop_attempts=self.stop_attempts and not stopped,
             signals=tuple(self.signals[signals:]),
+            values=tuple(self.values[values:]),
         )
         self._mark()
         return changes
@@ -275,6 +285,7 @@ class ChangeLog:
             blob_deletes=tuple(self.blob_deletes),
             stop_attempts=self.stop_attempts,
             signals=tuple(self.signals),
+            values=tuple(self.values),
         )
         self._clear()
         return changes

@@ -101,8 +101,9 @@ class StageCompleted(_StageEvent):
 
 class StageSuspended(_StageEvent):
     type: Literal["stage.suspended"] = "stage.suspended"
-    next_check_at: datetime
-    deadline: datetime
+    next_check_at: datetime | None
+    """When it is next due (None: never; a signal wait without a timeout)."""
+    deadline: datetime | None
 
 
 class StageRetrying(_StageEvent):

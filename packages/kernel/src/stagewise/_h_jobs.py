@@ -205,6 +205,7 @@ async def _run(
                 max_wait=to_seconds(returned.max_wait, "max_wait") or 86400.0,
                 wake_at=wake_time(stage_def, returned),
                 wait=stage_def.wait,
+                untimed=stage_def.wait == "signal" and wake_time(stage_def, returned) is None,
             )
         return normalize_output(stage_def, returned)
     except Exception as exc:
@@ -227,7 +228,8 @@ async def _finish(
         completes = isinstance(outcome, Output) or bool(mailbox)
         refs = run.refs_to_finish(job.stage_id) if completes else []
         outputs = await load_blobs(rt.ports.blob_store, refs)
-        decision = run.record_attempt(job, outcome, reports, outputs, mailbox)
+        published = inflight.buffer.published
+        decision = run.record_attempt(job, outcome, reports, outputs, mailbox, published)
         handoff = None
         if cmd.chain and decision.outcome.replayed:
             # The try that committed may have handed the next stage to this worker.

@@ -204,7 +204,8 @@ async def _record(rt: Runtime, unit: UnitOfWork, claim: _PollClaim) -> str:
     refs = run.refs_to_finish(sid) if isinstance(outcome, Output) else []
     outputs = await load_blobs(rt.ports.blob_store, refs)
     reports = claim.attempt.buffer.drain()
-    return run.record_poll(claim.job, outcome, reports, outputs).outcome
+    published = claim.attempt.buffer.published
+    return run.record_poll(claim.job, outcome, reports, outputs, published).outcome
 
 
 # --- lease.reapStale ---------------------------------------------------------------------

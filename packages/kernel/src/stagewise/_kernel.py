@@ -46,7 +46,12 @@ from stagewise._commands import (
     WorkerStopResult,
 )
 from stagewise._conflicts import retrying_conflicts
-from stagewise._errors import InvalidCommandError, RunCancelledError, RunFailedError
+from stagewise._errors import (
+    InvalidCommandError,
+    RunCancelledError,
+    RunFailedError,
+    RunNotFoundError,
+)
 from stagewise._h_jobs import job_execute
 from stagewise._h_leases import job_heartbeat, job_release
 from stagewise._h_maintenance import lease_reap_stale, stage_poll_suspended
@@ -73,11 +78,11 @@ from stagewise._ports import (
 )
 from stagewise._query import LogPage, RunFilter, RunPage
 from stagewise._reads import read_logs, read_runs
-from stagewise._records import ErrorInfo, Json, RunRecord
+from stagewise._records import ErrorInfo, Json, RunRecord, RunValueRecord
 from stagewise._runtime import Ports, Runtime
 from stagewise._settings import KernelSettings
 from stagewise._states import RunStatus
-from stagewise._waiters import read_run, wait_for_run
+from stagewise._waiters import read_run, wait_for_run, wait_for_value
 from stagewise._workflow import WorkflowSource, _summary
 
 Handler = Callable[[Runtime, Any], Awaitable[CommandResult]]
@@ -243,6 +248,48 @@ class Kernel:
         """
         persistence = self._rt.ports.persistence
         return await read_logs(persistence, run_id, after=after, stage_id=stage_id, limit=limit)
+
+    async def get_event(
+        self,
+        run_id: str,
+        key: str,
+        *,
+        timeout: float | None = 0,  # noqa: ASYNC109 (the kernel's clock, not the loop's)
+        poll_interval: float = 0.5,
+    ) -> Any:
+        """The latest value the run published under `key` (`ctx.set_event`), or None.
+
+        With a `timeout` (seconds; None: as long as it takes) it waits until the value is
+        set: a commit of this process that publishes it ends the wait at once, one of
+        another process is found by reading every `poll_interval` seconds. It returns None
+        when the time passes, or as soon as the run ends without the value.
+
+        Raises:
+            RunNotFoundError: there is no such run.
+        """
+        rt = self._rt
+        record = await wait_for_value(
+            rt.value_waiters,
+            rt.ports.persistence,
+            rt.ports.clock,
+            run_id,
+            key,
+            timeout=timeout,
+            poll_interval=poll_interval,
+        )
+        return None if record is None else record.value
+
+    async def list_events(self, run_id: str) -> list[RunValueRecord]:
+        """Every key the run published, with its latest value, who set it and when.
+
+        Raises:
+            RunNotFoundError: there is no such run.
+        """
+        async with self._rt.ports.persistence.transaction() as tx:
+            values = await tx.values.for_run(run_id)
+            if not values and await tx.runs.get(run_id) is None:
+                raise RunNotFoundError(run_id)
+        return values
 
     async def wait_for_run(
         self,

@@ -18,6 +18,7 @@ from stagewise._records import (
     IdempotencyRecord,
     LogLine,
     RunRecord,
+    RunValueRecord,
     SignalRecord,
     StageRecord,
     WorkerRecord,
@@ -160,6 +161,19 @@ class SignalStore(Protocol):
         ...
 
 
+class ValueStore(Protocol):
+    """Reading the values runs published (`ctx.set_event`; written with
+    `Changeset.values`)."""
+
+    async def get(self, run_id: str, key: str) -> RunValueRecord | None:
+        """The run's latest value under `key`, if one was published."""
+        ...
+
+    async def for_run(self, run_id: str) -> list[RunValueRecord]:
+        """Every key the run published, with its latest value, by key."""
+        ...
+
+
 class WorkerStore(Protocol):
     """The workers of the fleet: each one's beat, for `stagewise workers list` and for
     taking over the attempts of one that is gone."""
@@ -245,6 +259,9 @@ class Transaction(Protocol):
 
     @property
     def signals(self) -> SignalStore: ...
+
+    @property
+    def values(self) -> ValueStore: ...
 
     async def apply(self, changes: Changeset) -> None:
         """Write `changes` in this transaction (see `Changeset` for what refuses it). The

@@ -54,6 +54,9 @@ from stagewise._persistence_port import (
     Transaction as Transaction,
 )
 from stagewise._persistence_port import (
+    ValueStore as ValueStore,
+)
+from stagewise._persistence_port import (
     WorkerStore as WorkerStore,
 )
 from stagewise._records import (

@@ -215,6 +215,19 @@ class SignalRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class RunValueRecord:
+    """A value a run published under a key (`ctx.set_event`): the latest one set by an
+    attempt whose outcome was recorded (a failed or fenced attempt publishes nothing)."""
+
+    run_id: str
+    key: str
+    value: Json
+    stage_id: str
+    attempt: int
+    set_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class LogRecord:
     run_id: str
     stage_id: str | None
@@ -308,6 +321,8 @@ class Changeset:
     idempotency: tuple[IdempotencyRecord, ...] = ()
     signals: tuple[SignalRecord, ...] = ()
     """Signal rows: upserts on (run_id, seq)."""
+    values: tuple[RunValueRecord, ...] = ()
+    """Published values: upserts on (run_id, key) (the latest wins)."""
 
     def __bool__(self) -> bool:
         return bool(
@@ -320,6 +335,7 @@ class Changeset:
             or self.logs
             or self.idempotency
             or self.signals
+            or self.values
         )
 
 

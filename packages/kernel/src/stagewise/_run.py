@@ -168,12 +168,14 @@ class Run(RunSignals):
         reports: Reports,
         outputs: Mapping[str, Json],
         mailbox: Sequence[SignalRecord] = (),
+        published: Mapping[str, Json] | None = None,
     ) -> Decision[Recorded]:
         """The finish fence, then the outcome: the stage completes (and the run moves on),
         suspends, or fails (retried per its policy, or failing the run). `outputs` holds
         the blobs `refs_to_finish(job.stage_id)` named, by key; `mailbox`, for a signal
         wait beginning, the run's unconsumed signals on its topic, oldest first (the first
-        is consumed instead of waiting: `_run_signals`)."""
+        is consumed instead of waiting: `_run_signals`); `published`, the values the attempt
+        set (`ctx.set_event`), written unless the attempt failed."""
         stage = self.stages.get(job.stage_id)
         if stage is None:
             return self._decided(Recorded("lost", error="the stage no longer exists"))
@@ -187,6 +189,8 @@ class Run(RunSignals):
             held = f"the stage is {stage.status.value} at attempt {stage.attempt} "
             return self._decided(Recorded("lost", error=held + f"held by {stage.job_id!r}"))
         self._report(stage, reports)
+        if not isinstance(outcome, ErrorInfo):
+            self._publish(job.stage_id, published or {})
         if isinstance(outcome, Output):
             self._complete_stage(job.stage_id, "complete", outcome, outputs)
             return self._decided(Recorded("completed"))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from stagewise._decisions import BlobWrite, Output, Recorded, Reports, Suspension
 from stagewise._errors import StageOutputError
@@ -26,7 +26,7 @@ from stagewise._events import (
     StageRetrying,
     StageSuspended,
 )
-from stagewise._records import ErrorInfo, Json, StageRecord
+from stagewise._records import ErrorInfo, Json, RunValueRecord, StageRecord
 from stagewise._run_rows import RunRows, S
 from stagewise._states import RunStatus, StageTrigger
 
@@ -145,8 +145,9 @@ class RunFlow(RunRows):
 
     def _suspend(self, stage_id: str, wait: Suspension) -> None:
         now = self.now
-        deadline = wait.wake_at or now + timedelta(seconds=wait.max_wait)
-        due = min(now + timedelta(seconds=wait.poll_interval), deadline)
+        until = wait.wake_at or now + timedelta(seconds=wait.max_wait)
+        deadline: datetime | None = None if wait.untimed else until
+        due = None if wait.untimed else min(now + timedelta(seconds=wait.poll_interval), until)
         envelope: dict[str, Json] = {
             "state": wait.state,
             "poll_interval": wait.poll_interval,
@@ -262,6 +263,16 @@ class RunFlow(RunRows):
         # Their queued jobs would only be refused by the fence one by one: drop them now, in
         # this transaction (a transport in the same database) or right after it.
         self._log.discard_run_jobs()
+
+    def _publish(self, stage_id: str, published: Mapping[str, Json]) -> None:
+        """Write the values an attempt set (`ctx.set_event`): only with an outcome that is
+        recorded as the attempt's success (completed, suspended, polled), never with a
+        failure, so a failed or fenced attempt publishes nothing."""
+        attempt = self.stages[stage_id].attempt
+        for key, value in published.items():
+            self._log.values.append(
+                RunValueRecord(self.record.run_id, key, value, stage_id, attempt, self.now)
+            )
 
     def _report(self, stage: StageRecord, reports: Reports) -> None:
         """Write what a running attempt reported: its log lines, its latest progress."""

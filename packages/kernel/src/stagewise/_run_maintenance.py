@@ -118,6 +118,7 @@ class RunMaintenance(RunFlow):
         outcome: Output | float | ErrorInfo,
         reports: Reports,
         outputs: Mapping[str, Json],
+        published: Mapping[str, Json] | None = None,
     ) -> Decision[str]:
         """What `check_completion` said, for a stage this poll (`job`, from `claim_poll`)
         still holds: "resumed" (ready), "rescheduled" (check again in `outcome` seconds, or
@@ -127,6 +128,8 @@ class RunMaintenance(RunFlow):
         if stage is None or stage.status is not S.SUSPENDED or stage.job_id != job.job_id:
             return self._decided("rescheduled")  # cancelled or taken over meanwhile
         self._report(stage, reports)
+        if not isinstance(outcome, ErrorInfo):
+            self._publish(stage_id, published or {})
         if isinstance(outcome, Output):
             self._complete_stage(stage_id, "resume", outcome, outputs)
             return self._decided("resumed")

@@ -37,7 +37,7 @@ from stagewise._records import JobMessage
 from stagewise._run import Run
 from stagewise._settings import KernelSettings
 from stagewise._unit import AfterCommit, UnitOfWork
-from stagewise._waiters import RunWaiters
+from stagewise._waiters import RunWaiters, ValueWaiters
 from stagewise._workflow import Workflow, WorkflowSource
 
 logger = logging.getLogger("stagewise.kernel")
@@ -91,6 +91,9 @@ class Runtime:
         """Stages started for this process (eager dispatch), by job id, until executed."""
         self.waiters = RunWaiters()
         """`Kernel.wait_for_run` callers, resolved after the commit that ends their run."""
+        self.value_waiters = ValueWaiters()
+        """`Kernel.get_event` callers, resolved after the commit that publishes their value
+        (or ends their run)."""
         self.group = GroupCommit(self.unit, settings.group_commit)
         self._executor: StagePool | None = None
         self._unknown_workflows: set[tuple[str, str | None]] = set()
@@ -208,6 +211,7 @@ class Runtime:
                 if attempt.run_id == run_id:
                     attempt.token._cancel()
         self.waiters.resolve(after.runs)
+        self.value_waiters.resolve(after.values, after.runs)
         for key in after.blob_deletes:
             try:
                 await ports.blob_store.delete(key)

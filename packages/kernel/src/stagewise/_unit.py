@@ -42,6 +42,7 @@ from stagewise._records import (
     JobMessage,
     LogRecord,
     RunRecord,
+    RunValueRecord,
     RunWrite,
     SignalRecord,
     StageRecord,
@@ -64,6 +65,8 @@ class AfterCommit:
     runs: list[RunRecord] = field(default_factory=list)
     """Every run the transaction held, as committed (for `wait_for_run`)."""
     blob_deletes: list[str] = field(default_factory=list)
+    values: list[RunValueRecord] = field(default_factory=list)
+    """Values published (for `get_event` callers)."""
     wakeups: set[tuple[WakeCommand, datetime]] = field(default_factory=set)
 
 
@@ -157,6 +160,7 @@ class UnitOfWork:
         logs: list[LogRecord] = []
         blob_writes: list[BlobWrite] = []
         signals: list[SignalRecord] = []
+        values: list[RunValueRecord] = []
         for run_id, run in self.runs.items():
             taken = run.take_changes()
             changes = taken.changes
@@ -171,6 +175,7 @@ class UnitOfWork:
             logs += changes.logs
             blob_writes += changes.blob_writes
             signals += changes.signals
+            values += changes.values
             self._collect(after, run, changes, new=taken.expected_version is None)
         deliveries = [
             Delivery(event_id=e.event_id, consumer=consumer, run_id=e.run_id, seq=e.seq)
@@ -191,6 +196,7 @@ class UnitOfWork:
                 logs=tuple(logs),
                 idempotency=tuple(self.keys),
                 signals=tuple(signals),
+                values=tuple(values),
             )
         )
         if self.joined:
@@ -211,6 +217,7 @@ class UnitOfWork:
         if changes.stop_attempts:
             after.stop_runs.append(run_id)
         after.runs.append(run.record)
+        after.values += changes.values
         after.blob_deletes += changes.blob_deletes
         for stage in changes.stages:
             status = stage.status

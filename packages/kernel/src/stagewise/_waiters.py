@@ -1,4 +1,5 @@
-"""Waiting for a run to end (`Kernel.wait_for_run`).
+"""Waiting for a run to end (`Kernel.wait_for_run`), or for a value it publishes
+(`Kernel.get_event`).
 
 Theory of operation
 -------------------
@@ -14,49 +15,79 @@ A run with an attempt running in this process (or handed to it) skips that first
 end comes from a commit of ours, and reading would only compete with the attempt.
 Waits go through the injected `Clock` (a `FakeClock` drives polls and timeouts in tests),
 and a waiter that ends in any way (resolved, timed out, cancelled, run not found) removes
-its future.
+its future. A value a run publishes (`ctx.set_event`) is waited for the same way: the
+commit that writes it resolves waiters in this process, a poll finds one written by
+another.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Iterable
-from datetime import timedelta
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable
+from datetime import datetime, timedelta
+from typing import Any, Generic, TypeVar
 
 from stagewise._errors import RunNotFoundError
 from stagewise._ports import Clock, Persistence
-from stagewise._records import RunRecord
+from stagewise._records import RunRecord, RunValueRecord
+
+K = TypeVar("K")
+V = TypeVar("V")
 
 
-class RunWaiters:
-    """Futures waiting for runs to end, by run id."""
+class Waiters(Generic[K, V]):
+    """Futures waiting for something a commit of this process may bring, by key."""
 
     def __init__(self) -> None:
-        self.waiting: dict[str, set[asyncio.Future[RunRecord]]] = {}
+        self.waiting: dict[K, set[asyncio.Future[V]]] = {}
 
-    def add(self, run_id: str) -> asyncio.Future[RunRecord]:
-        future: asyncio.Future[RunRecord] = asyncio.get_running_loop().create_future()
-        self.waiting.setdefault(run_id, set()).add(future)
+    def add(self, key: K) -> asyncio.Future[V]:
+        future: asyncio.Future[V] = asyncio.get_running_loop().create_future()
+        self.waiting.setdefault(key, set()).add(future)
         return future
 
-    def remove(self, run_id: str, future: asyncio.Future[RunRecord]) -> None:
+    def remove(self, key: K, future: asyncio.Future[V]) -> None:
         future.cancel()  # does nothing once resolved
-        futures = self.waiting.get(run_id)
+        futures = self.waiting.get(key)
         if futures is not None:
             futures.discard(future)
             if not futures:
-                del self.waiting[run_id]
+                del self.waiting[key]
+
+    def _set(self, key: K, value: V) -> None:
+        for future in self.waiting.pop(key, ()):
+            if not future.done():
+                future.set_result(value)
+
+
+class RunWaiters(Waiters[str, RunRecord]):
+    """`wait_for_run` callers, by run id."""
 
     def resolve(self, runs: Iterable[RunRecord]) -> None:
         """After a commit: the runs its transaction held, as committed."""
+        if self.waiting:
+            for run in runs:
+                if run.status.is_terminal:
+                    self._set(run.run_id, run)
+
+
+Settled = tuple[RunValueRecord | None]
+"""What a `get_event` wait ends with: the value, or None when the run ended without it."""
+
+
+class ValueWaiters(Waiters[tuple[str, str], Settled]):
+    """`get_event` callers, by (run id, key)."""
+
+    def resolve(self, values: Iterable[RunValueRecord], runs: Iterable[RunRecord]) -> None:
+        """After a commit: the values its transaction published, then the runs it ended
+        (whose other keys will never come)."""
         if not self.waiting:
             return
-        for run in runs:
-            if run.status.is_terminal:
-                for future in self.waiting.pop(run.run_id, ()):
-                    if not future.done():
-                        future.set_result(run)
+        for value in values:
+            self._set((value.run_id, value.key), (value,))
+        ended = {run.run_id for run in runs if run.status.is_terminal}
+        for key in [k for k in self.waiting if k[0] in ended]:
+            self._set(key, (None,))
 
 
 async def read_run(persistence: Persistence, run_id: str) -> RunRecord | None:
@@ -75,39 +106,114 @@ async def wait_for_run(
     running_here: bool,
 ) -> RunRecord:
     """The run once it is terminal (see the module's comment). `running_here`: an attempt
-    of the run runs in this process, or was handed to it."""
+    of the run runs in this process, or was handed to it.
+
+    Raises:
+        RunNotFoundError: there is no such run.
+        TimeoutError: it had not ended after `timeout` seconds.
+    """
+    status = "running here"
+
+    async def ended() -> RunRecord | None:
+        nonlocal status
+        run = await read_run(persistence, run_id)
+        if run is None:
+            raise RunNotFoundError(run_id)
+        status = run.status.value
+        return run if run.status.is_terminal else None
+
+    deadline = _deadline(clock, timeout)
+    found = waiters.add(run_id)
+    try:
+        # A run with an attempt running here (or about to) ends with a commit of ours: no
+        # read now, which would only compete with that attempt (another process's end of
+        # it is found by the next poll, as always).
+        first = not running_here
+        run = await _poll(found, ended, clock, deadline, poll_interval, read_first=first)
+    finally:
+        waiters.remove(run_id, found)
+    if run is None:
+        raise TimeoutError(f"run {run_id!r} is still {status} after {timeout}s")
+    return run
+
+
+async def wait_for_value(
+    waiters: ValueWaiters,
+    persistence: Persistence,
+    clock: Clock,
+    run_id: str,
+    key: str,
+    *,
+    timeout: float | None,  # noqa: ASYNC109 (the kernel's clock, not the loop's)
+    poll_interval: float,
+) -> RunValueRecord | None:
+    """The run's value under `key` once it is published; None after `timeout` seconds, or
+    as soon as the run has ended without publishing it (it never will).
+
+    Raises:
+        RunNotFoundError: there is no such run.
+    """
+
+    async def settled() -> Settled | None:
+        async with persistence.transaction() as tx:
+            value = await tx.values.get(run_id, key)
+            run = await tx.runs.get(run_id) if value is None else None
+        if value is None and run is None:
+            raise RunNotFoundError(run_id)
+        if value is not None or (run is not None and run.status.is_terminal):
+            return (value,)
+        return None  # not yet
+
+    deadline = _deadline(clock, timeout)
+    found = waiters.add((run_id, key))
+    try:
+        now = await settled()
+        if now is not None or timeout == 0:
+            return None if now is None else now[0]
+        later = await _poll(found, settled, clock, deadline, poll_interval, read_first=False)
+        return None if later is None else later[0]
+    finally:
+        waiters.remove((run_id, key), found)
+
+
+async def _poll(
+    found: asyncio.Future[V],
+    read: Callable[[], Awaitable[V | None]],
+    clock: Clock,
+    deadline: datetime | None,
+    poll_interval: float,
+    *,
+    read_first: bool,
+) -> V | None:
+    """What `read` returns once it is not None, or what resolves `found` first (a commit
+    of this process); None once `deadline` passes. `read` runs every `poll_interval`
+    seconds (and once more at the deadline)."""
     if poll_interval <= 0:
         raise ValueError("poll_interval must be positive")
-    deadline = None if timeout is None else clock.now() + timedelta(seconds=max(0.0, timeout))
-    ended = waiters.add(run_id)
-    # A run with an attempt running here (or about to) ends with a commit of ours: no read
-    # now, which would only compete with that attempt (another process's end of it is
-    # found by the next poll, as always).
-    read = not running_here
-    try:
-        while True:
-            if read:
-                run = await read_run(persistence, run_id)
-                if run is None:
-                    raise RunNotFoundError(run_id)
-                if run.status.is_terminal:
-                    return run
-                status = run.status.value
-            else:
-                status, read = "running here", True
-            delay = poll_interval
-            if deadline is not None:
-                left = (deadline - clock.now()).total_seconds()
-                if left <= 0:
-                    raise TimeoutError(f"run {run_id!r} is still {status} after {timeout}s")
-                delay = min(delay, left)  # one last read at the deadline
-            if await _ended_within(ended, clock.sleep(delay)):
-                return ended.result()
-    finally:
-        waiters.remove(run_id, ended)
+    read_now = read_first
+    while True:
+        if read_now:
+            value = await read()
+            if value is not None:
+                return value
+        read_now = True
+        delay = poll_interval
+        if deadline is not None:
+            left = (deadline - clock.now()).total_seconds()
+            if left <= 0:
+                return None
+            delay = min(delay, left)  # one last read at the deadline
+        if await _ended_within(found, clock.sleep(delay)):
+            return found.result()
 
 
-async def _ended_within(ended: asyncio.Future[RunRecord], sleep: Awaitable[None]) -> bool:
+def _deadline(clock: Clock, timeout: float | None) -> datetime | None:
+    """When a wait of `timeout` seconds begun now gives up: taken before the first read,
+    so that time passing during that read counts."""
+    return None if timeout is None else clock.now() + timedelta(seconds=max(0.0, timeout))
+
+
+async def _ended_within(ended: asyncio.Future[Any], sleep: Awaitable[None]) -> bool:
     sleeper = asyncio.ensure_future(sleep)
     either: set[asyncio.Future[Any]] = {ended, sleeper}
     try:

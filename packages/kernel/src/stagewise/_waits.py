@@ -49,10 +49,6 @@ if TYPE_CHECKING:
 
 Until = Callable[["StageContext"], datetime] | Callable[["StageContext"], Awaitable[datetime]]
 
-FOREVER = timedelta(days=365 * 100)
-"""How long a signal wait without a timeout is due in: never, in practice (the row still
-needs a due time for the index, and a century is one nobody meets)."""
-
 
 def define_sleep_stage(
     *,
@@ -124,12 +120,11 @@ def define_signal_stage(
     approval, a webhook). Its output is the signal's payload, validated against `payload`
     (a pydantic model; None takes any JSON) and stored as JSON.
 
-    A signal sent before the wait begins waits in the run's mailbox and is consumed when it
-    begins, first sent first; each signal is consumed by one wait. While it waits the stage
-    is SUSPENDED and holds nothing. After `timeout` (seconds or a timedelta; None: no
-    limit) with no signal, `on_timeout="fail"` fails the stage with `SignalTimeoutError`
-    and `"continue"` completes it with output None (the next stage can branch on it). A
-    signal and a timeout that race: exactly one wins (both decide under the run's lock).
+    A signal sent before the wait begins is kept in the run's mailbox and taken when it
+    begins, first sent first; each signal is taken by one wait. While it waits the stage
+    is SUSPENDED and holds nothing. After `timeout` (seconds or a timedelta; None: none)
+    with no signal, `on_timeout="fail"` fails it with `SignalTimeoutError`, `"continue"`
+    completes it with output None; a signal racing its timeout: exactly one wins.
 
     Raises:
         WorkflowDefinitionError: a bad id or topic, a payload that is not a model class, a
@@ -146,21 +141,22 @@ def define_signal_stage(
             f"signal stage {id!r}: on_timeout must be 'fail' or 'continue', not {on_timeout!r}"
         )
     seconds = to_seconds(timeout, f"signal stage {id!r} timeout")
-    limit = FOREVER.total_seconds() if seconds is None else seconds
 
     async def begin_wait(ctx: StageContext) -> Suspend:
-        wake = ctx.now() + timedelta(seconds=limit)
-        return Suspend(
-            state={"topic": topic, "wake_at": wake.isoformat()}, poll_interval=limit, max_wait=limit
-        )
+        if seconds is None:  # no due time at all: nothing polls it, only a signal ends it
+            return Suspend(state={"topic": topic, "wake_at": None})
+        wake = ctx.now() + timedelta(seconds=seconds)
+        state = {"topic": topic, "wake_at": wake.isoformat()}
+        return Suspend(state=state, poll_interval=seconds, max_wait=seconds)
 
     async def time_out(state: dict[str, Any], ctx: StageContext) -> Ready | NotReady:
+        assert seconds is not None, "a wait without a timeout is never polled"
         left = (datetime.fromisoformat(state["wake_at"]) - ctx.now()).total_seconds()
         if left > 0:
             return NotReady(next_check_in=left)
         if on_timeout == "continue":
             return Ready(None)
-        raise SignalTimeoutError(id, topic, limit)
+        raise SignalTimeoutError(id, topic, seconds)
 
     stage = define_async_batch_stage(
         id=id,
@@ -177,7 +173,8 @@ def wake_time(stage: Stage, suspend: Suspend) -> datetime | None:
     timeout (None for other stages)."""
     if stage.wait is None or not isinstance(suspend.state, dict):
         return None
-    return datetime.fromisoformat(suspend.state["wake_at"])
+    wake = suspend.state.get("wake_at")
+    return None if wake is None else datetime.fromisoformat(wake)
 
 
 async def _wake_up(state: dict[str, Any], ctx: StageContext) -> Ready | NotReady:

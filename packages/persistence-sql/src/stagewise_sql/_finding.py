@@ -36,9 +36,9 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 
 from stagewise._query import RunFilter
-from stagewise._records import LogLine, SignalRecord
+from stagewise._records import LogLine, RunValueRecord, SignalRecord
 from stagewise_sql import _rows
-from stagewise_sql._schema import logs, runs, signals
+from stagewise_sql._schema import logs, run_values, runs, signals
 from stagewise_sql._statements import Store, time_param
 
 
@@ -109,6 +109,19 @@ class SqlSignalStore(Store):
         )
         row = (await self._link.execute(stmt)).first()
         return None if row is None else _rows.signal_from_row(row)
+
+
+class SqlValueStore(Store):
+    """The values runs published (`ValueStore`)."""
+
+    async def get(self, run_id: str, key: str) -> RunValueRecord | None:
+        stmt = select(run_values).where(run_values.c.run_id == run_id, run_values.c.key == key)
+        row = (await self._link.execute(stmt)).first()
+        return None if row is None else _rows.value_from_row(row)
+
+    async def for_run(self, run_id: str) -> list[RunValueRecord]:
+        stmt = select(run_values).where(run_values.c.run_id == run_id).order_by(run_values.c.key)
+        return [_rows.value_from_row(row) for row in await self._link.execute(stmt)]
 
 
 class SqlLogStore(Store):

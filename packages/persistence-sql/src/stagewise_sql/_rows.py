@@ -16,6 +16,7 @@ from stagewise._records import (
     LogLine,
     LogRecord,
     RunRecord,
+    RunValueRecord,
     SignalRecord,
     StageRecord,
     WorkerRecord,
@@ -344,4 +345,26 @@ def signal_from_row(row: Any) -> SignalRecord:
         idempotency_key=row.idempotency_key,
         consumed_by=row.consumed_by,
         consumed_at=row.consumed_at,
+    )
+
+
+def value_values(value: RunValueRecord) -> Values:
+    return {
+        "run_id": value.run_id,
+        "key": value.key,
+        "value": value.value,
+        "stage_id": value.stage_id,
+        "attempt": value.attempt,
+        "set_at": value.set_at,
+    }
+
+
+def value_from_row(row: Any) -> RunValueRecord:
+    return RunValueRecord(
+        run_id=row.run_id,
+        key=row.key,
+        value=row.value,
+        stage_id=row.stage_id,
+        attempt=row.attempt,
+        set_at=row.set_at,
     )

@@ -18,15 +18,12 @@ the two.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
-    JSON,
     BigInteger,
     Column,
-    DateTime,
-    Dialect,
     Float,
     ForeignKeyConstraint,
     Index,
@@ -40,10 +37,10 @@ from sqlalchemy import (
     UniqueConstraint,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.types import TypeDecorator, TypeEngine
 
-from stagewise._errors import InvalidInputError
+from stagewise_sql._types import UtcDateTime as UtcDateTime
+from stagewise_sql._types import json_type, key_type
+from stagewise_sql._types import utc as utc
 
 VERSION_TABLE = "stagewise_alembic_version"
 """Alembic's version table for our migrations (kept apart from the user's own)."""
@@ -59,46 +56,8 @@ metadata = MetaData(naming_convention=NAMING_CONVENTION)
 """The stagewise schema, for `target_metadata` in a user's own Alembic environment."""
 
 
-def utc(value: datetime | None) -> datetime | None:
-    """`value` in UTC (None stays None). Raises `InvalidInputError` for a naive datetime."""
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        raise InvalidInputError(f"naive datetime {value.isoformat()} (times must be aware)")
-    return value if value.tzinfo is UTC else value.astimezone(UTC)
-
-
-class UtcDateTime(TypeDecorator[datetime]):
-    """A timezone-aware datetime, stored in UTC and always returned timezone-aware."""
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        value = utc(value)
-        if value is None:
-            return None
-        # SQLite stores text without an offset; every value is UTC, so it compares right.
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
-
-    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            return value.replace(tzinfo=UTC)
-        return value if value.tzinfo is UTC else value.astimezone(UTC)
-
-
-def _key() -> TypeEngine[str]:
-    return Text().with_variant(Text(collation="C"), "postgresql")
-
-
-def _json() -> TypeEngine[Any]:
-    return JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
-
-
-KEY = _key()
-JSON_VALUE = _json()
+KEY = key_type()
+JSON_VALUE = json_type()
 STATUS = String(16)
 
 
@@ -341,6 +300,20 @@ Index(
     **_partial("idempotency_key IS NOT NULL"),
 )
 
+# The values runs publish (`ctx.set_event`): the latest under each key of a run.
+run_values = Table(
+    "stagewise_run_values",
+    metadata,
+    Column("run_id", KEY, nullable=False),
+    Column("key", KEY, nullable=False),
+    Column("value", JSON_VALUE, nullable=True),
+    Column("stage_id", KEY, nullable=False),
+    Column("attempt", Integer, nullable=False),
+    _time("set_at", nullable=False),
+    PrimaryKeyConstraint("run_id", "key"),
+    _fk_to_run("stagewise_run_values"),
+)
+
 jobs = Table(
     "stagewise_jobs",
     metadata,
@@ -392,5 +365,17 @@ blobs = Table(
     PrimaryKeyConstraint("key"),
 )
 
-TABLES = (runs, stages, events, deliveries, idempotency, logs, jobs, workers, blobs)
+TABLES = (
+    runs,
+    stages,
+    events,
+    deliveries,
+    idempotency,
+    logs,
+    signals,
+    run_values,
+    jobs,
+    workers,
+    blobs,
+)
 """Every table, parents before children (the order to create them in)."""

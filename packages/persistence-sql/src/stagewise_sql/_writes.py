@@ -5,7 +5,7 @@ The kernel hands each transaction's writes over as one `Changeset` (`Transaction
 `PendingWrites` holds it and `take` turns it into rows per `TableWrite`, in a fixed order:
 new runs inserted, changed runs updated where the stored row is still at the expected
 version, stage rows deleted and upserted, events, deliveries, log lines and idempotency
-keys inserted, signals upserted.
+keys inserted, signals and published values upserted.
 
 Holding the writes changes nothing a caller can see, provided every other statement of the
 transaction sends them first (`_engine`): reads see the writes, the order of effects is
@@ -29,6 +29,7 @@ from stagewise_sql._schema import deliveries as deliveries_t
 from stagewise_sql._schema import events as events_t
 from stagewise_sql._schema import idempotency as idempotency_t
 from stagewise_sql._schema import logs as logs_t
+from stagewise_sql._schema import run_values as run_values_t
 from stagewise_sql._schema import runs as runs_t
 from stagewise_sql._schema import signals as signals_t
 from stagewise_sql._schema import stages as stages_t
@@ -85,7 +86,19 @@ DELIVERIES = TableWrite(deliveries_t, "insert")
 LOGS = TableWrite(logs_t, "insert")
 KEYS = TableWrite(idempotency_t, "insert")
 SIGNALS = TableWrite(signals_t, "upsert")
-WRITES = (NEW_RUNS, RUN_UPDATES, DELETED_STAGES, STAGES, EVENTS, DELIVERIES, LOGS, KEYS, SIGNALS)
+VALUES = TableWrite(run_values_t, "upsert")
+WRITES = (
+    NEW_RUNS,
+    RUN_UPDATES,
+    DELETED_STAGES,
+    STAGES,
+    EVENTS,
+    DELIVERIES,
+    LOGS,
+    KEYS,
+    SIGNALS,
+    VALUES,
+)
 """Every way a changeset writes, in the order the rows go out."""
 
 
@@ -135,6 +148,7 @@ class PendingWrites:
             (LOGS, changes.logs, _rows.log_values),
             (KEYS, changes.idempotency, _rows.idempotency_values),
             (SIGNALS, changes.signals, _rows.signal_values),
+            (VALUES, changes.values, _rows.value_values),
         )
         rows = [
             (how, [values(r) for r in records]) for how, records, values in collected if records

@@ -206,14 +206,13 @@ def notes(view: RunView, stage: StageRecord, times: Times) -> Text:
         parts.append(Text(f"{len(retried)} {noun}{last}", style="red"))
     if failed and stage.error is not None:
         parts.append(Text(error_text(stage.error), style="bold red"))
-    if stage.status is StageStatus.SUSPENDED and stage.due_at is not None:
+    if stage.status is StageStatus.SUSPENDED:
         parts.append(Text(waits_on(stage, times), style="magenta"))
     return Text("; ").join(parts)
 
 
 def waits_on(stage: StageRecord, times: Times) -> str:
     """What a suspended stage waits for, in words."""
-    assert stage.due_at is not None
     envelope = stage.suspend_state or {}
     wait = envelope.get("wait")
     if wait == "sleep":
@@ -221,8 +220,7 @@ def waits_on(stage: StageRecord, times: Times) -> str:
     if wait == "signal":
         topic = printable(str((envelope.get("state") or {}).get("topic", "?")))
         said = f"waiting for signal {topic!r} since {times.full(stage.started_at)}"
-        # A wait without a timeout is due in a century (see stagewise._waits.FOREVER).
-        if stage.due_at - (stage.started_at or stage.due_at) < timedelta(days=365 * 50):
+        if stage.due_at is not None:  # (a wait without a timeout is never due)
             said += f"; times out {times.full(stage.due_at)}"
         return said
     return f"waiting; next check {times.full(stage.due_at)}"

@@ -55,6 +55,7 @@ from stagewise._ports import (
     SignalStore,
     StageStore,
     Transaction,
+    ValueStore,
     WorkerStore,
 )
 from stagewise._records import Changeset, JobMessage
@@ -208,6 +209,7 @@ class FaultyTransaction:
         self._workers = cast(WorkerStore, _StoreProxy(injector, "workers", inner.workers))
         self._logs = cast(LogStore, _StoreProxy(injector, "logs", inner.logs))
         self._signals = cast(SignalStore, _StoreProxy(injector, "signals", inner.signals))
+        self._values = cast(ValueStore, _StoreProxy(injector, "values", inner.values))
         self._injector = injector
 
     @property
@@ -237,6 +239,10 @@ class FaultyTransaction:
     @property
     def signals(self) -> SignalStore:
         return self._signals
+
+    @property
+    def values(self) -> ValueStore:
+        return self._values
 
     async def apply(self, changes: Changeset) -> None:
         await self._injector.call("tx.apply", lambda: self.inner.apply(changes))

@@ -25,6 +25,7 @@ from stagewise._records import (
     IdempotencyRecord,
     LogRecord,
     RunRecord,
+    RunValueRecord,
     SignalRecord,
     StageRecord,
     WorkerRecord,
@@ -34,9 +35,19 @@ from stagewise._states import RunStatus, StageStatus
 from stagewise.testing import _memory_purge
 from stagewise.testing._memory_logs import MemoryLogs
 from stagewise.testing._memory_outbox import MemoryOutbox
-from stagewise.testing._memory_signals import MemorySignals
+from stagewise.testing._memory_signals import MemorySignals, MemoryValues
 
-_TABLES = ("runs", "stages", "events", "deliveries", "idempotency", "logs", "workers", "signals")
+_TABLES = (
+    "runs",
+    "stages",
+    "events",
+    "deliveries",
+    "idempotency",
+    "logs",
+    "workers",
+    "signals",
+    "values",
+)
 
 
 class _State:
@@ -49,6 +60,7 @@ class _State:
         self.logs: dict[int, LogRecord] = {}
         self.workers: dict[str, WorkerRecord] = {}
         self.signals: dict[tuple[str, int], SignalRecord] = {}
+        self.values: dict[tuple[str, str], RunValueRecord] = {}
 
 
 class MemoryTransaction:
@@ -67,6 +79,7 @@ class MemoryTransaction:
         self.workers = _Workers(self)
         self.logs = MemoryLogs(self)
         self.signals = MemorySignals(self)
+        self.values = MemoryValues(self)
 
     def read(self, table: str) -> dict[Any, Any]:
         copy = self._copies.get(table)
@@ -108,6 +121,8 @@ class MemoryTransaction:
             keys.update(((k.scope, k.key), k) for k in changes.idempotency)
         if changes.signals:
             self.write("signals").update(((s.run_id, s.seq), s) for s in changes.signals)
+        if changes.values:
+            self.write("values").update(((v.run_id, v.key), v) for v in changes.values)
 
     def _refuse(self, changes: Changeset) -> None:
         """Raise what the changeset breaks: a key that exists, a version that moved."""

@@ -1,11 +1,12 @@
-"""A run's mailbox in memory (`SignalStore`): a store of `InMemoryPersistence`'s
-transactions, kept apart so that its module stays small."""
+"""A run's mailbox (`SignalStore`) and the values it published (`ValueStore`) in memory:
+stores of `InMemoryPersistence`'s transactions, kept apart so that its module stays
+small."""
 
 from __future__ import annotations
 
 from typing import Any, Protocol
 
-from stagewise._records import SignalRecord
+from stagewise._records import RunValueRecord, SignalRecord
 
 
 class _Tables(Protocol):
@@ -29,3 +30,18 @@ class MemorySignals:
     async def by_key(self, run_id: str, idempotency_key: str) -> SignalRecord | None:
         rows = await self.for_run(run_id)
         return next((s for s in rows if s.idempotency_key == idempotency_key), None)
+
+
+class MemoryValues:
+    """`ValueStore` over a memory transaction's `values` table ((run_id, key) -> row)."""
+
+    def __init__(self, tx: _Tables) -> None:
+        self._tx = tx
+
+    async def get(self, run_id: str, key: str) -> RunValueRecord | None:
+        table: dict[tuple[str, str], RunValueRecord] = self._tx.read("values")
+        return table.get((run_id, key))
+
+    async def for_run(self, run_id: str) -> list[RunValueRecord]:
+        table: dict[tuple[str, str], RunValueRecord] = self._tx.read("values")
+        return [table[k] for k in sorted(k for k in table if k[0] == run_id)]
