@@ -72,9 +72,12 @@ class Suspension:
     after the time was worked out)."""
     wait: str | None = None
     """What a durable wait waits for ("sleep", "signal"); None for an async-batch stage."""
-    untimed: bool = False
-    """Nothing is ever due: no poll, no deadline (a signal wait without a timeout, ended
-    only by its signal, a cancel or the run's deadline)."""
+
+    @property
+    def untimed(self) -> bool:
+        """Nothing is ever due: no poll, no deadline (a signal wait without a timeout, ended
+        only by its signal, a cancel or the run's deadline)."""
+        return self.wait == "signal" and self.wake_at is None
 
 
 @dataclass(frozen=True, slots=True)

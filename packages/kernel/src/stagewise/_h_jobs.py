@@ -205,7 +205,6 @@ async def _run(
                 max_wait=to_seconds(returned.max_wait, "max_wait") or 86400.0,
                 wake_at=wake_time(stage_def, returned),
                 wait=stage_def.wait,
-                untimed=stage_def.wait == "signal" and wake_time(stage_def, returned) is None,
             )
         return normalize_output(stage_def, returned)
     except Exception as exc:
