@@ -8,12 +8,15 @@ bench-recovery   like bench-three, but b sleeps 0.2 s; every stage body that fin
 bench-nap        a -> a durable sleep of NAP_SECONDS -> c (sleep wake-up lateness)
 bench-sleeper    a 30-day sleep (the sleeping backlog W1 runs beside)
 bench-approve    a signal stage on topic "go", then a stage (signal-to-next-stage latency)
+bench-stream     one stage writes STREAM_ITEMS items to stream "ticks", each the wall-clock
+                 time just before its write, STREAM_GAP seconds apart (stream latency)
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import time
 
 from pydantic import BaseModel
 
@@ -123,6 +126,22 @@ def _approve() -> object:
     )
 
 
+STREAM_ITEMS = int(os.environ.get("BENCH_STREAM_ITEMS", "200"))
+STREAM_GAP = float(os.environ.get("BENCH_STREAM_GAP", "0.01"))
+
+
+async def _tick(ctx: StageContext) -> int:
+    for _ in range(STREAM_ITEMS):
+        await ctx.write_stream("ticks", time.time())
+        await asyncio.sleep(STREAM_GAP)
+    ctx.close_stream("ticks")
+    return STREAM_ITEMS
+
+
+def _stream() -> object:
+    return WorkflowBuilder("bench-stream").pipe(define_stage(id="tick", execute=_tick)).build()
+
+
 workflows = [
     _three(),
     *(_fanout(n) for n in FANOUT_SIZES),
@@ -130,4 +149,5 @@ workflows = [
     _nap(),
     _sleeper(),
     _approve(),
+    _stream(),
 ]

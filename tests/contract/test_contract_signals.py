@@ -85,6 +85,8 @@ async def test_a_waiting_stage_takes_the_signal_and_the_run_goes_on(backend: Ada
     stages = await env.stages(run_id)
     assert stages["approval"].output == {"approved": True, "by": "ada"}
     assert "run.signalled" in env.sink.types(run_id)
+    (waiting,) = [e for e in env.sink.of_run(run_id) if e.type == "stage.waiting"]
+    assert (waiting.wait, waiting.topic) == ("signal", "approval")
 
 
 async def test_a_signal_sent_before_the_wait_is_kept_and_taken_when_it_begins(
@@ -100,7 +102,7 @@ async def test_a_signal_sent_before_the_wait_is_kept_and_taken_when_it_begins(
     async with env.persistence.transaction() as tx:
         (kept,) = await tx.signals.for_run(run_id)
     assert (kept.seq, kept.consumed_by) == (1, "approval")
-    assert "stage.suspended" not in env.sink.types(run_id)  # it never had to wait
+    assert "stage.waiting" not in env.sink.types(run_id)  # it never had to wait
 
 
 async def test_signals_on_a_topic_are_taken_first_sent_first_one_per_wait(

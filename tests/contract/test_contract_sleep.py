@@ -74,7 +74,9 @@ async def test_a_thirty_day_sleep_takes_no_time_and_passes_its_input_on(
     stages = await env.stages(run_id)
     woke = stages["wait"].finished_at
     assert woke is not None and woke - stages["wait"].started_at == 30 * DAY  # type: ignore[operator]
-    assert env.sink.types(run_id).count("stage.suspended") == 1
+    (waiting,) = [e for e in env.sink.of_run(run_id) if e.type == "stage.waiting"]
+    assert (waiting.wait, waiting.topic, waiting.until) == ("sleep", None, woke)
+    assert "stage.suspended" not in env.sink.types(run_id)  # that is for async-batch stages
 
 
 async def test_a_sleeping_run_holds_no_job_and_polls_no_code_until_it_is_due(
@@ -123,7 +125,7 @@ async def test_a_moment_already_past_completes_the_sleep_at_once(backend: Adapte
     await env.run_until_idle()
     assert (await env.get_run(run_id)).status is RunStatus.COMPLETED
     assert env.clock.now() == started
-    assert "stage.suspended" not in env.sink.types(run_id)
+    assert "stage.waiting" not in env.sink.types(run_id)
 
 
 @pytest.mark.parametrize(

@@ -84,7 +84,9 @@ async def _maybe_wait(ctx: StageContext) -> None:
 
 async def step(ctx: StageContext) -> int:
     await _yield()
+    await ctx.write_stream("trace", f"{ctx.stage_id}#{ctx.attempt} began")
     await _maybe_wait(ctx)
+    await ctx.write_stream("trace", f"{ctx.stage_id}#{ctx.attempt} ended")  # fenced
     if ctx.require("start")["flaky"] and ctx.stage_id == "s2" and ctx.attempt == 1:
         raise ConnectionError("flaky once")
     return {"s1": 1, "s2": 10, "s3": 100}[ctx.stage_id]
@@ -330,6 +332,20 @@ class KernelMachine(RuleBasedStateMachine):
                 assert gate.output == expected, (gate, taken)
             keys = [s.idempotency_key for s in mine if s.idempotency_key]
             assert len(keys) == len(set(keys))
+
+    @invariant()
+    def streams_are_gap_free_and_fenced(self) -> None:
+        """Each run's stream is numbered 0, 1, 2...; once an attempt of a stage has written,
+        no earlier attempt of it writes again (it lost its stage when the later one began)."""
+        by_stream: dict[tuple[str, str], list[Any]] = {}
+        for item in self.env.persistence.snapshot_streams():
+            by_stream.setdefault((item.run_id, item.key), []).append(item)
+        for written in by_stream.values():
+            assert [i.offset for i in written] == list(range(len(written)))
+            latest: dict[str, int] = {}
+            for i in written:
+                assert i.attempt >= latest.get(i.stage_id, 0), written
+                latest[i.stage_id] = i.attempt
 
     @precondition(lambda self: bool(self.run_ids))
     @rule(index=st.integers(0, 50))

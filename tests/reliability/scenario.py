@@ -110,8 +110,10 @@ class FlakyError(RuntimeError):
 
 
 async def flaky(ctx: StageContext) -> dict[str, Any]:
+    await ctx.write_stream("progress", f"try {ctx.attempt}")  # kept, whatever comes next
     if ctx.attempt == 1:
         raise FlakyError("the first attempt always fails")
+    ctx.close_stream("progress")
     return {"rows": [ctx.input["sum"]] * 40}  # well over the inline limit: a blob
 
 
@@ -323,6 +325,23 @@ class World:
         # The client's signal, however often it asked, is stored once and taken once.
         taken = [(s.run_id, s.consumed_by) for s in await self.signals()]
         assert sorted(taken) == sorted((r.run_id, "approve") for r in runs), taken
+        for run in runs:
+            await self._check_stream(run)
+
+    async def _check_stream(self, run: RunRecord) -> None:
+        """The flaky stage's stream: numbered 0, 1, 2... with no gap, at most one item per
+        attempt (a write that failed was not stored, or its attempt died with it), closed
+        last by the attempt that completed the stage."""
+        async with self.persistence.transaction() as tx:
+            items = await tx.streams.read(run.run_id, "progress")
+            stage = {s.stage_id: s for s in await tx.stages.for_run(run.run_id)}["flaky"]
+        assert [i.offset for i in items] == list(range(len(items))), "a gap in the stream"
+        *written, close = items
+        assert close.closed and close.attempt == stage.attempt, items
+        attempts = [i.attempt for i in written]
+        assert len(set(attempts)) == len(attempts), f"an attempt wrote twice: {items}"
+        assert all(i.value == f"try {i.attempt}" for i in written), items
+        assert written[-1].attempt == stage.attempt, "the completing attempt's item is missing"
 
 
 class SqlWorld(World):

@@ -9,6 +9,8 @@ that a test can count how many times each stage ran, in which process, even acro
     three-sync: the same with blocking `def` stages (they run on the thread pool).
     nap: a -> a durable sleep of 4 s -> c (for workers killed while their runs sleep).
     approve: a signal stage waiting on topic "approval" (an Approval) -> who approved.
+    talk: streams three tokens on "tokens" (one with a terminal escape), closes it, and
+        publishes "answer".
 """
 
 from __future__ import annotations
@@ -151,4 +153,15 @@ approve = (
     .build()
 )
 
-workflows = [three, three_sync, nap, approve]
+
+async def _speak(ctx: StageContext) -> str:
+    for token in ("Hel", "lo", "\x1b[2J!"):  # the CLI must show the escape, not send it
+        await ctx.write_stream("tokens", token)
+    ctx.close_stream("tokens")
+    ctx.set_event("answer", {"text": "Hello!"})
+    return "said"
+
+
+talk = WorkflowBuilder("talk").pipe(define_stage(id="speak", execute=_speak)).build()
+
+workflows = [three, three_sync, nap, approve, talk]

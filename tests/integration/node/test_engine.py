@@ -233,3 +233,26 @@ async def test_a_client_reads_what_a_run_publishes_and_signals_it(db_url: str) -
         # Taken at once if the wait has begun, else kept until it begins: the same result.
         assert await engine.signal(run_id, "answer", "yes") in ("answer", None)
         assert await engine.result(run_id, timeout=20) == "yes"
+
+
+async def _chatter(ctx: StageContext) -> str:
+    for word in ("durable", "streams"):
+        await ctx.write_stream("words", word)
+    return "said"
+
+
+CHATTER = WorkflowBuilder("chatter").pipe(define_stage(id="say", execute=_chatter)).build()
+
+
+async def test_a_client_follows_a_runs_stream(db_url: str) -> None:
+    async with Engine(db_url, [CHATTER], settings=FAST) as engine:
+        run_id = await engine.start("chatter")
+        words = [item.value async for item in engine.read_stream(run_id, "words")]
+        assert words == ["durable", "streams"]  # never closed: it ends with the run
+        assert await engine.result(run_id, timeout=20) == "said"
+
+
+def test_a_sync_client_follows_a_runs_stream(db_url: str) -> None:
+    with SyncEngine(db_url, [CHATTER], settings=FAST) as engine:
+        run_id = engine.start("chatter")
+        assert [i.value for i in engine.read_stream(run_id, "words", offset=1)] == ["streams"]

@@ -253,3 +253,32 @@ async def test_a_signal_sent_from_another_process_wakes_the_waiting_run_at_once(
         assert time.monotonic() - began < 60  # far below the 120 s poll: woken, not polled
         run, _ = await client.run(run_id)
         assert (run.status, run.output) == (RunStatus.COMPLETED, f"p{i}")
+
+
+async def test_runs_waiting_on_signals_when_their_worker_is_sigkilled_each_go_on_once(
+    workers: Workers, client: Client
+) -> None:
+    # Ten runs wait for their approval on one worker, which is killed while they wait. The
+    # signals come while no worker runs: each completes its waiting stage in its own
+    # transaction. A worker started afterwards runs what follows, once per run.
+    first = workers.spawn("waiter")
+    await workers.ready(first)
+    run_ids = [await client.create("approve", {}) for _ in range(10)]
+    await client.wait_stages(run_ids, "approval", StageStatus.SUSPENDED, within=60, why=workers)
+    first.signal(signal.SIGKILL)
+    assert await first.exit_code(within=10) == -signal.SIGKILL
+    for i, run_id in enumerate(run_ids):
+        payload = {"approved": True, "by": f"p{i}"}
+        sent = await client.kernel.dispatch(
+            RunSignal(run_id=run_id, topic="approval", payload=payload)
+        )
+        assert sent.consumed_by == "approval"  # the wait outlived its worker
+
+    second = workers.spawn("goer")
+    await workers.ready(second)
+    await client.wait_finished(run_ids, within=60, why=workers)
+    for i, run_id in enumerate(run_ids):
+        run, stages = await client.run(run_id)
+        assert (run.status, run.output) == (RunStatus.COMPLETED, f"p{i}")
+        assert stages["approval"].attempt == 1  # taken by its signal, never retried
+        assert stages["who"].attempt == 1

@@ -291,3 +291,28 @@ async def test_a_signal_wait_takes_no_invocation_and_the_signal_moves_the_run_on
         assert failed.error is not None and failed.error.type == "SignalTimeoutError"
     finally:
         await d.aclose()
+
+
+async def test_a_stage_streams_and_publishes_from_one_invocation_to_a_reader_elsewhere(
+    backend: Adapters,
+) -> None:
+    async def talk(ctx: StageContext) -> str:
+        for word in ("from", "a", "function"):
+            await ctx.write_stream("words", word)
+        ctx.close_stream("words")
+        ctx.set_event("done", True)
+        return "said"
+
+    wf = WorkflowBuilder("talk").pipe(define_stage(id="say", execute=talk)).build()
+    d = deployment(backend, [wf])
+    try:
+        run_id = await d.create_run("talk", {})
+        await d.host().run_maintenance_tick()
+        assert (await d.host().process_available_jobs()).succeeded == 1
+        # A reader (an API handler of its own) follows what the invocation wrote.
+        reader = d.kernel()
+        words = [item.value async for item in reader.read_stream(run_id, "words")]
+        assert words == ["from", "a", "function"]
+        assert await reader.get_event(run_id, "done") is True
+    finally:
+        await d.aclose()

@@ -12,7 +12,7 @@ code that has no event loop of its own.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncGenerator, Iterable, Mapping
 from datetime import datetime
 from types import TracebackType
 from typing import Any, TypedDict, Unpack
@@ -30,6 +30,7 @@ from stagewise import (
     RunRecord,
     RunRerunFrom,
     RunSignal,
+    StreamItemRecord,
     Workflow,
     WorkflowRegistry,
     WorkflowSource,
@@ -304,6 +305,17 @@ class Engine:
         `timeout` seconds for it (None: until it is set or the run ends); None if there is
         none (`Kernel.get_event`)."""
         return await self.kernel.get_event(run_id, key, timeout=timeout, poll_interval=0.2)
+
+    def read_stream(
+        self, run_id: str, key: str, *, offset: int = 0
+    ) -> AsyncGenerator[StreamItemRecord, None]:
+        """The run's stream `key` (`ctx.write_stream`) from `offset`, item by item as it is
+        written, until it is closed or the run ends (`Kernel.read_stream`)::
+
+            async for item in engine.read_stream(run_id, "tokens"):
+                print(item.value, end="", flush=True)
+        """
+        return self.kernel.read_stream(run_id, key, offset=offset, poll_interval=0.2)
 
     async def cancel(self, run_id: str, reason: str | None = None) -> bool:
         """Cancel the run and its unfinished stages (running attempts are told through

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine, Iterator, Mapping
 from datetime import datetime
 from types import TracebackType
 from typing import Any, TypeVar, Unpack
 
-from stagewise import Kernel, LogPage, RunFilter, RunPage, RunRecord
+from stagewise import Kernel, LogPage, RunFilter, RunPage, RunRecord, StreamItemRecord
 from stagewise_node._engine import Engine, EngineOptions, Workflows
 
 T = TypeVar("T")
@@ -149,6 +149,21 @@ class SyncEngine:
     def get_event(self, run_id: str, key: str, *, timeout: float | None = 0) -> Any:
         """`Engine.get_event`: the run's latest value under `key`, waiting up to `timeout`."""
         return self._call(self.engine.get_event(run_id, key, timeout=timeout))
+
+    def read_stream(self, run_id: str, key: str, *, offset: int = 0) -> Iterator[StreamItemRecord]:
+        """`Engine.read_stream`: the run's stream `key`, item by item as it is written,
+        until it is closed or the run ends (each item waited for on the engine's loop)."""
+        stream = self.engine.read_stream(run_id, key, offset=offset)
+
+        async def following() -> StreamItemRecord | None:
+            return await anext(stream, None)
+
+        try:
+            while (item := self._call(following())) is not None:
+                yield item
+        finally:
+            if self._loop is not None:
+                self._call(stream.aclose())
 
     def get(self, run_id: str) -> RunRecord | None:
         """`Engine.get`: the run as stored now."""

@@ -37,6 +37,8 @@ from stagewise._commands import (
     StagePollResult,
     StagePollSuspended,
     StrandedRuns,
+    StreamWrite,
+    StreamWriteResult,
     WorkerBeat,
     WorkerBeatResult,
     WorkerStop,
@@ -72,6 +74,7 @@ from stagewise._errors import (
     StageOutputError,
     StageTimeoutError,
     StagewiseError,
+    StreamClosedError,
     SuspendTimeoutError,
     TransactionConflictError,
     TransientError,
@@ -95,16 +98,19 @@ from stagewise._events import (
     StageRetrying,
     StageStarted,
     StageSuspended,
+    StageWaiting,
 )
 from stagewise._kernel import Kernel, create_kernel
 from stagewise._plugins import Plugin, PluginRunner, define_plugin
 from stagewise._ports import (
     BlobStore,
+    ChangeFeed,
     Clock,
     EventSink,
     IdGenerator,
     JobTransport,
     LogStore,
+    NoChangeFeed,
     Persistence,
     Scheduler,
     Transaction,
@@ -127,6 +133,7 @@ from stagewise._records import (
     RunWrite,
     SignalRecord,
     StageRecord,
+    StreamItemRecord,
     WorkerRecord,
 )
 from stagewise._settings import KernelSettings
@@ -147,7 +154,13 @@ from stagewise._workflow import Workflow, WorkflowBuilder, WorkflowRegistry, Wor
 __version__ = "0.1.0"
 
 __all__ = [
+    "ChangeFeed",
+    "NoChangeFeed",
     "RunValueRecord",
+    "StreamClosedError",
+    "StreamItemRecord",
+    "StreamWrite",
+    "StreamWriteResult",
     "define_signal_stage",
     "SignalRecord",
     "RunSignalled",
@@ -259,6 +272,7 @@ __all__ = [
     "StageStarted",
     "StageStatus",
     "StageSuspended",
+    "StageWaiting",
     "StageTimeoutError",
     "StagewiseError",
     "Suspend",

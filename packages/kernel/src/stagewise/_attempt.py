@@ -11,7 +11,13 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from stagewise._context import AttemptBuffer, CancellationToken, RunStorage, StageContext
+from stagewise._context import (
+    AttemptBuffer,
+    CancellationToken,
+    RunStorage,
+    StageContext,
+    StreamWriter,
+)
 from stagewise._decisions import Output, StartedAttempt
 from stagewise._errors import InvalidInputError, StageOutputError
 from stagewise._execution import ensure_json
@@ -33,6 +39,7 @@ async def build_context(
     token: CancellationToken,
     buffer: AttemptBuffer,
     resume_state: Json = None,
+    streams: StreamWriter | None = None,
 ) -> StageContext:
     """The stage's context: its input (the previous group's output), config, earlier outputs.
 
@@ -60,6 +67,7 @@ async def build_context(
         cancelled=token,
         buffer=buffer,
         now=now,
+        streams=streams,
     )
 
 

@@ -196,6 +196,19 @@ class JobRelease(Message):
     worker_id: Ident
 
 
+class StreamWrite(Message):
+    """Append `value` (JSON) to the run's stream `key` for the attempt `job` is running
+    (what `ctx.write_stream` sends): written at once, numbered after the stream's last
+    item; refused with `LeaseLost` when the job no longer holds its stage, with
+    `StreamClosedError` once the stream is closed. (A close is written with the outcome of
+    the attempt that closed it: `ctx.close_stream`.)"""
+
+    type: Literal["stream.write"] = "stream.write"
+    job: JobMessage
+    key: Ident
+    value: Any = None
+
+
 class WorkerBeat(Message):
     """A worker is alive: write its row (what it is, the workflow versions it has, how often
     it beats), at the database's time."""
@@ -234,6 +247,7 @@ Command = Annotated[
     | PluginReplayDLQ
     | JobHeartbeat
     | JobRelease
+    | StreamWrite
     | WorkerBeat
     | WorkerStop,
     Field(discriminator="type"),

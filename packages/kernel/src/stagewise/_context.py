@@ -6,7 +6,7 @@ import asyncio
 import json
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -14,7 +14,12 @@ from typing import Any
 from pydantic import BaseModel
 
 from stagewise._decisions import Reports
-from stagewise._errors import InvalidInputError, NotFoundError, RunCancelledError
+from stagewise._errors import (
+    InvalidInputError,
+    NotFoundError,
+    RunCancelledError,
+    StreamClosedError,
+)
 from stagewise._ports import BlobStore
 from stagewise._records import Json, LogRecord
 from stagewise._text import UnstorableValue, encode_json, scrub
@@ -98,6 +103,8 @@ class AttemptBuffer:
     """Values set with `ctx.set_event`, by key (the latest wins): written only with the
     attempt's recorded outcome, never with a heartbeat, so a failed attempt publishes
     nothing."""
+    closing: list[str] = field(default_factory=list)
+    """Streams closed with `ctx.close_stream`: closed with the recorded outcome, likewise."""
 
     def drain(self) -> Reports:
         """What was reported since the last drain (and forget it: it is being written)."""
@@ -127,6 +134,7 @@ class StageContext:
         cancelled: CancellationToken,
         buffer: AttemptBuffer,
         now: Callable[[], datetime],
+        streams: StreamWriter | None = None,
     ) -> None:
         self.run_id = run_id
         self.workflow_id = workflow_id
@@ -143,6 +151,7 @@ class StageContext:
         self._output_models = output_models
         self._buffer = buffer
         self._now = now
+        self._streams = streams
 
     @property
     def run_input(self) -> Any:
@@ -204,19 +213,74 @@ class StageContext:
             InvalidInputError: a key that is empty, over 200 characters or holds a NUL;
                 a value that is not JSON (or holds text a database cannot store).
         """
-        if not isinstance(key, str) or not key or len(key) > 200 or "\x00" in key:
-            raise InvalidInputError(f"event key {key!r}: 1-200 characters, no NUL")
-        if isinstance(value, BaseModel):
-            value = value.model_dump(mode="json")
-        try:  # as it will be stored: JSON, text a database can keep (`_text`)
-            self._buffer.published[key] = json.loads(encode_json(value))
-        except UnstorableValue as exc:
-            raise InvalidInputError(f"event {key!r} {exc}") from None
+        key = _key("event", key)
+        self._buffer.published[key] = _stored("event", key, value)
+
+    async def write_stream(self, key: str, value: Any) -> int:
+        """Append `value` (JSON) to the run's stream `key`, durably and in order, and return
+        its offset (0, 1, 2... per key). Readers (`Kernel.read_stream`) see it as soon as
+        this returns, not when the stage finishes; it is never taken back, so the items of
+        an attempt that then fails stay, marked with its attempt number.
+
+        Raises:
+            InvalidInputError: a bad key (as for `set_event`), a value that is not JSON or
+                over `max_payload_bytes`.
+            StreamClosedError: the stream was closed (`close_stream`).
+            LeaseLost: this attempt no longer holds its stage (its lease was reaped, or its
+                run was cancelled): it should stop.
+            RuntimeError: called where no attempt runs (a poll's `check_completion`).
+            TransientError: the database could not be reached; the item may have been
+                stored (its commit's answer was lost), so a write tried again may store
+                it twice, marked with the same attempt.
+        """
+        return await self._stream(_key("stream", key), _stored("stream", key, value))
+
+    def close_stream(self, key: str) -> None:
+        """Close the run's stream `key`: readers end after its last item, and later writes
+        are refused. The close is committed with this attempt's outcome, like `set_event`:
+        a failed attempt closes nothing, so its retry goes on writing the same stream
+        (readers end once the stage's outcome is recorded). Closing twice does nothing; a
+        stream never closed ends for readers when the run ends. (A stage that runs again
+        after a rerun may write to the stream it closed: the stream goes on.)
+
+        Raises:
+            InvalidInputError: a bad key (as for `set_event`).
+        """
+        key = _key("stream", key)
+        if key not in self._buffer.closing:
+            self._buffer.closing.append(key)
+
+    async def _stream(self, key: str, value: Json) -> int:
+        if self._streams is None:
+            raise RuntimeError(f"stage {self.stage_id!r}: streams are written from execute()")
+        if key in self._buffer.closing:
+            raise StreamClosedError(self.run_id, key)
+        return await self._streams(key, value)
 
     def progress(self, percent: float, message: str | None = None) -> None:
         """Report progress (0-100). Only the latest report is kept until the next write."""
         text = None if message is None else scrub(str(message))
         self._buffer.progress = (max(0.0, min(100.0, float(percent))), text)
+
+
+StreamWriter = Callable[[str, Json], Awaitable[int]]
+"""How a context writes to its run's streams: (key, value) -> the item's offset."""
+
+
+def _key(kind: str, key: Any) -> str:
+    if not isinstance(key, str) or not key or len(key) > 200 or "\x00" in key:
+        raise InvalidInputError(f"{kind} key {key!r}: 1-200 characters, no NUL")
+    return key
+
+
+def _stored(kind: str, key: str, value: Any) -> Json:
+    """`value` as it will be stored: JSON, text a database can keep (`_text`)."""
+    if isinstance(value, BaseModel):
+        value = value.model_dump(mode="json")
+    try:
+        return json.loads(encode_json(value))
+    except UnstorableValue as exc:
+        raise InvalidInputError(f"{kind} {key!r} {exc}") from None
 
 
 def _jsonable(value: Any) -> Json:

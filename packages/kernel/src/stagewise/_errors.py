@@ -259,6 +259,15 @@ class RunNotActiveError(ConflictError):
         self.status = status
 
 
+class StreamClosedError(ConflictError):
+    """The run's stream was closed (`ctx.close_stream`): it takes no more items."""
+
+    def __init__(self, run_id: str, key: str) -> None:
+        super().__init__(f"stream {key!r} of run {run_id!r} is closed")
+        self.run_id = run_id
+        self.key = key
+
+
 class StageTimeoutError(StagewiseError):
     """A stage attempt ran longer than its `timeout`."""
 

@@ -106,6 +106,18 @@ class StageSuspended(_StageEvent):
     deadline: datetime | None
 
 
+class StageWaiting(_StageEvent):
+    """A stage began a durable wait (a sleep, or a signal on `topic`): it holds no job slot
+    until it wakes at `until` (a sleep's end, a signal wait's timeout; None: a signal wait
+    without one), its signal comes, or the run ends. Async-batch stages that wait on
+    outside work say `stage.suspended` instead."""
+
+    type: Literal["stage.waiting"] = "stage.waiting"
+    wait: Literal["sleep", "signal"]
+    topic: str | None = None
+    until: datetime | None
+
+
 class StageRetrying(_StageEvent):
     type: Literal["stage.retrying"] = "stage.retrying"
     next_attempt: int
@@ -146,6 +158,7 @@ Event = Annotated[
     | StageProgress
     | StageCompleted
     | StageSuspended
+    | StageWaiting
     | StageRetrying
     | StageFailed
     | StageReleased
@@ -169,6 +182,7 @@ EVENT_TYPES: frozenset[str] = frozenset(
         StageProgress,
         StageCompleted,
         StageSuspended,
+        StageWaiting,
         StageRetrying,
         StageFailed,
         StageReleased,

@@ -52,7 +52,8 @@ from stagewise._execution import (
     normalize_output,
 )
 from stagewise._group import Step
-from stagewise._records import ErrorInfo, JobMessage, SignalRecord
+from stagewise._h_streams import stream_writer
+from stagewise._records import ErrorInfo, JobMessage, SignalRecord, StreamItemRecord
 from stagewise._run import Run
 from stagewise._runtime import Inflight, Runtime
 from stagewise._stages import Stage, Suspend, to_seconds
@@ -180,6 +181,7 @@ async def _run(
             started,
             token=inflight.token,
             buffer=inflight.buffer,
+            streams=stream_writer(rt, started.job),
         )
     except Exception as exc:  # bad input is an outcome; cancellation propagates
         return exc
@@ -227,8 +229,11 @@ async def _finish(
         completes = isinstance(outcome, Output) or bool(mailbox)
         refs = run.refs_to_finish(job.stage_id) if completes else []
         outputs = await load_blobs(rt.ports.blob_store, refs)
-        published = inflight.buffer.published
-        decision = run.record_attempt(job, outcome, reports, outputs, mailbox, published)
+        buffer = inflight.buffer
+        closing = await _tails(unit, job, outcome, buffer.closing)
+        decision = run.record_attempt(
+            job, outcome, reports, outputs, mailbox, buffer.published, closing
+        )
         handoff = None
         if cmd.chain and decision.outcome.replayed:
             # The try that committed may have handed the next stage to this worker.
@@ -253,6 +258,16 @@ async def _finish(
         return result
     rt.hand_over([handoff])  # only now that the transaction committed
     return result.model_copy(update={"next_job": handoff.job})
+
+
+async def _tails(
+    unit: UnitOfWork, job: JobMessage, outcome: Outcome, keys: list[str]
+) -> dict[str, StreamItemRecord | None]:
+    """The last items of the streams the attempt closed, read under the run's lock (a
+    failed attempt closes nothing: no read)."""
+    if isinstance(outcome, ErrorInfo) or not keys:
+        return {}
+    return {key: await unit.tx.streams.tail(job.run_id, key) for key in keys}
 
 
 async def _mailbox(unit: UnitOfWork, job: JobMessage, outcome: Outcome) -> list[SignalRecord]:

@@ -7,7 +7,6 @@ from typing import Any, overload
 
 from pydantic import BaseModel, ValidationError
 
-from stagewise._attempt import stored_output
 from stagewise._clock import UuidIds
 from stagewise._commands import (
     COMMAND_ADAPTER,
@@ -40,6 +39,8 @@ from stagewise._commands import (
     RunTransitionResult,
     StagePollResult,
     StagePollSuspended,
+    StreamWrite,
+    StreamWriteResult,
     WorkerBeat,
     WorkerBeatResult,
     WorkerStop,
@@ -48,9 +49,6 @@ from stagewise._commands import (
 from stagewise._conflicts import retrying_conflicts
 from stagewise._errors import (
     InvalidCommandError,
-    RunCancelledError,
-    RunFailedError,
-    RunNotFoundError,
 )
 from stagewise._h_jobs import job_execute
 from stagewise._h_leases import job_heartbeat, job_release
@@ -65,24 +63,23 @@ from stagewise._h_runs import (
     run_transition,
 )
 from stagewise._h_signals import run_signal
+from stagewise._h_streams import stream_write
 from stagewise._h_workers import worker_beat, worker_stop
+from stagewise._kernel_reads import KernelReads
 from stagewise._plugins import Plugin, PluginRunner
 from stagewise._ports import (
     BlobStore,
+    ChangeFeed,
     Clock,
     EventSink,
     IdGenerator,
     JobTransport,
+    NoChangeFeed,
     Persistence,
     Scheduler,
 )
-from stagewise._query import LogPage, RunFilter, RunPage
-from stagewise._reads import read_logs, read_runs
-from stagewise._records import ErrorInfo, Json, RunRecord, RunValueRecord
 from stagewise._runtime import Ports, Runtime
 from stagewise._settings import KernelSettings
-from stagewise._states import RunStatus
-from stagewise._waiters import read_run, wait_for_run, wait_for_value
 from stagewise._workflow import WorkflowSource, _summary
 
 Handler = Callable[[Runtime, Any], Awaitable[CommandResult]]
@@ -102,6 +99,7 @@ HANDLERS: dict[type[BaseModel], Handler] = {
     PluginReplayDLQ: plugin_replay_dlq,
     JobHeartbeat: job_heartbeat,
     JobRelease: job_release,
+    StreamWrite: stream_write,
     WorkerBeat: worker_beat,
     WorkerStop: worker_stop,
 }
@@ -112,7 +110,7 @@ for a conflict is tried again by itself (`_conflicts`); `job.execute` must not b
 again as a whole, since its user code runs between its transactions."""
 
 
-class Kernel:
+class Kernel(KernelReads):
     """Dispatches commands against the ports it was built with. Build it with
     `create_kernel`; it keeps no state that matters between commands except the attempts
     running in this process (so that cancellation reaches them)."""
@@ -174,6 +172,8 @@ class Kernel:
     @overload
     async def dispatch(self, command: JobRelease) -> JobReleaseResult: ...
     @overload
+    async def dispatch(self, command: StreamWrite) -> StreamWriteResult: ...
+    @overload
     async def dispatch(self, command: WorkerBeat) -> WorkerBeatResult: ...
     @overload
     async def dispatch(self, command: WorkerStop) -> WorkerStopResult: ...
@@ -207,142 +207,6 @@ class Kernel:
         what = str(getattr(checked, "type", type(checked).__name__))
         return await retrying_conflicts(lambda: handler(self._rt, checked), what)
 
-    async def get_run(self, run_id: str) -> RunRecord | None:
-        """The run as stored now, or None when there is no such run (a read in a short
-        transaction of its own)."""
-        return await read_run(self._rt.ports.persistence, run_id)
-
-    async def list_runs(
-        self, where: RunFilter | None = None, *, limit: int = 50, cursor: str | None = None
-    ) -> RunPage:
-        """Runs that pass `where` (every run when None), newest first, `limit` at a time:
-        pass a page's `next_cursor` as `cursor` for the page after it. Walking the pages
-        lists every run that was there exactly once, however many are created meanwhile
-        (a plain read in a short transaction of its own; see `RunFilter` for the filters).
-
-            where = RunFilter(status="failed", metadata={"team": "a"})
-            page = await kernel.list_runs(where)
-            while page.next_cursor:
-                page = await kernel.list_runs(where, cursor=page.next_cursor)
-
-        Raises:
-            InvalidCursorError: `cursor` is not one a page gave (also a `ValueError`).
-            InvalidInputError: `limit` is not from 1 to 10,000.
-        """
-        where = where or RunFilter()
-        return await read_runs(self._rt.ports.persistence, where, limit=limit, cursor=cursor)
-
-    async def run_logs(
-        self, run_id: str, *, after: int = 0, stage_id: str | None = None, limit: int = 1000
-    ) -> LogPage:
-        """The run's log lines after `after` (a `LogLine.id`; 0: from the start), of one
-        stage when `stage_id` is given, in the order they were written, at most `limit`.
-
-        Follow a run by passing each page's `next_after` as `after` for the next read: no
-        line is missed or shown twice, and once `LogPage.status` is terminal and `more` is
-        false, there are no more lines to come. A plain read in a short transaction.
-
-        Raises:
-            RunNotFoundError: there is no such run.
-            InvalidInputError: `limit` is not from 1 to 10,000, or `after` is negative.
-        """
-        persistence = self._rt.ports.persistence
-        return await read_logs(persistence, run_id, after=after, stage_id=stage_id, limit=limit)
-
-    async def get_event(
-        self,
-        run_id: str,
-        key: str,
-        *,
-        timeout: float | None = 0,  # noqa: ASYNC109 (the kernel's clock, not the loop's)
-        poll_interval: float = 0.5,
-    ) -> Any:
-        """The latest value the run published under `key` (`ctx.set_event`), or None.
-
-        With a `timeout` (seconds; None: as long as it takes) it waits until the value is
-        set: a commit of this process that publishes it ends the wait at once, one of
-        another process is found by reading every `poll_interval` seconds. It returns None
-        when the time passes, or as soon as the run ends without the value.
-
-        Raises:
-            RunNotFoundError: there is no such run.
-        """
-        rt = self._rt
-        record = await wait_for_value(
-            rt.value_waiters,
-            rt.ports.persistence,
-            rt.ports.clock,
-            run_id,
-            key,
-            timeout=timeout,
-            poll_interval=poll_interval,
-        )
-        return None if record is None else record.value
-
-    async def list_events(self, run_id: str) -> list[RunValueRecord]:
-        """Every key the run published, with its latest value, who set it and when.
-
-        Raises:
-            RunNotFoundError: there is no such run.
-        """
-        async with self._rt.ports.persistence.transaction() as tx:
-            values = await tx.values.for_run(run_id)
-            if not values and await tx.runs.get(run_id) is None:
-                raise RunNotFoundError(run_id)
-        return values
-
-    async def wait_for_run(
-        self,
-        run_id: str,
-        *,
-        timeout: float | None = None,  # noqa: ASYNC109 (the kernel's clock, not the loop's)
-        poll_interval: float = 1.0,
-    ) -> RunRecord:
-        """Wait until the run is COMPLETED, FAILED or CANCELLED and return it.
-
-        A transaction of this process that ends the run resolves the wait at once; a run
-        that another process ends is found by reading it every `poll_interval` seconds.
-        Both intervals are on the kernel's clock.
-
-        Raises:
-            RunNotFoundError: there is no such run.
-            TimeoutError: the run had not ended after `timeout` seconds.
-            ValueError: `poll_interval` is not positive.
-        """
-        rt = self._rt
-        return await wait_for_run(
-            rt.waiters,
-            rt.ports.persistence,
-            rt.ports.clock,
-            run_id,
-            timeout=timeout,
-            poll_interval=poll_interval,
-            running_here=rt.works_on(run_id),
-        )
-
-    async def run_output(
-        self,
-        run_id: str,
-        *,
-        timeout: float | None = None,  # noqa: ASYNC109 (the kernel's clock, not the loop's)
-        poll_interval: float = 1.0,
-    ) -> Json:
-        """Wait until the run ends (as `wait_for_run`) and return its output: read from the
-        blob store when it was too large to keep on the run's row.
-
-        Raises:
-            RunFailedError: the run failed (its error's type and message are attributes).
-            RunCancelledError: the run was cancelled.
-            RunNotFoundError, TimeoutError, ValueError: as `wait_for_run`.
-        """
-        run = await self.wait_for_run(run_id, timeout=timeout, poll_interval=poll_interval)
-        if run.status is RunStatus.FAILED:
-            error = run.error or ErrorInfo("UnknownError", "no error was recorded")
-            raise RunFailedError(run_id, error.type, error.message)
-        if run.status is RunStatus.CANCELLED:
-            raise RunCancelledError(run_id)
-        return await stored_output(self._rt.ports.blob_store, run)
-
     async def aclose(self) -> None:
         """Release the kernel's thread pool (for sync stages)."""
         self._rt.close()
@@ -360,8 +224,13 @@ def create_kernel(
     plugins: Sequence[Plugin] = (),
     ids: IdGenerator | None = None,
     settings: KernelSettings | None = None,
+    changes: ChangeFeed | None = None,
 ) -> Kernel:
     """Wire a kernel to its ports (the one composition root of an application).
+
+    `changes` tells readers that wait (`wait_for_run`, `get_event`, `read_stream`) of other
+    processes' commits; without one they hear of this process's at once and of others'
+    at their polls.
 
     Raises:
         WorkflowDefinitionError: two plugins share an id.
@@ -374,6 +243,7 @@ def create_kernel(
         scheduler=scheduler,
         clock=clock,
         ids=ids or UuidIds(),
+        changes=changes or NoChangeFeed(),
     )
     runtime = Runtime(
         ports=ports,

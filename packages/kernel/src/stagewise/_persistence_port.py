@@ -21,6 +21,7 @@ from stagewise._records import (
     RunValueRecord,
     SignalRecord,
     StageRecord,
+    StreamItemRecord,
     WorkerRecord,
 )
 
@@ -174,6 +175,20 @@ class ValueStore(Protocol):
         ...
 
 
+class StreamStore(Protocol):
+    """Reading runs' streams (`ctx.write_stream`; written with `Changeset.stream_items`)."""
+
+    async def tail(self, run_id: str, key: str) -> StreamItemRecord | None:
+        """The stream's last item (None: nothing written yet)."""
+        ...
+
+    async def read(
+        self, run_id: str, key: str, *, offset: int = 0, limit: int = 1000
+    ) -> list[StreamItemRecord]:
+        """Up to `limit` items from `offset` on, in order."""
+        ...
+
+
 class WorkerStore(Protocol):
     """The workers of the fleet: each one's beat, for `stagewise workers list` and for
     taking over the attempts of one that is gone."""
@@ -262,6 +277,9 @@ class Transaction(Protocol):
 
     @property
     def values(self) -> ValueStore: ...
+
+    @property
+    def streams(self) -> StreamStore: ...
 
     async def apply(self, changes: Changeset) -> None:
         """Write `changes` in this transaction (see `Changeset` for what refuses it). The

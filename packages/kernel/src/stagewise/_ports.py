@@ -2,7 +2,8 @@
 
 The kernel does no I/O of its own. It reads time from a `Clock`, makes ids with `IdGenerator`,
 keeps state through `Persistence`, hands jobs to a `JobTransport`, stores large payloads in a
-`BlobStore`, publishes events to an `EventSink` and leaves wake-up hints with a `Scheduler`.
+`BlobStore`, publishes events to an `EventSink`, leaves wake-up hints with a `Scheduler` and
+hears of other processes' commits from a `ChangeFeed`.
 Adapters fit these structurally; nothing needs to inherit from them.
 
 Contract notes that every adapter must honour (the contract suite in `tests/contract` checks
@@ -25,7 +26,7 @@ them on every adapter):
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Literal, Protocol
 
@@ -49,6 +50,9 @@ from stagewise._persistence_port import (
 )
 from stagewise._persistence_port import (
     StageStore as StageStore,
+)
+from stagewise._persistence_port import (
+    StreamStore as StreamStore,
 )
 from stagewise._persistence_port import (
     Transaction as Transaction,
@@ -167,6 +171,30 @@ class Clock(Protocol):
         """Wait `seconds` from the moment of the call (not from when the awaitable is
         first awaited). An `async def sleep` satisfies this."""
         ...
+
+
+class ChangeFeed(Protocol):
+    """Hints that another process committed a change to a run: its row (a stage moved, it
+    ended), a value it published or an item of its stream. Readers that wait
+    (`wait_for_run`, `get_event`, `read_stream`) read again on a hint instead of at their
+    next poll; a hint lost, or one for nothing, only costs that read's latency or a read."""
+
+    async def watch(self, run_id: str, hint: Callable[[], None]) -> Callable[[], None]:
+        """Call `hint()` after each such commit until the returned function is called.
+        Returns once the watch is in place: a change committed after that is hinted."""
+        ...
+
+
+class NoChangeFeed:
+    """No hints (a backend no other process reaches, such as the in-memory one): readers
+    hear of this process's commits directly and of nothing else."""
+
+    async def watch(self, run_id: str, hint: Callable[[], None]) -> Callable[[], None]:
+        return _nothing
+
+
+def _nothing() -> None:
+    return None
 
 
 class IdGenerator(Protocol):

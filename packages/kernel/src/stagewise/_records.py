@@ -228,6 +228,23 @@ class RunValueRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class StreamItemRecord:
+    """One item of a run's stream (`ctx.write_stream`): written at once, in order, under
+    the run's lock, by the attempt `attempt` of `stage_id`. `offset` counts from 0 per
+    (run, key); the item that closes the stream (`ctx.close_stream`) is the last one, with
+    `closed` true and no value."""
+
+    run_id: str
+    key: str
+    offset: int
+    value: Json
+    stage_id: str
+    attempt: int
+    written_at: datetime
+    closed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class LogRecord:
     run_id: str
     stage_id: str | None
@@ -323,6 +340,8 @@ class Changeset:
     """Signal rows: upserts on (run_id, seq)."""
     values: tuple[RunValueRecord, ...] = ()
     """Published values: upserts on (run_id, key) (the latest wins)."""
+    stream_items: tuple[StreamItemRecord, ...] = ()
+    """Stream items: inserts on (run_id, key, offset)."""
 
     def __bool__(self) -> bool:
         return bool(
@@ -336,6 +355,7 @@ class Changeset:
             or self.idempotency
             or self.signals
             or self.values
+            or self.stream_items
         )
 
 

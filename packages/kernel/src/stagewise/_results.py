@@ -27,6 +27,7 @@ __all__ = [
     "RunSignalResult",
     "RunTransitionResult",
     "StagePollResult",
+    "StreamWriteResult",
     "StrandedRuns",
     "WorkerBeatResult",
     "WorkerStopResult",
@@ -144,6 +145,11 @@ class RunSignalResult(Message):
     """The idempotency key named a signal sent before: nothing new was stored."""
 
 
+class StreamWriteResult(Message):
+    offset: int
+    """The item's offset in its stream."""
+
+
 class RunRerunResult(Message):
     run_id: str
     status: RunStatus
@@ -206,6 +212,7 @@ CommandResult = (
     | PluginReplayResult
     | HeartbeatResult
     | JobReleaseResult
+    | StreamWriteResult
     | WorkerBeatResult
     | WorkerStopResult
 )

@@ -67,16 +67,23 @@ from stagewise._decisions import (
 )
 from stagewise._errors import ConflictError
 from stagewise._events import RunCancelled, RunCreated, RunStarted, StageReleased, StageStarted
-from stagewise._records import ErrorInfo, JobMessage, Json, RunRecord, SignalRecord
+from stagewise._records import (
+    ErrorInfo,
+    JobMessage,
+    Json,
+    RunRecord,
+    SignalRecord,
+    StreamItemRecord,
+)
 from stagewise._run_maintenance import deadline_of
 from stagewise._run_rows import S, blob_keys, holds, recorded_by
-from stagewise._run_signals import RunSignals
+from stagewise._run_streams import RunStreams
 from stagewise._states import RunStatus
 from stagewise._text import scrub
 from stagewise._workflow import Workflow
 
 
-class Run(RunSignals):
+class Run(RunStreams):
     """A run and its stage rows as read under the run's lock, deciding every change."""
 
     @classmethod
@@ -169,13 +176,15 @@ class Run(RunSignals):
         outputs: Mapping[str, Json],
         mailbox: Sequence[SignalRecord] = (),
         published: Mapping[str, Json] | None = None,
+        closing: Mapping[str, StreamItemRecord | None] | None = None,
     ) -> Decision[Recorded]:
         """The finish fence, then the outcome: the stage completes (and the run moves on),
         suspends, or fails (retried per its policy, or failing the run). `outputs` holds
         the blobs `refs_to_finish(job.stage_id)` named, by key; `mailbox`, for a signal
         wait beginning, the run's unconsumed signals on its topic, oldest first (the first
         is consumed instead of waiting: `_run_signals`); `published`, the values the attempt
-        set (`ctx.set_event`), written unless the attempt failed."""
+        set (`ctx.set_event`), and `closing`, the streams it closed with their last items
+        (`ctx.close_stream`), both written unless the attempt failed."""
         stage = self.stages.get(job.stage_id)
         if stage is None:
             return self._decided(Recorded("lost", error="the stage no longer exists"))
@@ -191,6 +200,7 @@ class Run(RunSignals):
         self._report(stage, reports)
         if not isinstance(outcome, ErrorInfo):
             self._publish(job.stage_id, published or {})
+            self._close_streams(job, closing or {})
         if isinstance(outcome, Output):
             self._complete_stage(job.stage_id, "complete", outcome, outputs)
             return self._decided(Recorded("completed"))

@@ -25,6 +25,7 @@ from stagewise._events import (
     StageProgress,
     StageRetrying,
     StageSuspended,
+    StageWaiting,
 )
 from stagewise._records import ErrorInfo, Json, RunValueRecord, StageRecord
 from stagewise._run_rows import RunRows, S
@@ -163,13 +164,24 @@ class RunFlow(RunRows):
             suspend_deadline=deadline,
             lease_expires_at=None,
         )
-        self._emit(
-            StageSuspended,
-            stage_id=stage_id,
-            attempt=stage.attempt,
-            next_check_at=due,
-            deadline=deadline,
-        )
+        if wait.wait in ("sleep", "signal"):  # a durable wait: what it waits on, until when
+            topic = wait.state.get("topic") if isinstance(wait.state, dict) else None
+            self._emit(
+                StageWaiting,
+                stage_id=stage_id,
+                attempt=stage.attempt,
+                wait=wait.wait,
+                topic=topic if isinstance(topic, str) else None,
+                until=deadline,
+            )
+        else:
+            self._emit(
+                StageSuspended,
+                stage_id=stage_id,
+                attempt=stage.attempt,
+                next_check_at=due,
+                deadline=deadline,
+            )
         open_ = [
             s
             for s in self.stages.values()

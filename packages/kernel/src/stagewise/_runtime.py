@@ -25,10 +25,12 @@ from stagewise._group import GroupCommit
 from stagewise._plugins import PluginRunner
 from stagewise._ports import (
     BlobStore,
+    ChangeFeed,
     Clock,
     EventSink,
     IdGenerator,
     JobTransport,
+    NoChangeFeed,
     Persistence,
     Scheduler,
     WakeCommand,
@@ -36,6 +38,7 @@ from stagewise._ports import (
 from stagewise._records import JobMessage
 from stagewise._run import Run
 from stagewise._settings import KernelSettings
+from stagewise._stream_reader import StreamWaiters
 from stagewise._unit import AfterCommit, UnitOfWork
 from stagewise._waiters import RunWaiters, ValueWaiters
 from stagewise._workflow import Workflow, WorkflowSource
@@ -54,6 +57,8 @@ class Ports:
     scheduler: Scheduler
     clock: Clock
     ids: IdGenerator
+    changes: ChangeFeed = field(default_factory=NoChangeFeed)
+    """Hints of other processes' commits, for readers that wait (`_waiters`)."""
 
 
 @dataclass
@@ -91,6 +96,9 @@ class Runtime:
         """Stages started for this process (eager dispatch), by job id, until executed."""
         self.waiters = RunWaiters()
         """`Kernel.wait_for_run` callers, resolved after the commit that ends their run."""
+        self.stream_waiters = StreamWaiters()
+        """`Kernel.read_stream` callers, resolved after a commit that writes their stream
+        (or ends their run)."""
         self.value_waiters = ValueWaiters()
         """`Kernel.get_event` callers, resolved after the commit that publishes their value
         (or ends their run)."""
@@ -212,6 +220,7 @@ class Runtime:
                     attempt.token._cancel()
         self.waiters.resolve(after.runs)
         self.value_waiters.resolve(after.values, after.runs)
+        self.stream_waiters.resolve(after.stream_items, after.runs)
         for key in after.blob_deletes:
             try:
                 await ports.blob_store.delete(key)

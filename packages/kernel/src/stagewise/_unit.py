@@ -46,6 +46,7 @@ from stagewise._records import (
     RunWrite,
     SignalRecord,
     StageRecord,
+    StreamItemRecord,
 )
 from stagewise._run import Run
 from stagewise._states import RunStatus, StageStatus
@@ -67,6 +68,8 @@ class AfterCommit:
     blob_deletes: list[str] = field(default_factory=list)
     values: list[RunValueRecord] = field(default_factory=list)
     """Values published (for `get_event` callers)."""
+    stream_items: list[StreamItemRecord] = field(default_factory=list)
+    """Stream items written (for `read_stream` callers)."""
     wakeups: set[tuple[WakeCommand, datetime]] = field(default_factory=set)
 
 
@@ -161,6 +164,7 @@ class UnitOfWork:
         blob_writes: list[BlobWrite] = []
         signals: list[SignalRecord] = []
         values: list[RunValueRecord] = []
+        items: list[StreamItemRecord] = []
         for run_id, run in self.runs.items():
             taken = run.take_changes()
             changes = taken.changes
@@ -176,6 +180,7 @@ class UnitOfWork:
             blob_writes += changes.blob_writes
             signals += changes.signals
             values += changes.values
+            items += changes.stream_items
             self._collect(after, run, changes, new=taken.expected_version is None)
         deliveries = [
             Delivery(event_id=e.event_id, consumer=consumer, run_id=e.run_id, seq=e.seq)
@@ -197,6 +202,7 @@ class UnitOfWork:
                 idempotency=tuple(self.keys),
                 signals=tuple(signals),
                 values=tuple(values),
+                stream_items=tuple(items),
             )
         )
         if self.joined:
@@ -218,6 +224,7 @@ class UnitOfWork:
             after.stop_runs.append(run_id)
         after.runs.append(run.record)
         after.values += changes.values
+        after.stream_items += changes.stream_items
         after.blob_deletes += changes.blob_deletes
         for stage in changes.stages:
             status = stage.status

@@ -18,17 +18,24 @@ and a waiter that ends in any way (resolved, timed out, cancelled, run not found
 its future. A value a run publishes (`ctx.set_event`) is waited for the same way: the
 commit that writes it resolves waiters in this process, a poll finds one written by
 another.
+
+Another process's commits are heard of through the `ChangeFeed` port (PostgreSQL's
+NOTIFY, SQLite's watch of the file): a waiter watches its run before its first read, and a
+hint makes it read again at once instead of at its next poll. The hint is cleared before
+each read, so one that arrives during a read is not lost; the poll stays, for a hint that
+never comes (a lost LISTEN connection).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar
 
 from stagewise._errors import RunNotFoundError
-from stagewise._ports import Clock, Persistence
+from stagewise._ports import ChangeFeed, Clock, NoChangeFeed, Persistence
 from stagewise._records import RunRecord, RunValueRecord
 
 K = TypeVar("K")
@@ -90,6 +97,18 @@ class ValueWaiters(Waiters[tuple[str, str], Settled]):
             self._set(key, (None,))
 
 
+@asynccontextmanager
+async def watching(feed: ChangeFeed, run_id: str) -> AsyncIterator[asyncio.Event]:
+    """An event set whenever the feed hints at a commit of `run_id` by another process,
+    while the block runs (the watch is in place when the block begins)."""
+    hinted = asyncio.Event()
+    unwatch = await feed.watch(run_id, hinted.set)
+    try:
+        yield hinted
+    finally:
+        unwatch()
+
+
 async def read_run(persistence: Persistence, run_id: str) -> RunRecord | None:
     async with persistence.transaction() as tx:
         return await tx.runs.get(run_id)
@@ -99,6 +118,7 @@ async def wait_for_run(
     waiters: RunWaiters,
     persistence: Persistence,
     clock: Clock,
+    feed: ChangeFeed,
     run_id: str,
     *,
     timeout: float | None,  # noqa: ASYNC109 (the kernel's clock, not the loop's)
@@ -126,10 +146,12 @@ async def wait_for_run(
     found = waiters.add(run_id)
     try:
         # A run with an attempt running here (or about to) ends with a commit of ours: no
-        # read now, which would only compete with that attempt (another process's end of
-        # it is found by the next poll, as always).
-        first = not running_here
-        run = await _poll(found, ended, clock, deadline, poll_interval, read_first=first)
+        # read now, nor at every hint of its commits (the SQLite feed hints at ours too),
+        # which would only compete with that attempt; another process's end of it is found
+        # by the next poll, as before the feed.
+        async with watching(NoChangeFeed() if running_here else feed, run_id) as hinted:
+            poll = Poll(clock, deadline, poll_interval, hinted)
+            run = await poll.until(found, ended, read_first=not running_here)
     finally:
         waiters.remove(run_id, found)
     if run is None:
@@ -141,6 +163,7 @@ async def wait_for_value(
     waiters: ValueWaiters,
     persistence: Persistence,
     clock: Clock,
+    feed: ChangeFeed,
     run_id: str,
     key: str,
     *,
@@ -155,70 +178,96 @@ async def wait_for_value(
     """
 
     async def settled() -> Settled | None:
+        # The run before the value: a value is written no later than the commit that ends
+        # its run, so when the run had ended at the first read the second sees the value
+        # if there is one. (The other way round, on a database whose statements each see
+        # the latest commit, a value and the run's end committed between the two reads
+        # would read as "ended without it".)
         async with persistence.transaction() as tx:
+            run = await tx.runs.get(run_id)
+            if run is None:
+                raise RunNotFoundError(run_id)
             value = await tx.values.get(run_id, key)
-            run = await tx.runs.get(run_id) if value is None else None
-        if value is None and run is None:
-            raise RunNotFoundError(run_id)
-        if value is not None or (run is not None and run.status.is_terminal):
+        if value is not None or run.status.is_terminal:
             return (value,)
         return None  # not yet
 
     deadline = _deadline(clock, timeout)
+    if timeout == 0:  # a look, not a wait
+        now = await settled()
+        return None if now is None else now[0]
     found = waiters.add((run_id, key))
     try:
-        now = await settled()
-        if now is not None or timeout == 0:
-            return None if now is None else now[0]
-        later = await _poll(found, settled, clock, deadline, poll_interval, read_first=False)
+        async with watching(feed, run_id) as hinted:
+            poll = Poll(clock, deadline, poll_interval, hinted)
+            later = await poll.until(found, settled, read_first=True)
         return None if later is None else later[0]
     finally:
         waiters.remove((run_id, key), found)
 
 
-async def _poll(
-    found: asyncio.Future[V],
-    read: Callable[[], Awaitable[V | None]],
-    clock: Clock,
-    deadline: datetime | None,
-    poll_interval: float,
-    *,
-    read_first: bool,
-) -> V | None:
-    """What `read` returns once it is not None, or what resolves `found` first (a commit
-    of this process); None once `deadline` passes. `read` runs every `poll_interval`
-    seconds (and once more at the deadline)."""
-    if poll_interval <= 0:
-        raise ValueError("poll_interval must be positive")
-    read_now = read_first
-    while True:
-        if read_now:
-            value = await read()
-            if value is not None:
-                return value
-        read_now = True
-        delay = poll_interval
-        if deadline is not None:
-            left = (deadline - clock.now()).total_seconds()
-            if left <= 0:
+class Poll:
+    """How a waiter waits between its reads: until a commit of this process resolves its
+    future, a hint from the change feed comes, `poll_interval` seconds pass, or the
+    deadline (None: never)."""
+
+    def __init__(
+        self,
+        clock: Clock,
+        deadline: datetime | None,
+        poll_interval: float,
+        hinted: asyncio.Event,
+    ) -> None:
+        if poll_interval <= 0:
+            raise ValueError("poll_interval must be positive")
+        self.clock = clock
+        self.deadline = deadline
+        self.poll_interval = poll_interval
+        self.hinted = hinted
+
+    async def until(
+        self,
+        found: asyncio.Future[V],
+        read: Callable[[], Awaitable[V | None]],
+        *,
+        read_first: bool,
+    ) -> V | None:
+        """What `read` returns once it is not None, or what resolves `found` first;
+        None once the deadline passes (after one last read at it)."""
+        read_now = read_first
+        while True:
+            if read_now:
+                self.hinted.clear()  # before the read: a hint during it is not lost
+                value = await read()
+                if value is not None:
+                    return value
+            read_now = True
+            if not await self.pause(found):
                 return None
+            if found.done():
+                return found.result()
+
+    async def pause(self, found: asyncio.Future[Any]) -> bool:
+        """Wait for the next reason to read; False when the deadline has passed."""
+        delay = self.poll_interval
+        if self.deadline is not None:
+            left = (self.deadline - self.clock.now()).total_seconds()
+            if left <= 0:
+                return False
             delay = min(delay, left)  # one last read at the deadline
-        if await _ended_within(found, clock.sleep(delay)):
-            return found.result()
+        sleeper = asyncio.ensure_future(self.clock.sleep(delay))
+        hint = asyncio.ensure_future(self.hinted.wait())
+        either: set[asyncio.Future[Any]] = {found, sleeper, hint}
+        try:
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in (sleeper, hint):
+                waiting.cancel()
+            await asyncio.gather(sleeper, hint, return_exceptions=True)
+        return True
 
 
 def _deadline(clock: Clock, timeout: float | None) -> datetime | None:
     """When a wait of `timeout` seconds begun now gives up: taken before the first read,
     so that time passing during that read counts."""
     return None if timeout is None else clock.now() + timedelta(seconds=max(0.0, timeout))
-
-
-async def _ended_within(ended: asyncio.Future[Any], sleep: Awaitable[None]) -> bool:
-    sleeper = asyncio.ensure_future(sleep)
-    either: set[asyncio.Future[Any]] = {ended, sleeper}
-    try:
-        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        sleeper.cancel()
-        await asyncio.gather(sleeper, return_exceptions=True)
-    return ended.done()

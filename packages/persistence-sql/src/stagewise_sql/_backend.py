@@ -31,6 +31,7 @@ from stagewise_sql._clock import DatabaseClock
 from stagewise_sql._connect import create_engine, display_url, is_memory_sqlite, parse_url
 from stagewise_sql._engine import Database
 from stagewise_sql._errors import DatabaseNotFoundError, SchemaMissingError
+from stagewise_sql._feed import SqlChangeFeed
 from stagewise_sql._migrate import current_revision, ensure_schema
 from stagewise_sql._persistence import SqlPersistence
 from stagewise_sql._schema import TABLES, VERSION_TABLE
@@ -76,6 +77,8 @@ class SqlBackend:
         self.persistence = SqlPersistence(db)
         self.job_transport = SqlJobTransport(db, clock)
         self.blob_store = SqlBlobStore(db)
+        self.changes = SqlChangeFeed(db)
+        """Hints of other processes' commits, for the kernel's waiting readers."""
 
     @classmethod
     async def connect(
@@ -183,6 +186,7 @@ class SqlBackend:
             plugins=plugins,
             ids=ids,
             settings=settings,
+            changes=self.changes,
         )
 
     @property
@@ -209,11 +213,12 @@ class SqlBackend:
         return await current_revision(self._db)
 
     async def close(self) -> None:
-        """Stop measuring the clock; close the LISTEN connection and every pooled
-        connection."""
+        """Stop measuring the clock; close the LISTEN connections, the change feed's watch
+        and every pooled connection."""
         if isinstance(self.clock, DatabaseClock):
             await self.clock.close()
         await self.job_transport.close()
+        await self.changes.close()
         await self._db.close()
 
     async def __aenter__(self) -> SqlBackend:

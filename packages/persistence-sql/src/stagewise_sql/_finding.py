@@ -36,9 +36,9 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 
 from stagewise._query import RunFilter
-from stagewise._records import LogLine, RunValueRecord, SignalRecord
+from stagewise._records import LogLine, RunValueRecord, SignalRecord, StreamItemRecord
 from stagewise_sql import _rows
-from stagewise_sql._schema import logs, run_values, runs, signals
+from stagewise_sql._schema import logs, run_values, runs, signals, stream_items
 from stagewise_sql._statements import Store, time_param
 
 
@@ -122,6 +122,35 @@ class SqlValueStore(Store):
     async def for_run(self, run_id: str) -> list[RunValueRecord]:
         stmt = select(run_values).where(run_values.c.run_id == run_id).order_by(run_values.c.key)
         return [_rows.value_from_row(row) for row in await self._link.execute(stmt)]
+
+
+class SqlStreamStore(Store):
+    """The runs' streams (`StreamStore`): read by the primary key's order."""
+
+    async def tail(self, run_id: str, key: str) -> StreamItemRecord | None:
+        stmt = (
+            select(stream_items)
+            .where(stream_items.c.run_id == run_id, stream_items.c.key == key)
+            .order_by(stream_items.c.seq.desc())
+            .limit(1)
+        )
+        row = (await self._link.execute(stmt)).first()
+        return None if row is None else _rows.stream_item_from_row(row)
+
+    async def read(
+        self, run_id: str, key: str, *, offset: int = 0, limit: int = 1000
+    ) -> list[StreamItemRecord]:
+        stmt = (
+            select(stream_items)
+            .where(
+                stream_items.c.run_id == run_id,
+                stream_items.c.key == key,
+                stream_items.c.seq >= offset,
+            )
+            .order_by(stream_items.c.seq)
+            .limit(limit)
+        )
+        return [_rows.stream_item_from_row(row) for row in await self._link.execute(stmt)]
 
 
 class SqlLogStore(Store):

@@ -236,7 +236,7 @@ class LitePath:
     async def _trip(self, ops: list[Op]) -> list[list[Any]]:
         """`ops` after the held writes, in one trip; the rows of `ops`."""
         wanted = len(ops)
-        taken, updated_runs = self.writes.take()
+        taken, updated_runs, _ = self.writes.take()  # (other processes watch the file)
         writes: list[Op] = []
         for how, rows in taken:
             codec = self._codecs.writes[how]

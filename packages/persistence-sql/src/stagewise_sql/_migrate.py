@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 # (the usual one) checks the version row with a plain SELECT.
 
 MIGRATIONS = Path(__file__).parent / "migrations"
-HEAD = "0010"
+HEAD = "0011"
 """The newest revision in `migrations/versions` (a test keeps the two in step)."""
 _VERSION = table(VERSION_TABLE, column("version_num"))
 _LOCK_KEY = 0x5354_4147_4557  # "STAGEW": the advisory lock that serializes upgrades

@@ -23,7 +23,13 @@ from stagewise._records import Changeset, IdempotencyRecord, RunRecord, StageRec
 from stagewise._states import RunStatus, StageStatus
 from stagewise_sql import _rows
 from stagewise_sql._engine import Database, UnitConnection
-from stagewise_sql._finding import SqlLogStore, SqlSignalStore, SqlValueStore, find_statement
+from stagewise_sql._finding import (
+    SqlLogStore,
+    SqlSignalStore,
+    SqlStreamStore,
+    SqlValueStore,
+    find_statement,
+)
 from stagewise_sql._outbox import SqlOutboxStore
 from stagewise_sql._purging import finished_before_statement, purge_statement
 from stagewise_sql._schema import ACTIVE_WITH_DEADLINE, idempotency, runs
@@ -46,6 +52,7 @@ class SqlTransaction:
         self.logs = SqlLogStore(db, link)
         self.signals = SqlSignalStore(db, link)
         self.values = SqlValueStore(db, link)
+        self.streams = SqlStreamStore(db, link)
 
     async def apply(self, changes: Changeset) -> None:
         """Hold `changes` to go out with the transaction's next statement or its commit

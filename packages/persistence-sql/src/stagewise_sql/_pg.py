@@ -26,7 +26,7 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from sqlalchemy import BigInteger, Column, Float, Integer, Table
+from sqlalchemy import BigInteger, Boolean, Column, Float, Integer, Table
 
 from stagewise._records import RunRecord, StageRecord, with_stages
 from stagewise_sql import _rows
@@ -49,6 +49,11 @@ RUNS_CHANNEL = "stagewise_runs"
 """The PostgreSQL NOTIFY channel that new runs announce themselves on (sent with the write
 that inserts them, delivered on commit), so that an idle worker claims them at once instead
 of at its next claim interval."""
+CHANGES_CHANNEL = "stagewise_changes"
+"""The NOTIFY channel of the change feed (`_feed`): the ids of the runs a transaction
+published a value of, wrote a stream item of, or ended, space-separated; "*" when they
+would not fit in one notification."""
+_PAYLOAD_LIMIT = 7000  # bytes: PostgreSQL's limit is 8000
 
 # --- reads -------------------------------------------------------------------------------
 
@@ -109,6 +114,8 @@ def _pg_type(column: Column[Any] | None) -> str:
         return "timestamptz"
     if isinstance(column.type, Float):
         return "float8"
+    if isinstance(column.type, Boolean):
+        return "bool"
     return "text"  # text, keys, statuses, and JSON as text (cast to jsonb where it is read)
 
 
@@ -155,13 +162,14 @@ def _write_sql(how: TableWrite, first: int) -> str:
 
 
 _ENCODERS = {how: tuple(_encoder(_column(how, n)) for n in _fields(how)) for how in WRITES}
-_STATEMENTS: dict[tuple[TableWrite, ...], str] = {}
+_STATEMENTS: dict[tuple[tuple[TableWrite, ...], bool], str] = {}
 
 
-def _write_statement(ways: tuple[TableWrite, ...]) -> str:
+def _write_statement(ways: tuple[TableWrite, ...], changed: bool) -> str:
     """The one statement for `ways` (prepared by asyncpg per text: at most one per
-    combination). It answers with the NOTIFY for new runs and the number of runs updated."""
-    statement = _STATEMENTS.get(ways)
+    combination). It answers with the NOTIFY for new runs, the number of runs updated and,
+    when `changed`, the change feed's NOTIFY."""
+    statement = _STATEMENTS.get((ways, changed))
     if statement is None:
         ctes: list[str] = []
         number = 1
@@ -171,10 +179,19 @@ def _write_statement(ways: tuple[TableWrite, ...]) -> str:
                 updated = f"(SELECT count(*) FROM w{len(ctes)})"
             ctes.append(f"w{len(ctes)} AS ({_write_sql(how, number)})")
             number += len(_fields(how))
-        notify = f"pg_notify(${number}, ${number + 1})" if NEW_RUNS in ways else "NULL"
-        statement = f"WITH {', '.join(ctes)} SELECT {notify}, {updated}"
-        _STATEMENTS[ways] = statement
+        notify = "NULL"
+        if NEW_RUNS in ways:
+            notify = f"pg_notify(${number}, ${number + 1})"
+            number += 2
+        feed = f"pg_notify(${number}, ${number + 1})" if changed else "NULL"
+        statement = f"WITH {', '.join(ctes)} SELECT {notify}, {updated}, {feed}"
+        _STATEMENTS[(ways, changed)] = statement
     return statement
+
+
+def _feed_payload(run_ids: list[str]) -> str:
+    payload = " ".join(run_ids)
+    return payload if len(payload.encode()) <= _PAYLOAD_LIMIT else "*"
 
 
 def _arrays(how: TableWrite, rows: Sequence[Values]) -> list[list[Any]]:
@@ -213,7 +230,7 @@ class PgPath:
 
     async def flush(self) -> None:
         """Send the held writes now, as one statement."""
-        taken, updated_runs = self.writes.take()
+        taken, updated_runs, changed = self.writes.take()
         if not taken:
             return
         ways = tuple(how for how, _ in taken)
@@ -222,9 +239,11 @@ class PgPath:
             args += _arrays(how, rows)
         if NEW_RUNS in ways:
             args += self._notify
+        if changed:
+            args += (CHANGES_CHANNEL, _feed_payload(changed))
         self.used = True
         try:
-            row = await self.driver.fetchrow(_write_statement(ways), *args)
+            row = await self.driver.fetchrow(_write_statement(ways, bool(changed)), *args)
             check_updated(updated_runs, row[1])
         except Exception as exc:
             self.failed = self.failed or exc

@@ -19,6 +19,7 @@ from stagewise._records import (
     RunValueRecord,
     SignalRecord,
     StageRecord,
+    StreamItemRecord,
     WorkerRecord,
 )
 from stagewise._states import RunStatus, StageStatus
@@ -367,4 +368,30 @@ def value_from_row(row: Any) -> RunValueRecord:
         stage_id=row.stage_id,
         attempt=row.attempt,
         set_at=row.set_at,
+    )
+
+
+def stream_item_values(item: StreamItemRecord) -> Values:
+    return {
+        "run_id": item.run_id,
+        "key": item.key,
+        "seq": item.offset,
+        "value": item.value,
+        "stage_id": item.stage_id,
+        "attempt": item.attempt,
+        "written_at": item.written_at,
+        "closed": item.closed,
+    }
+
+
+def stream_item_from_row(row: Any) -> StreamItemRecord:
+    return StreamItemRecord(
+        run_id=row.run_id,
+        key=row.key,
+        offset=row.seq,
+        value=row.value,
+        stage_id=row.stage_id,
+        attempt=row.attempt,
+        written_at=row.written_at,
+        closed=bool(row.closed),
     )

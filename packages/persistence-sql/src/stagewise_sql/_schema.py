@@ -23,6 +23,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     Float,
     ForeignKeyConstraint,
@@ -314,6 +315,22 @@ run_values = Table(
     _fk_to_run("stagewise_run_values"),
 )
 
+# The runs' streams (`ctx.write_stream`): items in order per (run, key), the close last.
+stream_items = Table(
+    "stagewise_stream_items",
+    metadata,
+    Column("run_id", KEY, nullable=False),
+    Column("key", KEY, nullable=False),
+    Column("seq", BigInteger, nullable=False),  # the item's offset ("offset" is reserved)
+    Column("value", JSON_VALUE, nullable=True),
+    Column("stage_id", KEY, nullable=False),
+    Column("attempt", Integer, nullable=False),
+    _time("written_at", nullable=False),
+    Column("closed", Boolean, nullable=False),
+    PrimaryKeyConstraint("run_id", "key", "seq"),
+    _fk_to_run("stagewise_stream_items"),
+)
+
 jobs = Table(
     "stagewise_jobs",
     metadata,
@@ -374,6 +391,7 @@ TABLES = (
     logs,
     signals,
     run_values,
+    stream_items,
     jobs,
     workers,
     blobs,

@@ -32,6 +32,7 @@ from stagewise._records import JobMessage
 from stagewise_sql import _rows
 from stagewise_sql._connect import is_memory_sqlite
 from stagewise_sql._engine import Database, UnitConnection
+from stagewise_sql._feed import listener_options
 from stagewise_sql._persistence import SqlTransaction
 from stagewise_sql._pg import RUNS_CHANNEL
 from stagewise_sql._schema import jobs as jobs_t
@@ -344,11 +345,8 @@ class SqlJobTransport:
                 return
             import asyncpg  # type: ignore[import-untyped]
 
-            _, options = self._db.engine.dialect.create_connect_args(self._db.engine.url)
-            for key in ("prepared_statement_cache_size", "prepared_statement_name_func"):
-                options.pop(key, None)
             try:
-                conn = await asyncpg.connect(**options, timeout=10)
+                conn = await asyncpg.connect(**listener_options(self._db), timeout=10)
                 await conn.add_listener(CHANNEL, self._on_notify)
                 await conn.add_listener(RUNS_CHANNEL, self._on_run_notify)
             except Exception as exc:

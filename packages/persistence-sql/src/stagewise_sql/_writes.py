@@ -5,7 +5,7 @@ The kernel hands each transaction's writes over as one `Changeset` (`Transaction
 `PendingWrites` holds it and `take` turns it into rows per `TableWrite`, in a fixed order:
 new runs inserted, changed runs updated where the stored row is still at the expected
 version, stage rows deleted and upserted, events, deliveries, log lines and idempotency
-keys inserted, signals and published values upserted.
+keys inserted, signals and published values upserted, stream items inserted.
 
 Holding the writes changes nothing a caller can see, provided every other statement of the
 transaction sends them first (`_engine`): reads see the writes, the order of effects is
@@ -33,6 +33,7 @@ from stagewise_sql._schema import run_values as run_values_t
 from stagewise_sql._schema import runs as runs_t
 from stagewise_sql._schema import signals as signals_t
 from stagewise_sql._schema import stages as stages_t
+from stagewise_sql._schema import stream_items as stream_items_t
 
 Values = dict[str, Any]
 
@@ -87,6 +88,7 @@ LOGS = TableWrite(logs_t, "insert")
 KEYS = TableWrite(idempotency_t, "insert")
 SIGNALS = TableWrite(signals_t, "upsert")
 VALUES = TableWrite(run_values_t, "upsert")
+STREAM_ITEMS = TableWrite(stream_items_t, "insert")
 WRITES = (
     NEW_RUNS,
     RUN_UPDATES,
@@ -98,6 +100,7 @@ WRITES = (
     KEYS,
     SIGNALS,
     VALUES,
+    STREAM_ITEMS,
 )
 """Every way a changeset writes, in the order the rows go out."""
 
@@ -132,12 +135,13 @@ class PendingWrites:
             self._changes = changes
         return True
 
-    def take(self) -> tuple[list[tuple[TableWrite, list[Values]]], list[str]]:
+    def take(self) -> tuple[list[tuple[TableWrite, list[Values]]], list[str], list[str]]:
         """The held changeset as column values per way of writing (those with rows only,
-        in `WRITES` order), and the ids of the runs updated; nothing is held after."""
+        in `WRITES` order), the ids of the runs updated, and those of the runs a reader in
+        another process may wait on (`changed_runs`); nothing is held after."""
         changes, self._changes = self._changes, None
         if changes is None:
-            return [], []
+            return [], [], []
         collected: tuple[tuple[TableWrite, Sequence[Any], Callable[[Any], Values]], ...] = (
             (NEW_RUNS, changes.new_runs, _rows.run_values),
             (RUN_UPDATES, changes.runs, _update_values),
@@ -149,11 +153,20 @@ class PendingWrites:
             (KEYS, changes.idempotency, _rows.idempotency_values),
             (SIGNALS, changes.signals, _rows.signal_values),
             (VALUES, changes.values, _rows.value_values),
+            (STREAM_ITEMS, changes.stream_items, _rows.stream_item_values),
         )
         rows = [
             (how, [values(r) for r in records]) for how, records, values in collected if records
         ]
-        return rows, [w.run.run_id for w in changes.runs]
+        return rows, [w.run.run_id for w in changes.runs], changed_runs(changes)
+
+
+def changed_runs(changes: Changeset) -> list[str]:
+    """The runs whose change a waiting reader wants to hear of (`ChangeFeed`): a value
+    published, a stream item written, the run ended."""
+    ids = {v.run_id for v in changes.values} | {i.run_id for i in changes.stream_items}
+    ids.update(w.run.run_id for w in changes.runs if w.run.status.is_terminal)
+    return sorted(ids)
 
 
 def check_updated(expected: list[str], updated: int) -> None:

@@ -6,6 +6,7 @@
     stagewise runs list --status FAILED --since 2h --meta team=search
     stagewise runs show RUN_ID
     stagewise runs logs RUN_ID --follow
+    stagewise runs stream RUN_ID tokens --raw
     stagewise runs cancel RUN_ID
     stagewise runs rerun RUN_ID --from STAGE --app myapp.flows:registry
     stagewise db upgrade
@@ -18,71 +19,29 @@ and exit code 1, never a traceback (set STAGEWISE_DEBUG=1 to see one).
 
 from __future__ import annotations
 
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from stagewise import RunFilter, RunStatus, StagewiseError
-from stagewise_node.cli._compose import APP_ENV, DATABASE_ENV, DEFAULT_DATABASE
+from stagewise_node.cli import _read_commands as _read_commands  # registers its commands
+from stagewise_node.cli._apps import (
+    App,
+    Db,
+    LogFormatChoice,
+    Meta,
+    StatusChoice,
+    Utc,
+    When,
+    app,
+    db_app,
+    runs_app,
+)
+from stagewise_node.cli._compose import DEFAULT_DATABASE
 from stagewise_node.cli._output import CliError, fail, run_async, setup_logging
 
 __all__ = ["app", "main"]
-
-app = typer.Typer(
-    name="stagewise",
-    help="stagewise: durable workflows. Start with `stagewise demo`.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
-runs_app = typer.Typer(help="Look at and act on runs.", no_args_is_help=True)
-db_app = typer.Typer(help="Manage the database schema.", no_args_is_help=True)
-workers_app = typer.Typer(help="Look at the fleet's workers.", no_args_is_help=True)
-app.add_typer(runs_app, name="runs")
-app.add_typer(db_app, name="db")
-app.add_typer(workers_app, name="workers")
-
-Db = Annotated[
-    str,
-    typer.Option(
-        "--db",
-        envvar=DATABASE_ENV,
-        help="Database URL: sqlite:///path.db or postgresql://user@host/db.",
-        show_default=True,
-    ),
-]
-App = Annotated[
-    str | None,
-    typer.Option(
-        "--app",
-        envvar=APP_ENV,
-        help="Where the workflows are: MODULE:ATTR (a WorkflowRegistry or list of workflows).",
-    ),
-]
-
-Utc = Annotated[
-    bool, typer.Option("--utc", help="Show times in UTC (default: local time, with its offset).")
-]
-Meta = Annotated[
-    list[str] | None,
-    typer.Option("--meta", metavar="KEY=VALUE", help="A metadata label (repeat for more)."),
-]
-When = "A duration back from now (30m, 2h, 7d) or a date and time (2026-12-03T09:00)"
-
-
-class LogFormatChoice(StrEnum):
-    text = "text"
-    json = "json"
-
-
-class StatusChoice(StrEnum):
-    PENDING = "PENDING"
-    RUNNING = "RUNNING"
-    COMPLETED = "COMPLETED"
-    FAILED = "FAILED"
-    CANCELLED = "CANCELLED"
 
 
 @app.command()
@@ -228,66 +187,6 @@ def runs_list(
     times = (since, until, finished_since, finished_until)
     listing = Listing(where, *times, limit=limit, cursor=cursor)
     run_async(list_runs(db=db, listing=listing, as_json=json_output, times=Times(utc=utc)))
-
-
-@runs_app.command("logs")
-def runs_logs(
-    run_id: Annotated[str, typer.Argument()],
-    stage: Annotated[str | None, typer.Option(help="Only the lines of this stage.")] = None,
-    follow: Annotated[
-        bool,
-        typer.Option(
-            "--follow",
-            "-f",
-            help="Keep printing new lines until the run ends (exit 1 unless "
-            "it completed), or Ctrl-C.",
-        ),
-    ] = False,
-    json_output: Annotated[
-        bool, typer.Option("--json", help="One JSON object per line instead.")
-    ] = False,
-    db: Db = DEFAULT_DATABASE,
-    utc: Utc = False,
-) -> None:
-    """Print a run's log lines in the order they were written."""
-    from stagewise_node.cli._logs import show_logs
-    from stagewise_node.cli._render import Times
-
-    code = run_async(
-        show_logs(
-            db=db,
-            run_id=run_id,
-            stage_id=stage,
-            follow=follow,
-            as_json=json_output,
-            times=Times(utc=utc),
-        )
-    )
-    raise typer.Exit(code)
-
-
-@workers_app.command("list")
-def workers_list(db: Db = DEFAULT_DATABASE, utc: Utc = False) -> None:
-    """List the workers: live ones first, then those gone silent or stopped (rows age out
-    a day after a worker was last seen)."""
-    from stagewise_node.cli._render import Times
-    from stagewise_node.cli._workers import list_workers
-
-    run_async(list_workers(db=db, times=Times(utc=utc)))
-
-
-@runs_app.command("show")
-def runs_show(
-    run_id: Annotated[str, typer.Argument()],
-    json_output: Annotated[bool, typer.Option("--json", help="Print JSON instead.")] = False,
-    db: Db = DEFAULT_DATABASE,
-    utc: Utc = False,
-) -> None:
-    """Show a run: its stages, every attempt, timings and errors."""
-    from stagewise_node.cli._render import Times
-    from stagewise_node.cli._runs import show_run
-
-    run_async(show_run(db=db, run_id=run_id, as_json=json_output, times=Times(utc=utc)))
 
 
 @runs_app.command("cancel")

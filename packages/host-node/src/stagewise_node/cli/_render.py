@@ -17,7 +17,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from stagewise import ErrorInfo, RunRecord, StageRecord, StageStatus
+from stagewise import ErrorInfo, RunRecord, RunValueRecord, StageRecord, StageStatus
 from stagewise_node.cli._text import printable, safe_text
 from stagewise_node.cli._views import RunView
 
@@ -283,6 +283,25 @@ def run_header(view: RunView, times: Times) -> Table:
     return grid
 
 
+def events_table(values: list[RunValueRecord], times: Times) -> Table:
+    """The values as a table: key, value, the stage and attempt that set it, when."""
+    set_at = times.column("set", [v.set_at for v in values], "%m-%d %H:%M:%S.%f")
+    table = Table(title="Events", title_justify="left")
+    table.add_column("key", style="cyan", overflow="fold")
+    table.add_column("value", overflow="fold", ratio=1)
+    table.add_column("set by", no_wrap=True)
+    table.add_column(set_at.title, no_wrap=True)
+    for v, when in zip(values, set_at.cells, strict=True):
+        by = f"{v.stage_id}#{v.attempt}"
+        table.add_row(safe_text(v.key), safe_text(compact_json(v.value)), safe_text(by), when)
+    return table
+
+
+def compact_json(value: Any) -> str:
+    """`value` as JSON on one line, escaped."""
+    return printable(json.dumps(value, ensure_ascii=False, default=str))
+
+
 def run_details(view: RunView, times: Times) -> RenderableType:
     parts: list[RenderableType] = [
         run_header(view, times),
@@ -291,6 +310,8 @@ def run_details(view: RunView, times: Times) -> RenderableType:
     ]
     if view.attempts:
         parts += [Text(), attempts_table(view, times)]
+    if view.values:
+        parts += [Text(), events_table(view.values, times)]
     for stage in view.stages:
         if stage.status is StageStatus.FAILED and stage.error and stage.error.traceback:
             parts += [

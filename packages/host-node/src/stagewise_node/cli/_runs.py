@@ -221,6 +221,7 @@ def _as_json(view: RunView) -> dict[str, Any]:
         "output": view.output,
         "cancel_reason": view.cancel_reason,
         "waiting": view.waiting,
+        "events": {v.key: v.value for v in view.values},
         "stages": [
             {
                 "stage_id": s.stage_id,

@@ -14,6 +14,7 @@ from stagewise import (
     RunNotFoundError,
     RunRecord,
     RunStatus,
+    RunValueRecord,
     StageRecord,
     WorkerRecord,
 )
@@ -41,6 +42,8 @@ class RunView:
     """The `--reason` of the cancellation, for a CANCELLED run (from its `run.cancelled`)."""
     waiting: str | None = None
     """For an unfinished run that no live worker can run: why it waits."""
+    values: list[RunValueRecord] = field(default_factory=list)
+    """The values the run published (`ctx.set_event`), by key."""
 
     def attempts_of(self, stage_id: str) -> list[Attempt]:
         return [a for a in self.attempts if a.stage_id == stage_id]
@@ -66,8 +69,9 @@ async def load_run(
             raise RunNotFoundError(run_id)
         stages = await tx.stages.for_run(run_id)
         events = await tx.outbox.events(run_id)
+        values = await tx.values.for_run(run_id)
         workers = await tx.workers.find() if now is not None else []
-    view = RunView(run=run, stages=stages, attempts=attempts_from(events))
+    view = RunView(run=run, stages=stages, attempts=attempts_from(events), values=values)
     if now is not None:
         view.waiting = waiting_for(run, workers, now)
     if run.status is RunStatus.CANCELLED:

@@ -54,6 +54,7 @@ from stagewise._ports import (
     RunStore,
     SignalStore,
     StageStore,
+    StreamStore,
     Transaction,
     ValueStore,
     WorkerStore,
@@ -210,6 +211,7 @@ class FaultyTransaction:
         self._logs = cast(LogStore, _StoreProxy(injector, "logs", inner.logs))
         self._signals = cast(SignalStore, _StoreProxy(injector, "signals", inner.signals))
         self._values = cast(ValueStore, _StoreProxy(injector, "values", inner.values))
+        self._streams = cast(StreamStore, _StoreProxy(injector, "streams", inner.streams))
         self._injector = injector
 
     @property
@@ -243,6 +245,10 @@ class FaultyTransaction:
     @property
     def values(self) -> ValueStore:
         return self._values
+
+    @property
+    def streams(self) -> StreamStore:
+        return self._streams
 
     async def apply(self, changes: Changeset) -> None:
         await self._injector.call("tx.apply", lambda: self.inner.apply(changes))

@@ -28,6 +28,7 @@ from stagewise._records import (
     RunValueRecord,
     SignalRecord,
     StageRecord,
+    StreamItemRecord,
     WorkerRecord,
     with_stages,
 )
@@ -35,7 +36,7 @@ from stagewise._states import RunStatus, StageStatus
 from stagewise.testing import _memory_purge
 from stagewise.testing._memory_logs import MemoryLogs
 from stagewise.testing._memory_outbox import MemoryOutbox
-from stagewise.testing._memory_signals import MemorySignals, MemoryValues
+from stagewise.testing._memory_signals import MemorySignals, MemoryStreams, MemoryValues
 
 _TABLES = (
     "runs",
@@ -47,6 +48,7 @@ _TABLES = (
     "workers",
     "signals",
     "values",
+    "streams",
 )
 
 
@@ -61,6 +63,7 @@ class _State:
         self.workers: dict[str, WorkerRecord] = {}
         self.signals: dict[tuple[str, int], SignalRecord] = {}
         self.values: dict[tuple[str, str], RunValueRecord] = {}
+        self.streams: dict[tuple[str, str, int], StreamItemRecord] = {}
 
 
 class MemoryTransaction:
@@ -80,6 +83,7 @@ class MemoryTransaction:
         self.logs = MemoryLogs(self)
         self.signals = MemorySignals(self)
         self.values = MemoryValues(self)
+        self.streams = MemoryStreams(self)
 
     def read(self, table: str) -> dict[Any, Any]:
         copy = self._copies.get(table)
@@ -123,6 +127,9 @@ class MemoryTransaction:
             self.write("signals").update(((s.run_id, s.seq), s) for s in changes.signals)
         if changes.values:
             self.write("values").update(((v.run_id, v.key), v) for v in changes.values)
+        if changes.stream_items:
+            items = self.write("streams")
+            items.update(((i.run_id, i.key, i.offset), i) for i in changes.stream_items)
 
     def _refuse(self, changes: Changeset) -> None:
         """Raise what the changeset breaks: a key that exists, a version that moved."""
@@ -132,6 +139,7 @@ class MemoryTransaction:
             ("event", [e.event_id for e in changes.events], "events"),
             ("delivery", [(d.event_id, d.consumer) for d in changes.deliveries], "deliveries"),
             ("idempotency key", [(k.scope, k.key) for k in changes.idempotency], "idempotency"),
+            ("stream item", [(i.run_id, i.key, i.offset) for i in changes.stream_items], "streams"),
         ]
         for what, keys, name in inserts:
             if not keys:
@@ -202,6 +210,10 @@ class InMemoryPersistence:
 
     def snapshot_signals(self) -> list[SignalRecord]:
         return [self._state.signals[k] for k in sorted(self._state.signals)]
+
+    def snapshot_streams(self) -> list[StreamItemRecord]:
+        """Every stream item, by run, key and offset."""
+        return [self._state.streams[k] for k in sorted(self._state.streams)]
 
     def snapshot_logs(self, run_id: str | None = None) -> list[LogRecord]:
         """Log lines in the order they were written."""

@@ -32,7 +32,7 @@ async def finished_before(tx: _Tables, before: datetime, limit: int) -> list[Run
 
 def purge(tx: _Tables, run_ids: Sequence[str]) -> int:
     """The same rows as the SQL schema's cascades: the runs, their stages, events, the
-    events' deliveries, log lines, signals and published values."""
+    events' deliveries, log lines, signals, published values and stream items."""
     gone = set(run_ids) & set(tx.read("runs"))
     if not gone:
         return 0
@@ -41,7 +41,7 @@ def purge(tx: _Tables, run_ids: Sequence[str]) -> int:
     stages = tx.write("stages")
     for key in [k for k in stages if k[0] in gone]:
         del stages[key]
-    for table in ("events", "deliveries", "logs", "signals", "values"):
+    for table in ("events", "deliveries", "logs", "signals", "values", "streams"):
         rows = tx.write(table)
         for key in [k for k, row in rows.items() if row.run_id in gone]:
             del rows[key]

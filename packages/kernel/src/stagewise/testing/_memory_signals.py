@@ -1,12 +1,12 @@
-"""A run's mailbox (`SignalStore`) and the values it published (`ValueStore`) in memory:
-stores of `InMemoryPersistence`'s transactions, kept apart so that its module stays
-small."""
+"""A run's mailbox (`SignalStore`), the values it published (`ValueStore`) and its
+streams (`StreamStore`) in memory: stores of `InMemoryPersistence`'s transactions, kept
+apart so that its module stays small."""
 
 from __future__ import annotations
 
 from typing import Any, Protocol
 
-from stagewise._records import RunValueRecord, SignalRecord
+from stagewise._records import RunValueRecord, SignalRecord, StreamItemRecord
 
 
 class _Tables(Protocol):
@@ -45,3 +45,24 @@ class MemoryValues:
     async def for_run(self, run_id: str) -> list[RunValueRecord]:
         table: dict[tuple[str, str], RunValueRecord] = self._tx.read("values")
         return [table[k] for k in sorted(k for k in table if k[0] == run_id)]
+
+
+class MemoryStreams:
+    """`StreamStore` over a memory transaction's `streams` table ((run_id, key, offset) ->
+    item)."""
+
+    def __init__(self, tx: _Tables) -> None:
+        self._tx = tx
+
+    async def tail(self, run_id: str, key: str) -> StreamItemRecord | None:
+        items = self._items(run_id, key)
+        return items[-1] if items else None
+
+    async def read(
+        self, run_id: str, key: str, *, offset: int = 0, limit: int = 1000
+    ) -> list[StreamItemRecord]:
+        return [i for i in self._items(run_id, key) if i.offset >= offset][:limit]
+
+    def _items(self, run_id: str, key: str) -> list[StreamItemRecord]:
+        table: dict[tuple[str, str, int], StreamItemRecord] = self._tx.read("streams")
+        return [table[k] for k in sorted(k for k in table if k[:2] == (run_id, key))]
