@@ -10,6 +10,10 @@ Exactly the CLI's worker (`stagewise_node.cli`), plus two things the runner need
   the driver (`stagewise_sql.count_statements`), and
   writes them as JSON to `$BENCH_COUNTS` when it exits after SIGTERM (a SIGKILLed worker
   writes nothing).
+
+With `$BENCH_PROFILE` set (a path), it also profiles itself with cProfile from start to
+exit and writes the statistics to `PATH.<pid>` (read them with `python -m pstats`): where
+a worker's CPU goes, for comparing two checkouts.
 """
 
 from __future__ import annotations
@@ -23,6 +27,15 @@ from pathlib import Path
 from stagewise_node import NodeHost
 from stagewise_node.cli import main
 from stagewise_sql import count_statements
+
+_profile_path = os.environ.get("BENCH_PROFILE")
+if _profile_path:
+    import cProfile
+
+    _profiler = cProfile.Profile()
+    _profiler.enable()
+    _stats_path = f"{_profile_path}.{os.getpid()}"
+    atexit.register(lambda: (_profiler.disable(), _profiler.dump_stats(_stats_path)))
 
 _counting = count_statements()  # every engine of this process, for its whole life
 counts = _counting.__enter__()

@@ -141,7 +141,7 @@ class Changes:
     values: tuple[RunValueRecord, ...] = ()
     """Values the run published (`ctx.set_event`), with the outcome that publishes them."""
     stream_items: tuple[StreamItemRecord, ...] = ()
-    """Items appended to the run's streams (`ctx.write_stream`)."""
+    """Items appended to the run's streams (`ctx.write_stream`), or their closes."""
     stop_attempts: bool = False
     """The run was cancelled: code still running its attempts is told to stop."""
 
@@ -161,20 +161,6 @@ class RunChanges:
     expected_version: int | None
 
 
-_APPENDED = (
-    "events",
-    "logs",
-    "jobs",
-    "acks",
-    "blob_writes",
-    "blob_deletes",
-    "signals",
-    "values",
-    "stream_items",
-)
-"""The lists of a `ChangeLog` that only grow (until `take`), and of `Changes` alike."""
-
-
 class ChangeLog:
     """The changes of one transaction, collected by the aggregate as it decides.
 
@@ -185,16 +171,23 @@ class ChangeLog:
     """
 
     __slots__ = (
-        "_flags",
         "_marks",
         "_run_touched",
         "_touched",
+        "acks",
+        "blob_deletes",
+        "blob_writes",
         "deleted",
         "discard_jobs",
+        "events",
+        "jobs",
+        "logs",
         "run",
+        "signals",
         "stages",
         "stop_attempts",
-        *_APPENDED,
+        "stream_items",
+        "values",
     )
 
     def __init__(self) -> None:
@@ -220,8 +213,19 @@ class ChangeLog:
     def _mark(self) -> None:
         self._touched: dict[str, None] = {}  # stage ids written or deleted since the mark
         self._run_touched = False
-        self._marks = {name: len(getattr(self, name)) for name in _APPENDED}
-        self._flags = (self.discard_jobs, self.stop_attempts)
+        self._marks = (
+            len(self.events),
+            len(self.logs),
+            len(self.jobs),
+            len(self.acks),
+            len(self.blob_writes),
+            len(self.blob_deletes),
+            self.discard_jobs,
+            self.stop_attempts,
+            len(self.signals),
+            len(self.values),
+            len(self.stream_items),
+        )
 
     @property
     def needs_run(self) -> bool:
@@ -245,7 +249,22 @@ class ChangeLog:
         failed or passed its deadline) would otherwise outlive the run."""
         self.jobs.clear()
         self.discard_jobs = True
-        self._marks["jobs"] = 0
+        (events, logs, _, acks, writes, deletes, discarded, stopped, signals, values, items) = (
+            self._marks
+        )
+        self._marks = (
+            events,
+            logs,
+            0,
+            acks,
+            writes,
+            deletes,
+            discarded,
+            stopped,
+            signals,
+            values,
+            items,
+        )
 
     def delete_stage(self, stage_id: str) -> None:
         self.stages.pop(stage_id, None)
@@ -254,16 +273,26 @@ class ChangeLog:
 
     def decision(self) -> Changes:
         """What changed since the mark, as data; the mark moves here."""
-        marks = self._marks
-        discarded, stopped = self._flags
+        # Unpacked by position, not looked up by name: this runs at every decision.
+        (events, logs, jobs, acks, writes, deletes, discarded, stopped, signals, values, items) = (
+            self._marks
+        )
         touched = self._touched
         changes = Changes(
             run=self.run if self._run_touched else None,
             stages=tuple(self.stages[s] for s in touched if s in self.stages),
             deleted=tuple(s for s in touched if s in self.deleted),
+            events=tuple(self.events[events:]),
+            logs=tuple(self.logs[logs:]),
+            jobs=tuple(self.jobs[jobs:]),
+            acks=tuple(self.acks[acks:]),
             discard_jobs=self.discard_jobs and not discarded,
+            blob_writes=tuple(self.blob_writes[writes:]),
+            blob_deletes=tuple(self.blob_deletes[deletes:]),
             stop_attempts=self.stop_attempts and not stopped,
-            **{name: tuple(getattr(self, name)[marks[name] :]) for name in _APPENDED},
+            signals=tuple(self.signals[signals:]),
+            values=tuple(self.values[values:]),
+            stream_items=tuple(self.stream_items[items:]),
         )
         self._mark()
         return changes
@@ -274,9 +303,17 @@ class ChangeLog:
             run=self.run,
             stages=tuple(self.stages.values()),
             deleted=tuple(self.deleted),
+            events=tuple(self.events),
+            logs=tuple(self.logs),
+            jobs=tuple(self.jobs),
+            acks=tuple(self.acks),
             discard_jobs=self.discard_jobs,
+            blob_writes=tuple(self.blob_writes),
+            blob_deletes=tuple(self.blob_deletes),
             stop_attempts=self.stop_attempts,
-            **{name: tuple(getattr(self, name)) for name in _APPENDED},
+            signals=tuple(self.signals),
+            values=tuple(self.values),
+            stream_items=tuple(self.stream_items),
         )
         self._clear()
         return changes
