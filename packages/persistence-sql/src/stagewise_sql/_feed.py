@@ -29,7 +29,7 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from stagewise_sql._connect import is_memory_sqlite
@@ -51,6 +51,34 @@ def listener_options(db: Database) -> dict[str, Any]:
     for key in ("prepared_statement_cache_size", "prepared_statement_name_func"):
         options.pop(key, None)
     return dict(options)
+
+
+Notified = Callable[[object, int, str, str], None]
+"""asyncpg's listener callback: (connection, pid, channel, payload)."""
+
+
+async def open_listener(
+    db: Database, channels: Mapping[str, Notified], lost: Callable[..., None]
+) -> Any:
+    """An asyncpg connection that LISTENs on `channels` (each with its callback) and calls
+    `lost` if it terminates; None, logged, when it cannot be opened (whoever waits on it
+    falls back to its poll, and asks again later)."""
+    import asyncpg  # type: ignore[import-untyped]
+
+    conn = None
+    try:
+        conn = await asyncpg.connect(**listener_options(db), timeout=10)
+        for channel, notified in channels.items():
+            await conn.add_listener(channel, notified)
+    except Exception as exc:
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.close(timeout=2)
+        names = ", ".join(channels)
+        _log.warning("cannot LISTEN on %s at %s: %s", names, db.url_display, exc)
+        return None
+    conn.add_termination_listener(lost)
+    return conn
 
 
 class SqlChangeFeed:
@@ -98,19 +126,9 @@ class SqlChangeFeed:
 
     async def _listen(self) -> None:
         async with self._listen_lock:
-            if self._listener is not None:
-                return
-            import asyncpg  # type: ignore[import-untyped]
-
-            try:
-                conn = await asyncpg.connect(**listener_options(self._db), timeout=10)
-                await conn.add_listener(CHANGES_CHANNEL, self._on_notify)
-            except Exception as exc:  # no hints: readers poll; try again at the next watch
-                url = self._db.url_display
-                _log.warning("cannot LISTEN on %s at %s: %s", CHANGES_CHANNEL, url, exc)
-                return
-            conn.add_termination_listener(self._on_lost)
-            self._listener = conn
+            if self._listener is None:  # (not listening: readers poll; tried at each watch)
+                channels = {CHANGES_CHANNEL: self._on_notify}
+                self._listener = await open_listener(self._db, channels, self._on_lost)
 
     def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
         self._hint(None if payload == "*" else payload.split(" "))

@@ -32,7 +32,7 @@ from stagewise._records import JobMessage
 from stagewise_sql import _rows
 from stagewise_sql._connect import is_memory_sqlite
 from stagewise_sql._engine import Database, UnitConnection
-from stagewise_sql._feed import listener_options
+from stagewise_sql._feed import open_listener
 from stagewise_sql._persistence import SqlTransaction
 from stagewise_sql._pg import RUNS_CHANNEL
 from stagewise_sql._schema import jobs as jobs_t
@@ -341,20 +341,9 @@ class SqlJobTransport:
 
     async def _listen(self) -> None:
         async with self._listen_lock:
-            if self._listener is not None:
-                return
-            import asyncpg  # type: ignore[import-untyped]
-
-            try:
-                conn = await asyncpg.connect(**listener_options(self._db), timeout=10)
-                await conn.add_listener(CHANNEL, self._on_notify)
-                await conn.add_listener(RUNS_CHANNEL, self._on_run_notify)
-            except Exception as exc:
-                # No wake-ups: wait_for_jobs degrades to sleeping its timeout; try next time.
-                _log.warning("cannot LISTEN on %s at %s: %s", CHANNEL, self._db.url_display, exc)
-                return
-            conn.add_termination_listener(self._on_listener_lost)
-            self._listener = conn
+            if self._listener is None:  # (not listening: waits sleep their timeout)
+                channels = {CHANNEL: self._on_notify, RUNS_CHANNEL: self._on_run_notify}
+                self._listener = await open_listener(self._db, channels, self._on_listener_lost)
 
     def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
         if payload != self._token:
