@@ -156,7 +156,7 @@ class _Drive:
         return moved
 
     async def _wait_for_jobs(self) -> set[asyncio.Task[JobExecuteResult | None]]:
-        """The running jobs that finished, waiting until one has or none can go further
+        """The running jobs that finished, waiting until none of the others can go further
         without the clock: each is waiting on the fake clock (or on real I/O, on a SQL
         backend, where the wait stays the short one it always was).
 
@@ -170,18 +170,26 @@ class _Drive:
         the fake clock."""
         loop = asyncio.get_running_loop()
         give_up = loop.time() + _THREAD_PATIENCE
+        finished: set[asyncio.Task[JobExecuteResult | None]] = set()
         while True:
+            # Every job that can finish without the clock, not only the first: a pass that
+            # returned at the first would end before or after a sibling on a thread
+            # finished, depending on the machine.
+            pending = [task for task in self.running if task not in finished]
+            if not pending:
+                return finished
             done, _ = await asyncio.wait(
-                self.running, timeout=0.002, return_when=asyncio.FIRST_COMPLETED
+                pending, timeout=0.002, return_when=asyncio.FIRST_COMPLETED
             )
             if done:
                 self.patient = True
-                return done
+                finished |= done
+                continue
             threads = self.patient and self.kernel.sync_stages_running > 0
             if threads and loop.time() > give_up:
                 self.patient = threads = False  # until a job finishes: time must move
             if not threads and not _callbacks_ready(loop):
-                return done
+                return finished
 
     async def skip_time(self) -> bool:
         """Nothing can move now: advance the clock to when something can; False when
