@@ -37,9 +37,7 @@ class StreamWaiters(Waiters[tuple[str, str], bool]):
             return
         for item in items:
             self._set((item.run_id, item.key), True)
-        ended = {run.run_id for run in runs if run.status.is_terminal}
-        for key in [k for k in self.waiting if k[0] in ended]:
-            self._set(key, True)
+        self._end_runs(runs, True)
 
 
 async def read_stream(

@@ -66,6 +66,12 @@ class Waiters(Generic[K, V]):
             if not future.done():
                 future.set_result(value)
 
+    def _end_runs(self: Waiters[tuple[str, str], V], runs: Iterable[RunRecord], value: V) -> None:
+        """Resolve with `value` every (run id, key) waiter of the runs that ended."""
+        ended = {run.run_id for run in runs if run.status.is_terminal}
+        for key in [k for k in self.waiting if k[0] in ended]:
+            self._set(key, value)
+
 
 class RunWaiters(Waiters[str, RunRecord]):
     """`wait_for_run` callers, by run id."""
@@ -92,9 +98,7 @@ class ValueWaiters(Waiters[tuple[str, str], Settled]):
             return
         for value in values:
             self._set((value.run_id, value.key), (value,))
-        ended = {run.run_id for run in runs if run.status.is_terminal}
-        for key in [k for k in self.waiting if k[0] in ended]:
-            self._set(key, (None,))
+        self._end_runs(runs, (None,))
 
 
 @asynccontextmanager
